@@ -1,0 +1,74 @@
+"""Pieces every kernel family shares: the activation epilogue, output allocation, index width."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: Activation codes, chosen at compile time (``tl.constexpr``).
+IDENTITY, RELU, LEAKY_RELU, PRELU = 0, 1, 2, 3
+ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU}
+
+INT32_MAX = 2**31 - 1
+
+
+@triton.jit
+def activate(y, slope, ACTIVATION: tl.constexpr):
+    """Apply the activation to an fp32 tile.
+
+    ``slope`` is a scalar (LeakyReLU) or a tile broadcastable to ``y`` (PReLU, one slope per
+    output channel or one shared); it is ignored for identity and ReLU.
+    """
+    if ACTIVATION == 1:
+        y = tl.maximum(y, 0.0)
+    elif ACTIVATION == 2 or ACTIVATION == 3:
+        y = tl.where(y >= 0, y, y * slope)
+    return y
+
+
+def resolve_activation(activation: str, slope, channels: int, device) -> tuple[int, float, torch.Tensor]:
+    """Check an activation request and return ``(code, leaky_slope, prelu_slopes)``.
+
+    ``prelu_slopes`` is always an fp32 tensor of length ``channels`` (a shared PReLU slope is
+    broadcast), so kernels load it the same way whether the PReLU is shared or per channel; it is
+    a dummy of length 1 for the other activations.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+    code = ACTIVATIONS[activation]
+    if code == PRELU:
+        if not isinstance(slope, torch.Tensor):
+            slope = torch.tensor([float(slope)])
+        slope = slope.detach().reshape(-1).to(device=device, dtype=torch.float32)
+        if slope.numel() == 1:
+            slope = slope.expand(channels)
+        if slope.numel() != channels:
+            raise ValueError(f"PReLU has {slope.numel()} slopes, expected 1 or {channels}")
+        return code, 0.0, slope.contiguous()
+    dummy = torch.zeros(1, device=device, dtype=torch.float32)
+    if code == LEAKY_RELU:
+        if isinstance(slope, torch.Tensor):
+            if slope.numel() != 1:
+                raise ValueError("leaky_relu takes one scalar slope; use activation='prelu' for a vector")
+            slope = float(slope)
+        return code, float(slope), dummy
+    return code, 0.0, dummy
+
+
+def new_output(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """Allocate an output of ``shape`` in ``like``'s memory format (channels_last stays channels_last)."""
+    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def needs_int64(*tensors: torch.Tensor | None) -> bool:
+    """True when some element offset of these tensors may not fit in int32."""
+    for t in tensors:
+        if t is None or t.numel() == 0:
+            continue
+        span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+        if span > INT32_MAX // 2:
+            return True
+    return False

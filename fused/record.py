@@ -1,0 +1,105 @@
+"""A record of what actually ran: which Triton kernels launched, and which blocks fell back.
+
+    with fused.recording() as rec:
+        model(x)
+    rec.kernels()      # {'conv2d_bias_act', ...}
+    rec.fallbacks()    # [(block path, reason), ...]
+    print(rec.summary())
+
+Launchers call :func:`kernel_launched`; fused modules call :func:`fell_back` when they run the
+reference forward instead. Nothing is stored unless a recording is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import runtime
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that ran: a kernel launch or a fallback to the reference forward."""
+
+    kind: str  # "kernel" or "fallback"
+    name: str  # kernel name, or the fused module's class name for a fallback
+    block: str | None  # the block's path in the model, when known
+    backend: str  # "triton", "triton-interpreter" or "reference"
+    reason: str | None = None
+
+
+@dataclass
+class Recording:
+    events: list[Event] = field(default_factory=list)
+
+    def kernels(self) -> set[str]:
+        """Names of the Triton kernels that launched."""
+        return {e.name for e in self.events if e.kind == "kernel"}
+
+    def kernel_counts(self) -> Counter:
+        return Counter(e.name for e in self.events if e.kind == "kernel")
+
+    def fallbacks(self) -> list[tuple[str | None, str | None]]:
+        """``(block path, reason)`` for every block that ran the reference forward."""
+        return [(e.block, e.reason) for e in self.events if e.kind == "fallback"]
+
+    def blocks(self) -> dict[str | None, list[str]]:
+        """Kernel names per block path, in launch order."""
+        out: dict[str | None, list[str]] = {}
+        for e in self.events:
+            if e.kind == "kernel":
+                out.setdefault(e.block, []).append(e.name)
+        return out
+
+    def summary(self) -> str:
+        counts = self.kernel_counts()
+        lines = [f"{n} x {name} ({runtime.backend()})" for name, n in sorted(counts.items())]
+        lines += [f"fallback: {block}: {reason}" for block, reason in self.fallbacks()]
+        return "\n".join(lines) if lines else "nothing recorded"
+
+
+_recordings: list[Recording] = []
+_blocks: list[str | None] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Record kernel launches and fallbacks inside the ``with`` body."""
+    rec = Recording()
+    _recordings.append(rec)
+    try:
+        yield rec
+    finally:
+        _recordings.remove(rec)
+
+
+@contextlib.contextmanager
+def in_block(path: str | None):
+    """Attribute the launches inside the body to the block at ``path``."""
+    _blocks.append(path)
+    try:
+        yield
+    finally:
+        _blocks.pop()
+
+
+def _current_block() -> str | None:
+    return _blocks[-1] if _blocks else None
+
+
+def kernel_launched(name: str) -> None:
+    """Called by every launcher just before it launches ``name``."""
+    if _recordings:
+        event = Event("kernel", name, _current_block(), runtime.backend())
+        for rec in _recordings:
+            rec.events.append(event)
+
+
+def fell_back(name: str, reason: str, block: str | None = None) -> None:
+    """Called by a fused module that ran the reference forward, with the reason."""
+    if _recordings:
+        event = Event("fallback", name, block or _current_block(), "reference", reason)
+        for rec in _recordings:
+            rec.events.append(event)

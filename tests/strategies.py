@@ -1,0 +1,38 @@
+"""Shared hypothesis strategies for kernel tests. Family-specific composites live in their tests."""
+
+import torch
+from hypothesis import strategies as st
+
+from fused import runtime
+
+#: The channel counts that matter: 1 (ArcFace stem), 3 (RGB), 8 (mobile0.25's first layer),
+#: non-powers of two, and the widths of the real layers.
+CHANNELS = st.sampled_from([1, 2, 3, 5, 8, 13, 16, 24, 32, 37, 64])
+#: Spatial sizes from 1x1 up, odd ones included.
+SPATIAL = st.integers(min_value=1, max_value=13)
+#: Batch sizes including the empty batch.
+BATCH = st.sampled_from([0, 1, 2, 3])
+STRIDE = st.sampled_from([1, 2])
+#: LeakyReLU slopes: 0 is a ReLU; 0.1 is RetinaFace's; others keep the epilogue honest.
+SLOPE = st.sampled_from([0.0, 0.1, 0.25, 1.0, -0.5])
+MEMORY_FORMAT = st.sampled_from([torch.contiguous_format, torch.channels_last])
+
+
+def kernel_dtypes():
+    """float32 and float16 everywhere; bfloat16 only on a GPU (the interpreter has no real bf16)."""
+    dtypes = [torch.float32, torch.float16]
+    if not runtime.INTERPRETED:
+        dtypes.append(torch.bfloat16)
+    return st.sampled_from(dtypes)
+
+
+def layout(x: torch.Tensor, memory_format, non_contiguous: bool = False) -> torch.Tensor:
+    """Return ``x`` in the requested memory format, optionally as a strided (non-contiguous) view."""
+    if non_contiguous:
+        n, c, h, w = x.shape
+        wide = torch.zeros(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+        assert not x.is_contiguous() or x.numel() <= 1
+        return x
+    return x.contiguous(memory_format=memory_format)
