@@ -1,0 +1,27 @@
+"""Readable PyTorch reference modules of every RetinaFace and ResNetArcFace block.
+
+Every fused kernel in ``fused`` is checked against these. Names, defaults, attribute names and
+layer order follow the released models, so their weights load unchanged.
+"""
+
+from .arcface import ResNetArcFace
+from .block_types import block_type
+from .conv_blocks import conv_bn, conv_bn1X1, conv_bn_no_relu, conv_dw
+from .fpn import FPN
+from .heads import BboxHead, ClassHead, LandmarkHead, make_bbox_head, make_class_head, make_landmark_head
+from .mobilenet import MobileNetV1
+from .models import arcface, randomize_batchnorm, retinaface
+from .residual_blocks import BasicBlock, Bottleneck, IRBlock, conv3x3, make_layer
+from .resnet50 import ResNet50
+from .retinaface import RetinaFace, num_priors
+from .squeeze_excite import SEBlock
+from .ssh import SSH
+from .weights import WeightsMismatchError, load_weights, read_state_dict
+
+__all__ = [
+    "conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_dw", "SSH", "FPN", "MobileNetV1",
+    "ClassHead", "BboxHead", "LandmarkHead", "make_class_head", "make_bbox_head", "make_landmark_head",
+    "conv3x3", "BasicBlock", "IRBlock", "Bottleneck", "SEBlock", "ResNetArcFace", "make_layer",
+    "ResNet50", "RetinaFace", "num_priors", "retinaface", "arcface", "randomize_batchnorm",
+    "load_weights", "read_state_dict", "WeightsMismatchError", "block_type",
+]

@@ -1,0 +1,59 @@
+"""Recognising blocks by their structure, so the profiler and ``fused.fuse`` name them the same way.
+
+The RetinaFace helpers (``conv_bn`` and friends) return plain ``nn.Sequential`` objects, so
+they are recognised by their layers rather than by a class name; the other blocks are classes.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .fpn import FPN
+from .heads import BboxHead, ClassHead, LandmarkHead
+from .residual_blocks import BasicBlock, Bottleneck, IRBlock
+from .squeeze_excite import SEBlock
+from .ssh import SSH
+
+_CLASSES = (SSH, FPN, ClassHead, BboxHead, LandmarkHead, IRBlock, BasicBlock, Bottleneck, SEBlock)
+_ACTIVATIONS = (nn.LeakyReLU, nn.ReLU)
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.dilation == (1, 1) and m.padding_mode == "zeros" and m.groups == 1
+
+
+def _is_depthwise_conv(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels
+        and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.dilation == (1, 1) and m.padding_mode == "zeros"
+    )
+
+
+def block_type(module: nn.Module) -> str | None:
+    """The block's name as in the seeds (``"conv_bn"``, ``"conv_dw"``, ``"SSH"``, ...), or None.
+
+    Plain ``Conv2d → BatchNorm2d`` pairs that are not one of the named helpers (ResNet
+    downsamples) are ``"conv_bn_pair"``.
+    """
+    if isinstance(module, _CLASSES):
+        return type(module).__name__
+    if type(module) is not nn.Sequential:
+        return None
+    layers = list(module)
+    if len(layers) == 6 and _is_depthwise_conv(layers[0]) and isinstance(layers[1], nn.BatchNorm2d) \
+            and isinstance(layers[2], _ACTIVATIONS) and isinstance(layers[3], nn.Conv2d) \
+            and layers[3].kernel_size == (1, 1) and _is_plain_conv(layers[3]) \
+            and isinstance(layers[4], nn.BatchNorm2d) and isinstance(layers[5], _ACTIVATIONS):
+        return "conv_dw"
+    if len(layers) in (2, 3) and _is_plain_conv(layers[0]) and isinstance(layers[1], nn.BatchNorm2d):
+        if len(layers) == 3 and not isinstance(layers[2], _ACTIVATIONS):
+            return None
+        k = layers[0].kernel_size
+        if len(layers) == 3 and k == (3, 3):
+            return "conv_bn"
+        if len(layers) == 3 and k == (1, 1):
+            return "conv_bn1X1"
+        if len(layers) == 2 and k == (3, 3):
+            return "conv_bn_no_relu"
+        return "conv_bn_pair"
+    return None
