@@ -1,0 +1,85 @@
+"""Timing a callable the same way everywhere: warm-up, then the median of many runs.
+
+On a GPU each run is timed with CUDA events (what the GPU spent, not what Python spent); on a
+CPU with the wall clock. Interpreter timings of Triton kernels are never speedups: the profiler
+and the benchmark never time the fused path in the interpreter.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and spread of ``runs`` timed runs, in milliseconds, and how they were timed."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    method: str  # "cuda-event", "cuda-graph" or "wall-clock"
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.4g} ms (median of {self.runs}, {self.method})"
+
+
+def timing_method(device) -> str:
+    return "cuda-event" if torch.device(device).type == "cuda" else "wall-clock"
+
+
+def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_graph: bool = False) -> Timing:
+    """Time ``fn()`` after ``warmup`` calls; return the median of ``repeats`` runs.
+
+    With ``cuda_graph=True`` (CUDA only) ``fn`` is captured once in a CUDA graph and the graph is
+    replayed, which removes launch overhead from microsecond kernels.
+    """
+    device = torch.device(device)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if device.type != "cuda":
+        if cuda_graph:
+            raise ValueError("CUDA graphs need a CUDA device")
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return _summary(samples, "wall-clock")
+
+    for _ in range(max(warmup, 1)):
+        fn()
+    torch.cuda.synchronize(device)
+    run = fn
+    method = "cuda-event"
+    if cuda_graph:
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            fn()  # warm the side stream before capture
+        torch.cuda.current_stream(device).wait_stream(stream)
+        with torch.cuda.graph(graph):
+            fn()
+        run = graph.replay
+        method = "cuda-graph"
+        for _ in range(warmup):
+            run()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for s, e in zip(starts, ends):
+        s.record()
+        run()
+        e.record()
+    torch.cuda.synchronize(device)
+    return _summary([s.elapsed_time(e) for s, e in zip(starts, ends)], method)
+
+
+def _summary(samples, method: str) -> Timing:
+    return Timing(statistics.median(samples), min(samples), max(samples), len(samples), method)
