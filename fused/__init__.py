@@ -1,7 +1,26 @@
-"""Triton fused kernels for the reference blocks, the switch that swaps them in, and profiling."""
+"""Triton fused kernels for the reference blocks, the switch that swaps them in, and profiling.
+
+    import fused
+    model = fused.fuse(reference.retinaface())   # swap every supported block, in place
+    with torch.inference_mode():
+        out = model(x)                            # Triton kernels
+        with fused.enabled(False):
+            ref = model(x)                        # the same model, reference forward
+"""
 
 from . import runtime  # noqa: F401  (first: sets TRITON_INTERPRET before any kernel is decorated)
+from .base import FusedModule
+from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu
+from .flag import enabled, is_enabled, set_enabled
+from .folding import batchnorm_affine, fold_batchnorm
+from .fuse import REGISTRY, FuseReport, fuse, register
+from .record import recording
 from .runtime import backend
 from .tolerance import assert_close, max_error, tolerance
 
-__all__ = ["backend", "assert_close", "max_error", "tolerance"]
+__all__ = [
+    "fuse", "register", "REGISTRY", "FuseReport", "FusedModule",
+    "enabled", "is_enabled", "set_enabled", "recording", "backend",
+    "fold_batchnorm", "batchnorm_affine", "FusedConvBNAct", "conv_bn", "conv_bn_no_relu", "conv_bn1X1",
+    "assert_close", "max_error", "tolerance",
+]

@@ -1,0 +1,106 @@
+"""What every fused module shares: when to take the fused path, fallbacks, and the weight cache.
+
+A fused module holds the very parameters and buffers of the reference block it replaces (same
+children, same names, so the same ``state_dict``) and keeps both forwards:
+
+* ``fused_forward`` launches Triton kernels with folded weights;
+* ``reference_forward`` is the reference block's own forward.
+
+``forward`` takes the fused path unless one of these holds, in which case it runs the reference
+forward and records why (see :mod:`fused.record`):
+
+* the flag is off (``fused.enabled(False)`` or ``FACEFUSE_FUSED=0``);
+* the module is in training mode: BatchNorm statistics must update;
+* autograd is recording (a parameter or an input requires grad): the kernels have no backward,
+  so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
+* the input dtype is not float32/float16/bfloat16 (float64, say).
+
+Folded weights are cached per (dtype, device) and recomputed whenever any parameter or buffer
+changes: in-place updates bump a tensor's version counter, and ``.to()``/``load_state_dict``
+replace or rewrite the storage, so the cache key sees every change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import torch
+from torch import nn
+
+from . import flag, record, runtime
+
+
+class FusedModule(nn.Module):
+    """Mixin for fused modules. Subclasses define ``fused_forward``, ``reference_forward`` and ``fold``."""
+
+    #: The seed's name for the block this module replaces (``"conv_bn"``, ``"conv_dw"``, ...).
+    block_type: str = ""
+    #: The block's path in the model, set by :func:`fused.fuse` (for the record).
+    facefuse_path: str | None = None
+    _warned_autograd = False
+
+    # -- subclasses --------------------------------------------------------------------------
+    def fused_forward(self, *args):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reference_forward(self, *args):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fold(self, dtype: torch.dtype, device: torch.device) -> dict:
+        """Kernel-ready weights for inputs of ``dtype`` on ``device`` (cached by :meth:`folded`)."""
+        raise NotImplementedError  # pragma: no cover
+
+    # -- shared ------------------------------------------------------------------------------
+    def forward(self, *args):
+        reason = self.fallback_reason(*args)
+        if reason is None:
+            with record.in_block(self.facefuse_path):
+                return self.fused_forward(*args)
+        record.fell_back(type(self).__name__, reason, self.facefuse_path)
+        return self.reference_forward(*args)
+
+    def fallback_reason(self, *args) -> str | None:
+        """Why this call must run the reference forward, or None to take the fused path."""
+        if not flag.is_enabled():
+            return "fused path disabled by the flag"
+        if self.training:
+            return "training mode: BatchNorm statistics must update"
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in itertools.chain(tensors, self.parameters())):
+            if not FusedModule._warned_autograd:
+                FusedModule._warned_autograd = True
+                warnings.warn(
+                    "facefuse: autograd is recording, so fused modules run the reference forward "
+                    "(the Triton kernels have no backward); run inference under "
+                    "torch.inference_mode() or torch.no_grad() to use the kernels",
+                    stacklevel=3,
+                )
+            return "autograd is recording: the kernels have no backward"
+        for t in tensors:
+            if not t.is_floating_point():
+                raise TypeError(f"{type(self).__name__} expects a floating-point tensor, got dtype {t.dtype}")
+            if t.dtype not in runtime.SUPPORTED_DTYPES:
+                return f"dtype {t.dtype} is not supported by the kernels (float32, float16, bfloat16)"
+        return None
+
+    def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
+        """Cached :meth:`fold` result, recomputed whenever a parameter or buffer has changed."""
+        key = (dtype, device, tuple(
+            (t.data_ptr(), t._version, t.dtype) for t in itertools.chain(self.parameters(), self.buffers())
+        ))
+        cache = self.__dict__.setdefault("_facefuse_cache", {})
+        if cache.get("key") != key:
+            with torch.no_grad():
+                cache["value"] = self.fold(dtype, device)
+            cache["key"] = key
+        return cache["value"]
+
+
+def kernel_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A conv weight ``[K, C, R, S]`` cast to ``dtype`` and laid out with K innermost.
+
+    The kernels read weights by strides; with output channels contiguous, the weight tile a
+    program loads for a block of output channels is one coalesced read. Done once per fold.
+    """
+    return weight.to(dtype).permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
