@@ -1,0 +1,342 @@
+"""Squeeze-excite (lesson 03): pool, a tiny MLP, and the channel scale fused into its consumer.
+
+SEBlock computes ``x * sigmoid(fc2(prelu(fc1(mean_hw(x)))))[..., None, None]``. Eager PyTorch
+reads ``x`` for the pool, then reads it again and writes a scaled copy, which IRBlock reads back to
+add the residual and apply PReLU. Here three kernels do the work:
+
+* ``se_squeeze``: the per-(n, c) mean over H*W, with large maps split across programs;
+* ``se_excite``: the MLP, one program per sample (it is tiny: C x C/16 weights);
+* ``se_scale_residual_act``: ``activate(y * scale[n, c] + residual)``, so the scaled tensor is
+  never written on its own.
+
+``squeeze_excite`` chains them into a standalone SEBlock.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import record, runtime
+from .common import PRELU, activate, needs_int64, new_output, resolve_activation
+
+_PRELU = tl.constexpr(PRELU)  # the activation code, visible inside @triton.jit functions
+
+#: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
+_TILE_ELEMENTS = 2048
+#: Programs the squeeze aims for, so a few samples on a large map still fill every SM.
+_TARGET_PROGRAMS = 1024
+
+
+@triton.jit
+def _tile_offsets(n, c, h, w, stride_n, stride_c, stride_h, stride_w):
+    """Element offsets of the [channels, positions] tile at sample ``n`` (any strides)."""
+    return n * stride_n + c[:, None] * stride_c + h[None, :] * stride_h + w[None, :] * stride_w
+
+
+@triton.jit
+def se_squeeze_partial_kernel(
+    x_ptr, partial_ptr,
+    batch, channels, height, width,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    positions_per_split, inv_positions,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr,
+):
+    """partial[split, n, c] = sum of x[n, c] over this split's positions, divided by H*W.
+
+    Program (n * channel_blocks + channel_block, split) covers BLOCK_C channels and the
+    ``positions_per_split`` flat positions (a multiple of BLOCK_HW) starting at
+    ``split * positions_per_split``. Accumulation is fp32 whatever x's dtype.
+    """
+    channel_blocks = tl.cdiv(channels, BLOCK_C)
+    n = tl.program_id(0) // channel_blocks
+    c = (tl.program_id(0) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    if USE_INT64:
+        n = n.to(tl.int64)
+        c = c.to(tl.int64)
+    positions = height * width
+    first = split * positions_per_split
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    for start in range(first, tl.minimum(first + positions_per_split, positions), BLOCK_HW):
+        hw = start + tl.arange(0, BLOCK_HW)
+        if USE_INT64:
+            hw = hw.to(tl.int64)
+        # splits are whole tiles, so only the map's last tile runs past the end
+        mask = (c < channels)[:, None] & (hw < positions)[None, :]
+        offsets = _tile_offsets(n, c, hw // width, hw % width, stride_xn, stride_xc, stride_xh, stride_xw)
+        acc += tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    partial = tl.sum(acc, axis=1) * inv_positions
+    tl.store(partial_ptr + (split * batch + n) * channels + c, partial, mask=c < channels)
+
+
+@triton.jit
+def se_squeeze_finish_kernel(partial_ptr, mean_ptr, count, splits, BLOCK: tl.constexpr):
+    """mean[i] = sum over splits of partial[split, i], for the ``count`` = N*C entries."""
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < count
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in range(0, splits):
+        acc += tl.load(partial_ptr + split * count + offsets, mask=mask, other=0.0)
+    tl.store(mean_ptr + offsets, acc, mask=mask)
+
+
+@triton.jit
+def se_excite_kernel(
+    pooled_ptr, fc1_weight_ptr, fc1_bias_ptr, prelu_weight_ptr, fc2_weight_ptr, fc2_bias_ptr, gate_ptr,
+    channels, hidden,
+    stride_pooled_n, stride_pooled_c,
+    stride_fc1_out, stride_fc1_in, stride_fc1_bias, stride_prelu,
+    stride_fc2_out, stride_fc2_in, stride_fc2_bias,
+    BLOCK_C: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, USE_INT64: tl.constexpr,
+):
+    """gate[n] = sigmoid(fc2(prelu(fc1(pooled[n])))) for one sample ``n`` per program, in fp32.
+
+    Both layers are matrix-vector products, done as broadcast-multiply-and-sum over BLOCK_C
+    channels at a time (tl.dot needs 16 rows; one sample has one). The hidden vector stays in
+    registers between the layers. A shared PReLU slope has ``stride_prelu`` 0.
+    """
+    n = tl.program_id(0)
+    if USE_INT64:
+        n = n.to(tl.int64)
+    r = tl.arange(0, BLOCK_HIDDEN)
+    r_mask = r < hidden
+    # fc1: z[r] = sum_c fc1_weight[r, c] * pooled[n, c] + fc1_bias[r]
+    z = tl.zeros([BLOCK_HIDDEN], dtype=tl.float32)
+    for c_start in range(0, channels, BLOCK_C):
+        c = c_start + tl.arange(0, BLOCK_C)
+        c_mask = c < channels
+        p = tl.load(pooled_ptr + n * stride_pooled_n + c * stride_pooled_c, mask=c_mask, other=0.0)
+        w1 = tl.load(fc1_weight_ptr + r[:, None] * stride_fc1_out + c[None, :] * stride_fc1_in,
+                     mask=r_mask[:, None] & c_mask[None, :], other=0.0)
+        z += tl.sum(w1.to(tl.float32) * p.to(tl.float32)[None, :], axis=1)
+    z += tl.load(fc1_bias_ptr + r * stride_fc1_bias, mask=r_mask, other=0.0).to(tl.float32)
+    slope = tl.load(prelu_weight_ptr + r * stride_prelu, mask=r_mask, other=0.0).to(tl.float32)
+    hid = activate(z, slope, _PRELU)  # padded lanes stay 0 and add nothing below
+    # fc2: gate[c] = sigmoid(sum_r fc2_weight[c, r] * hid[r] + fc2_bias[c])
+    for c_start in range(0, channels, BLOCK_C):
+        c = c_start + tl.arange(0, BLOCK_C)
+        c_mask = c < channels
+        w2 = tl.load(fc2_weight_ptr + c[:, None] * stride_fc2_out + r[None, :] * stride_fc2_in,
+                     mask=c_mask[:, None] & r_mask[None, :], other=0.0)
+        logit = tl.sum(w2.to(tl.float32) * hid[None, :], axis=1)
+        logit += tl.load(fc2_bias_ptr + c * stride_fc2_bias, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(gate_ptr + n * channels + c, tl.sigmoid(logit), mask=c_mask)
+
+
+@triton.jit
+def se_scale_residual_act_kernel(
+    y_ptr, scale_ptr, residual_ptr, prelu_slopes_ptr, out_ptr,
+    channels, height, width, leaky_slope,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_scale_n, stride_scale_c,
+    stride_rn, stride_rc, stride_rh, stride_rw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr,
+):
+    """out = activate(y * scale[n, c] + residual) on one [BLOCK_C, BLOCK_HW] tile of sample n.
+
+    Program (n * channel_blocks + channel_block, position_block). The per-channel scale (and
+    PReLU slope) is loaded once per tile and broadcast along the positions; fp32 math, output
+    stored in out's dtype.
+    """
+    channel_blocks = tl.cdiv(channels, BLOCK_C)
+    n = tl.program_id(0) // channel_blocks
+    c = (tl.program_id(0) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    if USE_INT64:
+        n = n.to(tl.int64)
+        c = c.to(tl.int64)
+        hw = hw.to(tl.int64)
+    h = hw // width
+    w = hw % width
+    c_mask = c < channels
+    mask = c_mask[:, None] & (hw < height * width)[None, :]
+
+    scale = tl.load(scale_ptr + n * stride_scale_n + c * stride_scale_c, mask=c_mask, other=0.0)
+    y = tl.load(y_ptr + _tile_offsets(n, c, h, w, stride_yn, stride_yc, stride_yh, stride_yw), mask=mask)
+    v = y.to(tl.float32) * scale.to(tl.float32)[:, None]
+    if HAS_RESIDUAL:
+        r_offsets = _tile_offsets(n, c, h, w, stride_rn, stride_rc, stride_rh, stride_rw)
+        v += tl.load(residual_ptr + r_offsets, mask=mask).to(tl.float32)
+    if ACTIVATION == _PRELU:
+        v = activate(v, tl.load(prelu_slopes_ptr + c, mask=c_mask, other=0.0)[:, None], ACTIVATION)
+    else:
+        v = activate(v, leaky_slope, ACTIVATION)
+    o_offsets = _tile_offsets(n, c, h, w, stride_on, stride_oc, stride_oh, stride_ow)
+    tl.store(out_ptr + o_offsets, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------- launchers
+
+
+def _tile_sizes(channels: int, positions: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_HW): up to 32 channels, and enough positions to fill a ~2K-element tile."""
+    block_c = min(triton.next_power_of_2(channels), 32)
+    block_hw = min(triton.next_power_of_2(positions), _TILE_ELEMENTS // block_c)
+    return block_c, block_hw
+
+
+def _squeeze_plan(batch: int, channels: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_HW, splits, positions_per_split) for the squeeze.
+
+    Without a split there are N * ceil(C / BLOCK_C) programs, too few for one or two samples on a
+    large map; the H*W positions are then cut into up to enough splits to reach ~_TARGET_PROGRAMS,
+    each a whole number of BLOCK_HW tiles.
+    """
+    block_c, block_hw = _tile_sizes(channels, height * width)
+    tiles = triton.cdiv(height * width, block_hw)
+    programs = batch * triton.cdiv(channels, block_c)
+    splits = max(1, min(tiles, _TARGET_PROGRAMS // programs))
+    tiles_per_split = triton.cdiv(tiles, splits)
+    splits = triton.cdiv(tiles, tiles_per_split)  # no empty splits
+    return block_c, block_hw, splits, tiles_per_split * block_hw
+
+
+def _check_4d(name: str, what: str, t: torch.Tensor) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(t.shape)}")
+
+
+def se_squeeze(x: torch.Tensor) -> torch.Tensor:
+    """Per-(n, c) mean of ``x`` [N, C, H, W] (any strides) over H*W, as float32 [N, C].
+
+    Two stages instead of a grid-wide barrier: Triton programs cannot wait for each other (the
+    programs of one launch need not all be resident, so a program spinning on the others could
+    deadlock), so the end of a launch is the barrier. Each program writes the fp32 partial mean of
+    its split of H*W to ``partial[split, n, c]``; a tiny second launch sums over the splits. Unlike
+    ``tl.atomic_add`` into a zeroed buffer, the summation order is fixed, so the result is
+    bit-identical run to run, and no zero-fill is needed. With one split the partials are the mean
+    and the second launch is skipped.
+    """
+    runtime.check_inputs("se_squeeze", x)
+    _check_4d("se_squeeze", "x", x)
+    batch, channels, height, width = x.shape
+    if batch == 0 or channels == 0:
+        return torch.empty(batch, channels, dtype=torch.float32, device=x.device)
+    if height * width == 0:
+        raise ValueError(f"se_squeeze: the mean over an empty {height}x{width} map is undefined")
+    block_c, block_hw, splits, positions_per_split = _squeeze_plan(batch, channels, height, width)
+    partial = torch.empty(splits, batch, channels, dtype=torch.float32, device=x.device)
+    grid = (batch * triton.cdiv(channels, block_c), splits)
+    record.kernel_launched("se_squeeze_partial")
+    se_squeeze_partial_kernel[grid](
+        x, partial, batch, channels, height, width, *x.stride(),
+        positions_per_split, 1.0 / (height * width),
+        BLOCK_C=block_c, BLOCK_HW=block_hw, USE_INT64=needs_int64(x),
+    )
+    if splits == 1:
+        return partial[0]
+    mean = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
+    block = min(triton.next_power_of_2(batch * channels), 1024)
+    record.kernel_launched("se_squeeze_finish")
+    se_squeeze_finish_kernel[(triton.cdiv(batch * channels, block),)](
+        partial, mean, batch * channels, splits, BLOCK=block,
+    )
+    return mean
+
+
+def _check_param(name: str, what: str, t, *shapes: tuple[int, ...]) -> None:
+    """Raise unless ``t`` is a floating-point tensor of one of ``shapes``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name}: {what} must be a floating-point tensor, got {t.dtype}")
+    if tuple(t.shape) not in shapes:
+        expected = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"{name}: {what} must have shape {expected}, got {tuple(t.shape)}")
+
+
+def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
+    """The SE gate ``sigmoid(fc2(prelu(fc1(pooled))))`` as float32 [N, C].
+
+    ``pooled`` [N, C]; fc1 ``[Cr, C]``, ``[Cr]``; ``prelu_weight`` one shared slope ``[1]`` or
+    ``[Cr]``; fc2 ``[C, Cr]``, ``[C]``. Parameters may be any float dtype and strides; they are
+    upcast to fp32 inside the kernel, so no converted copies are made per call.
+    """
+    name = "se_excite"
+    runtime.check_inputs(name, pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    if pooled.dim() != 2:
+        raise ValueError(f"{name}: pooled must be 2-D [N, C], got shape {tuple(pooled.shape)}")
+    batch, channels = pooled.shape
+    if fc1_weight.dim() != 2 or fc1_weight.shape[0] < 1:
+        shape = tuple(fc1_weight.shape)
+        raise ValueError(f"{name}: fc1_weight must have shape (hidden >= 1, {channels}), got {shape}")
+    hidden = fc1_weight.shape[0]
+    _check_param(name, "fc1_weight", fc1_weight, (hidden, channels))
+    _check_param(name, "fc1_bias", fc1_bias, (hidden,))
+    _check_param(name, "prelu_weight", prelu_weight, (1,), (hidden,))
+    _check_param(name, "fc2_weight", fc2_weight, (channels, hidden))
+    _check_param(name, "fc2_bias", fc2_bias, (channels,))
+    gate = torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
+    if gate.numel() == 0:
+        return gate
+    block_hidden = triton.next_power_of_2(hidden)
+    block_c = max(1, min(triton.next_power_of_2(channels), _TILE_ELEMENTS // block_hidden))
+    stride_prelu = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
+    record.kernel_launched("se_excite")
+    se_excite_kernel[(batch,)](
+        pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias, gate,
+        channels, hidden, *pooled.stride(),
+        *fc1_weight.stride(), fc1_bias.stride(0), stride_prelu,
+        *fc2_weight.stride(), fc2_bias.stride(0),
+        BLOCK_C=block_c, BLOCK_HIDDEN=block_hidden, USE_INT64=needs_int64(pooled),
+    )
+    return gate
+
+
+def se_scale_residual_act(
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    *,
+    activation: str = "identity",
+    slope=0.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``out = activate(y * scale[n, c] + residual)``: the SE scale fused into its consumer.
+
+    ``y`` [N, C, H, W] and ``residual`` (same shape, or None) any strides; ``scale`` [N, C]
+    (float32 from ``se_excite``). ``activation``/``slope`` as ``common.resolve_activation``
+    (``"prelu"`` takes a shared or per-channel slope tensor). For IRBlock this adds the residual
+    and applies PReLU, so the scaled tensor is never written on its own. The result has y's dtype
+    and memory format unless ``out`` is given.
+    """
+    name = "se_scale_residual_act"
+    runtime.check_inputs(name, y, scale, residual, out)
+    _check_4d(name, "y", y)
+    batch, channels, height, width = y.shape
+    if tuple(scale.shape) != (batch, channels):
+        raise ValueError(f"{name}: scale must have shape {(batch, channels)}, got {tuple(scale.shape)}")
+    if not scale.dtype.is_floating_point:
+        raise TypeError(f"{name}: scale must be a floating-point tensor, got {scale.dtype}")
+    for what, t in (("residual", residual), ("out", out)):
+        if t is not None and t.shape != y.shape:
+            raise ValueError(f"{name}: {what} must have y's shape {tuple(y.shape)}, got {tuple(t.shape)}")
+        if t is not None and t.dtype not in runtime.SUPPORTED_DTYPES:
+            raise TypeError(f"{name}: {what} has unsupported dtype {t.dtype}")
+    code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, channels, y.device)
+    if out is None:
+        out = new_output(y, y.shape)
+    if y.numel() == 0:
+        return out
+    block_c, block_hw = _tile_sizes(channels, height * width)
+    grid = (batch * triton.cdiv(channels, block_c), triton.cdiv(height * width, block_hw))
+    res = y if residual is None else residual  # a dummy pointer when there is no residual
+    record.kernel_launched("se_scale_residual_act")
+    se_scale_residual_act_kernel[grid](
+        y, scale, res, prelu_slopes, out,
+        channels, height, width, leaky_slope,
+        *y.stride(), *scale.stride(), *res.stride(), *out.stride(),
+        HAS_RESIDUAL=residual is not None, ACTIVATION=code,
+        BLOCK_C=block_c, BLOCK_HW=block_hw, USE_INT64=needs_int64(y, residual, out),
+    )
+    return out
+
+
+def squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
+    """The standalone fused SEBlock: ``x * gate[n, c]`` in x's dtype and memory format."""
+    gate = se_excite(se_squeeze(x), fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    return se_scale_residual_act(x, gate)
