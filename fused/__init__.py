@@ -10,7 +10,11 @@
 
 from . import runtime  # noqa: F401  (first: sets TRITON_INTERPRET before any kernel is decorated)
 from .base import FusedModule
+from .arcface import FusedResNetArcFace
 from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu
+from .conv_dw import FusedConvDW, conv_dw
+from .residual_blocks import FusedBasicBlock, FusedBottleneck, FusedIRBlock
+from .squeeze_excite import FusedSEBlock
 from .flag import enabled, is_enabled, set_enabled
 from .folding import batchnorm_affine, fold_batchnorm
 from .fuse import REGISTRY, FuseReport, fuse, register
@@ -22,5 +26,7 @@ __all__ = [
     "fuse", "register", "REGISTRY", "FuseReport", "FusedModule",
     "enabled", "is_enabled", "set_enabled", "recording", "backend",
     "fold_batchnorm", "batchnorm_affine", "FusedConvBNAct", "conv_bn", "conv_bn_no_relu", "conv_bn1X1",
+    "FusedConvDW", "conv_dw", "FusedSEBlock", "FusedIRBlock", "FusedBasicBlock", "FusedBottleneck",
+    "FusedResNetArcFace",
     "assert_close", "max_error", "tolerance",
 ]

@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import flag, record, runtime
+from . import flag, folding, record, runtime
 
 
 class FusedModule(nn.Module):
@@ -38,7 +38,27 @@ class FusedModule(nn.Module):
     block_type: str = ""
     #: The block's path in the model, set by :func:`fused.fuse` (for the record).
     facefuse_path: str | None = None
+    #: True for fused classes whose children are blocks that :func:`fused.fuse` fuses too.
+    fuses_children: bool = False
     _warned_autograd = False
+
+    @classmethod
+    def unsupported_reason(cls, block: nn.Module) -> str | None:
+        """Why ``block`` cannot be fused (a reason for the report), or None."""
+        return None
+
+    @classmethod
+    def from_reference(cls, block: nn.Module) -> "FusedModule":
+        """Turn ``block`` into this fused class in place and return it.
+
+        Fused classes subclass the reference class they replace, so switching ``__class__``
+        keeps the very object: its parameters, buffers, hooks and attribute names, hence its
+        ``state_dict``. Only ``forward`` changes.
+        """
+        if not issubclass(cls, type(block)):
+            raise TypeError(f"{cls.__name__} cannot replace a {type(block).__name__}")
+        block.__class__ = cls
+        return block
 
     # -- subclasses --------------------------------------------------------------------------
     def fused_forward(self, *args):  # pragma: no cover - abstract
@@ -52,6 +72,21 @@ class FusedModule(nn.Module):
         raise NotImplementedError  # pragma: no cover
 
     # -- shared ------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """``"ieee"`` (exact float32 dot products, the default) or ``"tf32"`` (float32 inputs only)."""
+        return self.__dict__.get("_precision", "ieee")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in ("ieee", "tf32"):
+            raise ValueError(f"precision must be 'ieee' or 'tf32', got {value!r}")
+        self.__dict__["_precision"] = value
+
+    def dot_precision(self, x: torch.Tensor) -> str:
+        """The precision to pass to the kernels for input ``x`` (TF32 applies to float32 only)."""
+        return self.precision if x.dtype == torch.float32 else "ieee"
+
     def forward(self, *args):
         reason = self.fallback_reason(*args)
         if reason is None:
@@ -95,6 +130,12 @@ class FusedModule(nn.Module):
                 cache["value"] = self.fold(dtype, device)
             cache["key"] = key
         return cache["value"]
+
+
+def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by ``bn`` folded, as kernel-ready ``(weight, float32 bias)`` on ``device``."""
+    weight, bias = folding.fold_batchnorm(conv.weight, conv.bias, bn)
+    return kernel_weight(weight, dtype).to(device), bias.to(device)
 
 
 def kernel_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -12,8 +12,7 @@ from torch import nn
 import reference
 from reference.checks import check_feature_map
 
-from .base import FusedModule, kernel_weight
-from .folding import fold_batchnorm
+from .base import FusedModule, conv_weights
 
 
 def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:
@@ -56,25 +55,14 @@ class FusedConvBNAct(FusedModule, nn.Sequential):
 
     @classmethod
     def from_reference(cls, seq: nn.Sequential) -> "FusedConvBNAct":
-        fused = cls(*seq)
-        fused.train(seq.training)
-        fused.block_type = reference.block_type(seq) or "conv_bn"
+        kind = reference.block_type(seq) or "conv_bn"
+        fused = super().from_reference(seq)
+        fused.block_type = kind
         return fused
 
-    @property
-    def precision(self) -> str:
-        return self.__dict__.get("_precision", "ieee")
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        if value not in ("ieee", "tf32"):
-            raise ValueError(f"precision must be 'ieee' or 'tf32', got {value!r}")
-        self.__dict__["_precision"] = value
-
     def fold(self, dtype, device):
-        conv, bn = self[0], self[1]
-        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
-        return {"weight": kernel_weight(weight, dtype).to(device), "bias": bias.to(device)}
+        weight, bias = conv_weights(self[0], self[1], dtype, device)
+        return {"weight": weight, "bias": bias}
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         from .kernels.conv2d import conv2d_bias_act
@@ -83,7 +71,7 @@ class FusedConvBNAct(FusedModule, nn.Sequential):
         check_feature_map(x, conv.in_channels, f"{self.block_type} ({self.facefuse_path or 'fused'})")
         folded = self.folded(x.dtype, x.device)
         activation, slope = conv_bn_activation(self)
-        precision = self.precision if x.dtype == torch.float32 else "ieee"
+        precision = self.dot_precision(x)
         return conv2d_bias_act(
             x, folded["weight"], folded["bias"], stride=conv.stride[0], padding=conv.padding[0],
             activation=activation, slope=slope, precision=precision,

@@ -17,8 +17,12 @@ from torch import nn
 
 import reference
 
+from .arcface import FusedResNetArcFace
 from .base import FusedModule
 from .conv_bn_act import FusedConvBNAct
+from .conv_dw import FusedConvDW
+from .residual_blocks import FusedBasicBlock, FusedBottleneck, FusedIRBlock
+from .squeeze_excite import FusedSEBlock
 
 #: block type → fused class
 REGISTRY: dict[str, type] = {}
@@ -31,6 +35,12 @@ def register(block_type: str, fused_class: type) -> None:
 
 for _name in ("conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_bn_pair"):
     register(_name, FusedConvBNAct)
+register("conv_dw", FusedConvDW)
+register("SEBlock", FusedSEBlock)
+register("IRBlock", FusedIRBlock)
+register("BasicBlock", FusedBasicBlock)
+register("Bottleneck", FusedBottleneck)
+register("ResNetArcFace", FusedResNetArcFace)
 
 
 @dataclass(frozen=True)
@@ -78,16 +88,13 @@ def fuse(model: nn.Module, *, precision: str = "ieee", verbose: bool = False) ->
     was swapped and what was not). Parameters and buffers are shared, so ``state_dict()`` is
     unchanged and weights load before or after fusing. ``precision="tf32"`` lets float32 convs
     use TF32 dot products on GPUs that have them (faster, about 3 decimal digits); the default
-    ``"ieee"`` matches the reference. If ``model`` is itself a single block, the fused block is
-    returned instead (a module cannot replace itself in place).
+    ``"ieee"`` matches the reference. A single block (``fuse(reference.conv_bn(3, 8))``) is
+    fused in place too.
     """
     if precision not in ("ieee", "tf32"):
         raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     report = FuseReport()
-    replacement = _fused_or_none(model, "", report, precision)
-    if replacement is not None:
-        model = replacement
-    else:
+    if _fused_or_none(model, "", report, precision) is None or getattr(model, "fuses_children", False):
         _fuse_children(model, "", report, precision)
     model.fuse_report = report
     if verbose:
@@ -96,12 +103,13 @@ def fuse(model: nn.Module, *, precision: str = "ieee", verbose: bool = False) ->
 
 
 def _fused_or_none(module: nn.Module, path: str, report: FuseReport, precision: str):
+    """The fused version of ``module`` (the same object, converted), or None if it is not fused."""
     if isinstance(module, FusedModule):
         report.swapped.append(Swapped(path, module.block_type, type(module).__name__))
-        return None if path else module
-    kind = reference.block_type(module)
-    if kind is None or kind not in REGISTRY:
-        if kind is not None:
+        return None
+    kind = reference.block_type(module) or type(module).__name__
+    if kind not in REGISTRY:
+        if reference.block_type(module) is not None:
             report.skipped.append(Skipped(path, kind, "no fused module for this block type yet (any conv-BN blocks inside it are fused)"))
         return None
     fused_class = REGISTRY[kind]
@@ -111,9 +119,6 @@ def _fused_or_none(module: nn.Module, path: str, report: FuseReport, precision: 
         return None
     fused = fused_class.from_reference(module)
     fused.facefuse_path = path or None
-    for m in fused.modules():  # nested fused modules (a fused block made of fused parts) learn their paths
-        if isinstance(m, FusedModule) and m is not fused and m.facefuse_path is None:
-            m.facefuse_path = path
     if hasattr(fused, "precision"):
         fused.precision = precision
     report.swapped.append(Swapped(path, kind, type(fused).__name__))
@@ -125,9 +130,9 @@ def _fuse_children(module: nn.Module, prefix: str, report: FuseReport, precision
         path = f"{prefix}.{name}" if prefix else name
         n_skipped = len(report.skipped)
         fused = _fused_or_none(child, path, report, precision)
-        if fused is not None:
-            setattr(module, name, fused)
-        elif isinstance(child, FusedModule):
+        if fused is not None or isinstance(child, FusedModule):
+            if getattr(child, "fuses_children", False):
+                _fuse_children(child, path, report, precision)
             continue
         elif isinstance(child, (nn.Conv2d, nn.Linear)):
             if not in_skipped_block:  # a skipped block's own convs are covered by its line

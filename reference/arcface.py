@@ -49,11 +49,16 @@ class ResNetArcFace(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def check_input(x) -> None:
+        """Raise TypeError/ValueError unless ``x`` is a float tensor of shape ``[N, 1, 128, 128]``."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"ResNetArcFace expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 128, 128):
             raise ValueError(f"ResNetArcFace expects input of shape [N, 1, 128, 128], got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         x = self.maxpool(self.prelu(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)

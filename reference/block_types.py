@@ -35,6 +35,8 @@ def block_type(module: nn.Module) -> str | None:
     Plain ``Conv2d → BatchNorm2d`` pairs that are not one of the named helpers (ResNet
     downsamples) are ``"conv_bn_pair"``.
     """
+    if isinstance(getattr(module, "block_type", None), str) and module.block_type:
+        return module.block_type  # a fused module names the block it replaced
     if isinstance(module, _CLASSES):
         return type(module).__name__
     if type(module) is not nn.Sequential:

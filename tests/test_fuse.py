@@ -258,12 +258,12 @@ def test_a_wrong_fold_is_caught_by_the_tolerance_check(monkeypatch):
     model = fused.fuse(R.randomize_batchnorm(R.retinaface(seed=5)))
     x = torch.randn(1, 3, 32, 32)
     expected = float64_reference(model, x)
-    real = fused.conv_bn_act.fold_batchnorm
+    real = fused.folding.fold_batchnorm
 
     def fold_forgetting_the_mean(weight, bias, bn):
         w, b = real(weight, bias, bn)
         return w, b + bn.running_mean.float() * bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
 
-    monkeypatch.setattr(fused.conv_bn_act, "fold_batchnorm", fold_forgetting_the_mean)
+    monkeypatch.setattr(fused.folding, "fold_batchnorm", fold_forgetting_the_mean)
     with torch.inference_mode(), pytest.raises(AssertionError, match="out of tolerance"):
         fused.assert_close(model(x)[0], expected[0], reduction_length=max_reduction(model))

@@ -1,0 +1,51 @@
+"""Fused ResNetArcFace: the stem in the conv kernel, the fused IRBlocks, and the head folded.
+
+The stem's conv1 + bn1 + PReLU is one conv kernel. The head ``bn4 → dropout → flatten → fc5 →
+bn5`` is affine in eval mode (dropout is the identity), so both BatchNorms fold exactly into
+fc5: one matrix multiply (PyTorch's) replaces five ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import reference
+
+from .base import FusedModule, conv_weights
+from .folding import batchnorm_affine
+
+
+class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
+    """``reference.ResNetArcFace`` with its stem and head fused; :func:`fused.fuse` fuses its blocks."""
+
+    block_type = "ResNetArcFace"
+    fuses_children = True
+
+    def fold(self, dtype, device):
+        s4, t4 = batchnorm_affine(self.bn4)  # per channel of the 512x8x8 map
+        s5, t5 = batchnorm_affine(self.bn5)
+        positions = self.fc5.in_features // s4.numel()
+        s4, t4 = s4.repeat_interleave(positions), t4.repeat_interleave(positions)
+        w = self.fc5.weight.detach().float()
+        head_weight = s5[:, None] * w * s4[None, :]
+        head_bias = s5 * (w @ t4 + self.fc5.bias.detach().float()) + t5
+        return {
+            "stem": conv_weights(self.conv1, self.bn1, dtype, device),
+            "prelu": self.prelu.weight.detach().float().to(device),
+            "head": (head_weight.to(device=device, dtype=dtype), head_bias.to(device=device, dtype=dtype)),
+        }
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .kernels.conv2d import conv2d_bias_act
+
+        self.check_input(x)
+        f = self.folded(x.dtype, x.device)
+        weight, bias = f["stem"]
+        x = conv2d_bias_act(x, weight, bias, padding=1, activation="prelu", slope=f["prelu"], precision=self.dot_precision(x))
+        x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return F.linear(x.reshape(x.shape[0], -1), *f["head"])
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.ResNetArcFace.forward(self, x)

@@ -1,0 +1,91 @@
+"""Fused conv_dw: MobileNetV1's depthwise-separable block (six eager kernels) in one or two kernels.
+
+``conv_dw`` is depthwise 3x3 → BN → LeakyReLU → pointwise 1x1 → BN → LeakyReLU. Two fused
+versions exist, and the record names the one that ran:
+
+* ``"fused"``: one kernel (:func:`fused.kernels.depthwise.conv_dw_fused`); the depthwise result
+  stays in registers and feeds the pointwise GEMM, so the intermediate tensor never touches memory;
+* ``"two_kernels"``: the depthwise kernel then the conv kernel (the intermediate is written once).
+
+``FusedConvDW.kernel`` picks one per module; :func:`fused.fuse` leaves the default, ``"fused"``,
+until GPU measurements say where the two-kernel version is faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reference.checks import check_feature_map
+
+from .base import FusedModule, conv_weights
+from .conv_bn_act import conv_bn_activation
+from .folding import fold_batchnorm
+
+KERNELS = ("fused", "two_kernels")
+
+
+def _slope(act: nn.Module) -> float:
+    return 0.0 if isinstance(act, nn.ReLU) else float(act.negative_slope)
+
+
+class FusedConvDW(FusedModule, nn.Sequential):
+    """``reference.conv_dw`` with BN folded and the whole block run by Triton kernels."""
+
+    block_type = "conv_dw"
+
+    @classmethod
+    def unsupported_reason(cls, seq: nn.Sequential) -> str | None:
+        dw, pw = seq[0], seq[3]
+        if dw.stride[0] != dw.stride[1] or dw.stride[0] not in (1, 2):
+            return f"depthwise stride {dw.stride} (the kernel takes 1 or 2)"
+        if pw.stride != (1, 1) or pw.padding != (0, 0):
+            return "pointwise conv with stride or padding"
+        return None
+
+    @property
+    def kernel(self) -> str:
+        return self.__dict__.get("_kernel", "fused")
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        if value not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {value!r}")
+        self.__dict__["_kernel"] = value
+
+    def fold(self, dtype, device):
+        dw_weight, dw_bias = fold_batchnorm(self[0].weight, self[0].bias, self[1])
+        pw_weight, pw_bias = conv_weights(self[3], self[4], dtype, device)
+        return {
+            "dw_weight": dw_weight.to(device=device, dtype=dtype),
+            "dw_bias": dw_bias.to(device),
+            "pw_weight": pw_weight,
+            "pw_bias": pw_bias,
+        }
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .kernels.conv2d import conv2d_bias_act
+        from .kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
+
+        check_feature_map(x, self[0].in_channels, f"conv_dw ({self.facefuse_path or 'fused'})")
+        f = self.folded(x.dtype, x.device)
+        stride = self[0].stride[0]
+        precision = self.dot_precision(x)
+        if self.kernel == "fused":
+            return conv_dw_fused(
+                x, f["dw_weight"], f["dw_bias"], f["pw_weight"], f["pw_bias"], stride=stride,
+                dw_slope=_slope(self[2]), pw_slope=_slope(self[5]), precision=precision,
+            )
+        mid = depthwise_conv_bias_act(x, f["dw_weight"], f["dw_bias"], stride=stride, activation="leaky_relu", slope=_slope(self[2]))
+        activation, slope = conv_bn_activation(nn.Sequential(self[3], self[4], self[5]))
+        return conv2d_bias_act(mid, f["pw_weight"], f["pw_bias"], activation=activation, slope=slope, precision=precision)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Sequential.forward(self, x)
+
+
+def conv_dw(inp: int, oup: int, stride: int, leaky: float = 0.1) -> FusedConvDW:
+    """Fused twin of :func:`reference.conv_dw` (same arguments, same state_dict)."""
+    import reference
+
+    return FusedConvDW.from_reference(reference.conv_dw(inp, oup, stride, leaky))

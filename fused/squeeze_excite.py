@@ -1,0 +1,45 @@
+"""Fused SEBlock: squeeze (pool), excite (tiny MLP) and scale as three small Triton kernels.
+
+Eager PyTorch runs six kernels (pool, linear, PReLU, linear, sigmoid, multiply). Inside an
+IRBlock the scale is fused further into the residual epilogue (see :mod:`fused.residual_blocks`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import reference
+from reference.checks import check_feature_map
+
+from .base import FusedModule
+
+
+def se_parameters(se: reference.SEBlock) -> tuple[torch.Tensor, ...]:
+    """The excite MLP's parameters in the order the kernels take them."""
+    fc1, prelu, fc2 = se.fc[0], se.fc[1], se.fc[2]
+    return fc1.weight, fc1.bias, prelu.weight, fc2.weight, fc2.bias
+
+
+def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
+    """The per-(n, c) gate ``sigmoid(fc2(prelu(fc1(mean(y)))))`` as float32 ``[N, C]``."""
+    from .kernels.squeeze_excite import se_excite, se_squeeze
+
+    return se_excite(se_squeeze(y), *se_parameters(se))
+
+
+class FusedSEBlock(FusedModule, reference.SEBlock):
+    """``reference.SEBlock`` run as squeeze, excite and scale kernels (parameters read as they are)."""
+
+    block_type = "SEBlock"
+
+    def fold(self, dtype, device):  # nothing to fold: the kernels upcast the MLP's parameters
+        return {}
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .kernels.squeeze_excite import se_scale_residual_act
+
+        check_feature_map(x, self.fc[0].in_features, f"SEBlock ({self.facefuse_path or 'fused'})")
+        return se_scale_residual_act(x, se_gate(self, x))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.SEBlock.forward(self, x)
