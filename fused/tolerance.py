@@ -54,14 +54,14 @@ def tolerance(dtype, reduction_length: int, magnitude: float = 1.0) -> Tolerance
 
 
 def _magnitude(expected: torch.Tensor) -> float:
-    return float(expected.abs().max()) if expected.numel() else 1.0
+    return float(expected.detach().abs().max()) if expected.numel() else 1.0
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference (0.0 for empty tensors), computed in float64."""
     if actual.numel() == 0:
         return 0.0
-    return float((actual.double() - expected.double()).abs().max())
+    return float((actual.detach().double() - expected.detach().double()).abs().max())
 
 
 def assert_close(
