@@ -1,0 +1,215 @@
+"""Convolution + bias + residual + activation as one implicit-GEMM Triton kernel.
+
+A convolution is a matrix multiply in disguise. Lay the output out as a matrix with one row per
+output pixel ``(n, oh, ow)`` (``N*OH*OW`` rows) and one column per output channel ``k``. Each
+output element is a dot product over the reduction axis ``(r, s, c)``: every kernel tap
+``(r, s)`` times every input channel ``c``. Row ``(n, oh, ow)`` of the left matrix holds the input
+values the kernel window sees, ``x[n, c, oh*stride - padding + r, ow*stride - padding + s]``; the
+right matrix is the weight ``w[k, c, r, s]``.
+
+``im2col`` would build that left matrix in memory (``R*R`` times the input). The *implicit* GEMM
+never builds it: for each tap ``(r, s)`` and each block of channels, the kernel computes those
+addresses from the strides, loads an ``[BLOCK_M, BLOCK_C]`` tile straight from ``x`` (masked to
+zero where the window falls in the padding), and feeds it to ``tl.dot`` with a ``[BLOCK_C,
+BLOCK_N]`` weight tile, accumulating in fp32. Because the accumulator tile stays in registers,
+the bias, the residual add and the activation are applied to it before the single store: the
+"fusion" is that none of them reads or writes the output again.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import record, runtime
+from .common import activate, needs_int64, new_output, resolve_activation
+
+#: Tests set this to True to run the int64-offset variant on small tensors.
+_FORCE_INT64 = False
+
+
+@triton.jit
+def _conv2d_bias_act_kernel(
+    x_ptr, weight_ptr, bias_ptr, residual_ptr, residual_scale_ptr,
+    input_scale_ptr, input_shift_ptr, prelu_slopes_ptr, out_ptr,
+    pixels, C, H, W, K, OH, OW,  # pixels = N*OH*OW, the GEMM's rows
+    conv_stride, padding, leaky_slope,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    w_stride_k, w_stride_c, w_stride_r, w_stride_s,
+    res_stride_n, res_stride_k, res_stride_h, res_stride_w,
+    res_scale_stride_n, res_scale_stride_k,
+    out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+    R: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_RESIDUAL_SCALE: tl.constexpr, HAS_INPUT_AFFINE: tl.constexpr, ACTIVATION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program (i, j) computes output pixels i*BLOCK_M.. x output channels j*BLOCK_N.. of
+    conv(x, w), sums over taps and channel blocks in fp32, then applies the epilogue once."""
+    pid_m = tl.program_id(0)
+    if USE_INT64:  # offsets may pass 2**31: do all index arithmetic in int64
+        pid_m = pid_m.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (n, oh, ow), flattened
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels k
+    chans = tl.arange(0, BLOCK_C)  # input channels within a block
+    if USE_INT64:
+        cols = cols.to(tl.int64)
+        chans = chans.to(tl.int64)
+    row_ok, col_ok = rows < pixels, cols < K
+    ow = rows % OW
+    oh = (rows // OW) % OH
+    n = rows // (OW * OH)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r in range(R):
+        for s in range(R):
+            # Where this tap reads the input; outside [0, H) x [0, W) is zero padding.
+            ih = oh * conv_stride - padding + r
+            iw = ow * conv_stride - padding + s
+            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_row = x_ptr + n * x_stride_n + ih * x_stride_h + iw * x_stride_w
+            w_col = weight_ptr + cols * w_stride_k + r * w_stride_r + s * w_stride_s
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + chans
+                c_ok = c < C
+                x_ok = pixel_ok[:, None] & c_ok[None, :]
+                a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=x_ok, other=0.0)
+                if HAS_INPUT_AFFINE:  # x*scale + shift on real pixels; padding stays zero
+                    scale = tl.load(input_scale_ptr + c, mask=c_ok, other=0.0)
+                    shift = tl.load(input_shift_ptr + c, mask=c_ok, other=0.0)
+                    a = a.to(tl.float32) * scale[None, :] + shift[None, :]
+                    a = tl.where(x_ok, a, 0.0).to(x_ptr.dtype.element_ty)
+                b = tl.load(w_col[None, :] + c[:, None] * w_stride_c,
+                            mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+                acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+
+    # Epilogue on the fp32 tile: bias, scaled residual, activation, then one store.
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        res_row = n * res_stride_n + oh * res_stride_h + ow * res_stride_w
+        res = tl.load(residual_ptr + res_row[:, None] + cols[None, :] * res_stride_k, mask=out_ok)
+        res = res.to(tl.float32)
+        if HAS_RESIDUAL_SCALE:  # squeeze-excite: one scale per (n, k)
+            scale_at = n[:, None] * res_scale_stride_n + cols[None, :] * res_scale_stride_k
+            res *= tl.load(residual_scale_ptr + scale_at, mask=out_ok).to(tl.float32)
+        y += res
+    if ACTIVATION == 3:  # common.PRELU: one slope per output channel
+        slope = tl.load(prelu_slopes_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    else:
+        slope = leaky_slope
+    y = activate(y, slope, ACTIVATION)
+    out_row = n * out_stride_n + oh * out_stride_h + ow * out_stride_w
+    tl.store(out_ptr + out_row[:, None] + cols[None, :] * out_stride_k,
+             y.to(out_ptr.dtype.element_ty), mask=out_ok)
+
+
+def _check_shape(name: str, t: torch.Tensor | None, expected: tuple[int, ...]) -> None:
+    if t is not None and tuple(t.shape) != expected:
+        raise ValueError(f"conv2d_bias_act: {name} has shape {tuple(t.shape)}, expected {expected}")
+
+
+def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    """``t`` (1-D vectors made contiguous: the kernel indexes them densely), or the dummy."""
+    if t is None:
+        return dummy
+    return t.contiguous() if t.dim() == 1 else t
+
+
+def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+def conv2d_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    activation: str = "identity",
+    slope=0.0,
+    residual: torch.Tensor | None = None,
+    residual_scale: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
+    input_shift: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """``activation(conv2d(x*input_scale + input_shift, weight) + bias + residual*residual_scale)``.
+
+    One kernel launch; the epilogue runs on the accumulator in registers. ``x`` is ``[N, C, H, W]``
+    in float32/float16/bfloat16 with any strides; ``weight`` is ``[K, C, R, R]`` (R odd), cast to
+    ``x.dtype`` for the dot; accumulation is fp32 and the result is stored in ``x.dtype``. The
+    input affine applies to real pixels only (zero padding stays zero). ``out`` may be any
+    preallocated ``[N, K, OH, OW]`` view, e.g. a channel slice of a concatenation buffer.
+    ``precision="tf32"`` lets float32 dots use TF32 tensor cores; the default is exact fp32.
+    """
+    name = "conv2d_bias_act"
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"{name}: x and weight must be 4-D ([N, C, H, W] and [K, C, R, R]); "
+                         f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    N, C, H, W = x.shape
+    K, weight_c, R, R2 = weight.shape
+    if weight_c != C:
+        raise ValueError(f"{name}: weight expects {weight_c} input channels but x has {C} "
+                         f"(x {tuple(x.shape)}, weight {tuple(weight.shape)})")
+    if R != R2 or R % 2 == 0:
+        raise ValueError(f"{name}: kernel must be square with odd size, got {R}x{R2}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{name}: weight must be a floating-point tensor, got {weight.dtype}")
+    runtime.check_inputs(name, x, weight, bias, residual, residual_scale, input_scale, input_shift, out)
+    if not isinstance(stride, int) or not isinstance(padding, int) or stride < 1 or padding < 0:
+        raise ValueError(f"{name}: need integers stride >= 1 and padding >= 0, "
+                         f"got stride={stride!r}, padding={padding!r}")
+    OH, OW = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - R) // stride + 1
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{name}: input {H}x{W} with padding {padding} is smaller than the {R}x{R} kernel")
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    if precision == "tf32" and x.dtype != torch.float32:
+        raise ValueError(f"{name}: precision='tf32' applies to float32 inputs only, x is {x.dtype}")
+    _check_shape("bias", bias, (K,))
+    _check_shape("residual", residual, (N, K, OH, OW))
+    _check_shape("residual_scale", residual_scale, (N, K))
+    _check_shape("input_scale", input_scale, (C,))
+    _check_shape("input_shift", input_shift, (C,))
+    _check_shape("out", out, (N, K, OH, OW))
+    if residual_scale is not None and residual is None:
+        raise ValueError(f"{name}: residual_scale needs a residual to scale")
+    if (input_scale is None) != (input_shift is None):
+        raise ValueError(f"{name}: pass input_scale and input_shift together")
+    if out is not None and out.dtype != x.dtype:
+        raise TypeError(f"{name}: out has dtype {out.dtype}, expected x's dtype {x.dtype}")
+    code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
+
+    if out is None:
+        out = new_output(x, (N, K, OH, OW))
+    pixels = N * OH * OW
+    if pixels == 0 or K == 0:
+        return out
+
+    # Block sizes: powers of two, each >= 16 because tl.dot needs that (masks cover the excess);
+    # 128 pixels per tile, 64 when the tile is 128 channels wide to bound the fp32 accumulator.
+    BLOCK_N = min(max(triton.next_power_of_2(K), 16), 128)
+    BLOCK_C = min(max(triton.next_power_of_2(C), 16), 64)
+    BLOCK_M = min(64 if BLOCK_N == 128 else 128, max(triton.next_power_of_2(pixels), 16))
+    grid = (triton.cdiv(pixels, BLOCK_M), triton.cdiv(K, BLOCK_N))
+    dummy = prelu_slopes  # stands in for absent tensors; the kernel never reads it for them
+    record.kernel_launched(name)
+    _conv2d_bias_act_kernel[grid](
+        x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
+        _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
+        pixels, C, H, W, K, OH, OW,
+        stride, padding, leaky_slope,
+        *x.stride(), *weight.stride(), *_strides(residual, 4), *_strides(residual_scale, 2), *out.stride(),
+        R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
+        ACTIVATION=code, INPUT_PRECISION=precision,
+        USE_INT64=_FORCE_INT64 or needs_int64(x, weight, residual, residual_scale, out),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+    )
+    return out
