@@ -1,0 +1,316 @@
+"""Depthwise 3x3 convolution, alone and fused with the pointwise 1x1 that follows it (lesson 02).
+
+MobileNetV1's ``conv_dw`` block is depthwise 3x3 -> BN -> LeakyReLU -> pointwise 1x1 -> BN ->
+LeakyReLU, with BN already folded into the weights and biases. Two kernels:
+
+* ``depthwise_conv_bias_act``: each output is a 9-term sum over one channel's 3x3 window. There
+  is no reduction over channels, so this is nine fp32 FMAs per output, not a ``tl.dot``.
+* ``conv_dw_fused``: the whole block. For a tile of output pixels, each block of channels is
+  convolved depthwise in registers and fed straight into ``tl.dot`` with the pointwise weights;
+  the [N, C, OH, OW] intermediate is never written to memory.
+
+Both read every tensor through its strides (NCHW, channels_last or any view, no copies), take the
+zero padding from masked loads, and accumulate in fp32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import record, runtime
+from .common import LEAKY_RELU, activate, needs_int64, new_output, resolve_activation
+
+#: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant so that a
+#: test can inject an off-by-one padding bug and check that the tolerance policy rejects it.
+_PADDING = 1
+#: Force 64-bit offsets even for small tensors (the tests check the int64 path on the CPU).
+_FORCE_INT64 = False
+
+_LEAKY: tl.constexpr = tl.constexpr(LEAKY_RELU)
+
+
+@triton.jit
+def _block_offsets(block_id, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """Indices ``block_id * BLOCK + [0, BLOCK)``, in int64 when offsets may pass 2**31."""
+    if INT64:
+        block_id = tl.cast(block_id, tl.int64)  # also for a Python int loop index (interpreter)
+    return block_id * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _depthwise_taps(
+    x_ptr, weight_ptr,
+    n, oh, ow, pixel_mask,            # [BLOCK_P] output pixel coordinates
+    channel, channel_mask,            # [BLOCK_C] channels
+    H, W,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr,
+):
+    """Depthwise 3x3 sums for a [BLOCK_P pixels, BLOCK_C channels] tile, fp32, no bias.
+
+    Each of the nine taps loads one shifted input tile and one weight per channel; taps that
+    fall in the padding are masked and read as zero. The weights are rounded to x's dtype
+    first, as a conv in that dtype would store them.
+    """
+    x_tile = n[:, None] * stride_xn + channel[None, :] * stride_xc
+    acc = tl.zeros(x_tile.shape, dtype=tl.float32)
+    for i in tl.static_range(3):
+        ih = oh * STRIDE + i - PADDING
+        row_ok = pixel_mask & (ih >= 0) & (ih < H)
+        for j in tl.static_range(3):
+            iw = ow * STRIDE + j - PADDING
+            tap_ok = row_ok & (iw >= 0) & (iw < W)
+            x = tl.load(x_ptr + x_tile + (ih * stride_xh + iw * stride_xw)[:, None],
+                        mask=tap_ok[:, None] & channel_mask[None, :], other=0.0)
+            w = tl.load(weight_ptr + channel * stride_wc + i * stride_wh + j * stride_ww,
+                        mask=channel_mask, other=0.0)
+            w = w.to(x_ptr.dtype.element_ty).to(tl.float32)
+            acc = tl.fma(x.to(tl.float32), w[None, :], acc)
+    return acc
+
+
+@triton.jit
+def _depthwise_conv_bias_act_kernel(
+    x_ptr, weight_ptr, bias_ptr, prelu_ptr, out_ptr,
+    C, H, W, OH, OW, pixels,          # pixels = N * OH * OW
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    leaky_slope,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[n, c] = act(bias[c] + depthwise 3x3 of x[n, c]) for BLOCK_P pixels x BLOCK_C channels.
+
+    Pixels are flattened over (N, OH, OW) so small maps still fill a tile.
+    """
+    pixel = _block_offsets(tl.program_id(0), BLOCK_P, INT64)
+    channel = _block_offsets(tl.program_id(1), BLOCK_C, INT64)
+    pixel_mask = pixel < pixels
+    channel_mask = channel < C
+    n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
+
+    y = _depthwise_taps(x_ptr, weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
+                        stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
+                        STRIDE, PADDING)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATION == 3:  # PReLU: one slope per channel
+        slope = tl.load(prelu_ptr + channel, mask=channel_mask, other=0.0)[None, :]
+    else:
+        slope = leaky_slope
+    y = activate(y, slope, ACTIVATION)
+
+    out = n[:, None] * stride_on + channel[None, :] * stride_oc + (oh * stride_oh + ow * stride_ow)[:, None]
+    tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=pixel_mask[:, None] & channel_mask[None, :])
+
+
+@triton.jit
+def _conv_dw_fused_kernel(
+    x_ptr, dw_weight_ptr, dw_bias_ptr, pw_weight_ptr, pw_bias_ptr, out_ptr,
+    C, H, W, K, OH, OW, pixels,       # pixels = N * OH * OW
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dwc, stride_dwh, stride_dww,
+    stride_pwk, stride_pwc,
+    stride_on, stride_ok, stride_oh, stride_ow,
+    dw_slope, pw_slope,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """A whole conv_dw block for BLOCK_P output pixels x BLOCK_K output channels.
+
+    Per block of BLOCK_C input channels: depthwise 3x3 + bias + LeakyReLU in registers, rounded
+    to x's dtype (what the two-kernel path would store), then one tl.dot with the pointwise
+    weights. Masked channels are zero on both sides of the dot, so any C works.
+    """
+    pixel = _block_offsets(tl.program_id(0), BLOCK_P, INT64)
+    out_channel = _block_offsets(tl.program_id(1), BLOCK_K, INT64)
+    pixel_mask = pixel < pixels
+    out_channel_mask = out_channel < K
+    n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
+
+    acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
+    for channel_block in range(0, tl.cdiv(C, BLOCK_C)):
+        channel = _block_offsets(channel_block, BLOCK_C, INT64)
+        channel_mask = channel < C
+        mid = _depthwise_taps(x_ptr, dw_weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
+                              stride_xn, stride_xc, stride_xh, stride_xw, stride_dwc, stride_dwh, stride_dww,
+                              STRIDE, PADDING)
+        mid += tl.load(dw_bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
+        mid = activate(mid, dw_slope, _LEAKY).to(x_ptr.dtype.element_ty)
+        pw = tl.load(pw_weight_ptr + channel[:, None] * stride_pwc + out_channel[None, :] * stride_pwk,
+                     mask=channel_mask[:, None] & out_channel_mask[None, :], other=0.0)
+        acc = tl.dot(mid, pw.to(x_ptr.dtype.element_ty), acc, input_precision=PRECISION)
+
+    acc += tl.load(pw_bias_ptr + out_channel, mask=out_channel_mask, other=0.0).to(tl.float32)[None, :]
+    y = activate(acc, pw_slope, _LEAKY)
+    out = n[:, None] * stride_on + out_channel[None, :] * stride_ok + (oh * stride_oh + ow * stride_ow)[:, None]
+    tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=pixel_mask[:, None] & out_channel_mask[None, :])
+
+
+# ----------------------------------------------------------------------------------- launchers
+
+
+def _check_x(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = f"rank {x.dim()} with shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got {got}")
+
+
+def _check_param(name: str, what: str, t: torch.Tensor, *expected_shapes: tuple) -> None:
+    """``t`` must be a floating-point tensor with one of ``expected_shapes``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) not in expected_shapes:
+        wanted = " or ".join(str(list(s)) for s in expected_shapes)
+        raise ValueError(f"{name}: {what} must have shape {wanted}, got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: {what} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_stride(name: str, stride) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride not in (1, 2):
+        raise ValueError(f"{name}: stride must be 1 or 2, got {stride!r}")
+
+
+def _output(name: str, x: torch.Tensor, out: torch.Tensor | None, shape: tuple) -> torch.Tensor:
+    """A new output in x's memory format, or the caller's ``out`` after checking it fits."""
+    if out is None:
+        return new_output(x, shape)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"{name}: out must have shape {list(shape)}, got {list(out.shape)}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name}: out must have x's dtype {x.dtype}, got {out.dtype}")
+    return out
+
+
+def _out_size(size: int, stride: int) -> int:
+    return (size + 2 * 1 - 3) // stride + 1
+
+
+def _depthwise_blocks(pixels: int, channels: int, channels_last: bool) -> tuple[int, int]:
+    """~2048-element tiles, long along the axis that is contiguous in memory.
+
+    channels_last: up to 64 channels side by side (coalesced loads); NCHW: 4 channels and many
+    pixels, since neighbouring pixels of one channel are neighbours in memory.
+    """
+    block_c = min(triton.next_power_of_2(channels), 64 if channels_last else 4)
+    block_p = min(triton.next_power_of_2(pixels), 2048 // block_c)
+    return block_p, block_c
+
+
+def _fused_blocks(pixels: int, channels: int, out_channels: int) -> tuple[int, int, int]:
+    """tl.dot needs every tile side >= 16. BLOCK_K covers up to 128 output channels so the
+    depthwise part, recomputed for every BLOCK_K tile, runs at most twice for K = 256."""
+    block_p = min(64, max(16, triton.next_power_of_2(pixels)))
+    block_c = min(32, max(16, triton.next_power_of_2(channels)))
+    block_k = min(128, max(16, triton.next_power_of_2(out_channels)))
+    return block_p, block_c, block_k
+
+
+def depthwise_conv_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    stride: int = 1,
+    activation: str = "identity",
+    slope=0.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias, stride, padding=1, groups=C))`` for a 3x3 depthwise weight.
+
+    x: [N, C, H, W] float32/float16/bfloat16, any strides. weight: [C, 1, 3, 3] (BN folded in).
+    bias: [C] or None. activation/slope as :func:`common.resolve_activation`. Returns
+    [N, C, OH, OW] in x's dtype, written into ``out`` when given.
+    """
+    name = "depthwise_conv_bias_act"
+    _check_x(name, x)
+    N, C, H, W = x.shape
+    _check_param(name, "weight", weight, (C, 1, 3, 3))
+    if bias is not None:
+        _check_param(name, "bias", bias, (C,))
+    _check_stride(name, stride)
+    runtime.check_inputs(name, x, weight, bias, out)
+    code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, C, x.device)
+    OH, OW = _out_size(H, stride), _out_size(W, stride)
+    out = _output(name, x, out, (N, C, OH, OW))
+    pixels = N * OH * OW
+    if pixels == 0 or C == 0:
+        return out
+
+    block_p, block_c = _depthwise_blocks(pixels, C, channels_last=x.stride(1) == 1)
+    grid = (triton.cdiv(pixels, block_p), triton.cdiv(C, block_c))
+    record.kernel_launched(name)
+    _depthwise_conv_bias_act_kernel[grid](
+        x, weight, x if bias is None else bias.contiguous(), prelu_slopes, out,
+        C, H, W, OH, OW, pixels,
+        *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *out.stride(),
+        leaky_slope,
+        STRIDE=stride, PADDING=_PADDING, HAS_BIAS=bias is not None, ACTIVATION=code,
+        INT64=_FORCE_INT64 or needs_int64(x, out),
+        BLOCK_P=block_p, BLOCK_C=block_c,
+    )
+    return out
+
+
+def conv_dw_fused(
+    x: torch.Tensor,
+    dw_weight: torch.Tensor,
+    dw_bias: torch.Tensor,
+    pw_weight: torch.Tensor,
+    pw_bias: torch.Tensor,
+    *,
+    stride: int = 1,
+    dw_slope: float = 0.1,
+    pw_slope: float = 0.1,
+    out: torch.Tensor | None = None,
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """A MobileNetV1 conv_dw block in one kernel (BN folded in, both activations LeakyReLU):
+
+    ``leaky(conv1x1(leaky(depthwise3x3(x, dw_weight, dw_bias, stride), dw_slope), pw_weight, pw_bias), pw_slope)``
+
+    x: [N, C, H, W]; dw_weight: [C, 1, 3, 3]; dw_bias: [C]; pw_weight: [K, C, 1, 1] or [K, C];
+    pw_bias: [K]. The intermediate is rounded to x's dtype, as the two-kernel path stores it.
+    precision: "ieee" or "tf32" for the pointwise dot on float32 input. Returns [N, K, OH, OW].
+    """
+    name = "conv_dw_fused"
+    _check_x(name, x)
+    N, C, H, W = x.shape
+    _check_param(name, "dw_weight", dw_weight, (C, 1, 3, 3))
+    _check_param(name, "dw_bias", dw_bias, (C,))
+    if not isinstance(pw_weight, torch.Tensor) or pw_weight.dim() not in (2, 4):
+        got = list(pw_weight.shape) if isinstance(pw_weight, torch.Tensor) else type(pw_weight).__name__
+        raise ValueError(f"{name}: pw_weight must be [K, C, 1, 1] or [K, C] with C = {C}, got {got}")
+    K = pw_weight.shape[0]
+    _check_param(name, "pw_weight", pw_weight, (K, C, 1, 1), (K, C))
+    _check_param(name, "pw_bias", pw_bias, (K,))
+    _check_stride(name, stride)
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    runtime.check_inputs(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out)
+    OH, OW = _out_size(H, stride), _out_size(W, stride)
+    out = _output(name, x, out, (N, K, OH, OW))
+    pixels = N * OH * OW
+    if pixels == 0 or K == 0:
+        return out
+
+    block_p, block_c, block_k = _fused_blocks(pixels, C, K)
+    grid = (triton.cdiv(pixels, block_p), triton.cdiv(K, block_k))
+    record.kernel_launched(name)
+    _conv_dw_fused_kernel[grid](
+        x, dw_weight, dw_bias.contiguous(), pw_weight, pw_bias.contiguous(), out,
+        C, H, W, K, OH, OW, pixels,
+        *x.stride(), dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
+        pw_weight.stride(0), pw_weight.stride(1), *out.stride(),
+        float(dw_slope), float(pw_slope),
+        STRIDE=stride, PADDING=_PADDING, PRECISION=precision,
+        INT64=_FORCE_INT64 or needs_int64(x, out),
+        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k,
+    )
+    return out
