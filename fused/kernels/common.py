@@ -63,6 +63,30 @@ def new_output(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
+#: Extents above this get wider tiles in the interpreter (see :func:`interpreter_tile`).
+INTERPRETER_BIG_PROBLEM = 512
+
+
+def interpreter_tile(gpu_tile: int, extent: int, *, big: int = INTERPRETER_BIG_PROBLEM, max_tile: int = 1024) -> int:
+    """The tile size to launch with along an axis of ``extent``: ``gpu_tile``, or wider in the interpreter.
+
+    Triton's interpreter runs each program (and each loop iteration) as Python, so its cost is per
+    program, not per element. For big extents (whole models in tests and lessons) it gets tiles of
+    up to ``max_tile``, which makes a forward pass several times faster; extents up to ``big``
+    keep the GPU tile, so the property tests still exercise indexing across several tiles.
+    """
+    from .. import runtime
+
+    if runtime.INTERPRETED and extent > big:
+        return max(gpu_tile, min(max_tile, triton.next_power_of_2(extent)))
+    return gpu_tile
+
+
+def row_tile(gpu_tile: int, rows: int, max_tile: int = 1024) -> int:
+    """:func:`interpreter_tile` along the rows (output pixels) of a launch."""
+    return interpreter_tile(gpu_tile, rows, max_tile=max_tile)
+
+
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
     """True when some element offset of these tensors may not fit in int32."""
     for t in tensors:

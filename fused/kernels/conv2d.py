@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import activate, needs_int64, new_output, resolve_activation
+from .common import activate, needs_int64, interpreter_tile, new_output, resolve_activation, row_tile
 
 #: Tests set this to True to run the int64-offset variant on small tensors.
 _FORCE_INT64 = False
@@ -197,6 +197,9 @@ def conv2d_bias_act(
     BLOCK_N = min(max(triton.next_power_of_2(K), 16), 128)
     BLOCK_C = min(max(triton.next_power_of_2(C), 16), 64)
     BLOCK_M = min(64 if BLOCK_N == 128 else 128, max(triton.next_power_of_2(pixels), 16))
+    BLOCK_M = row_tile(BLOCK_M, pixels)
+    BLOCK_N = interpreter_tile(BLOCK_N, K, big=128, max_tile=512)
+    BLOCK_C = interpreter_tile(BLOCK_C, C, big=64, max_tile=512)
     grid = (triton.cdiv(pixels, BLOCK_M), triton.cdiv(K, BLOCK_N))
     dummy = prelu_slopes  # stands in for absent tensors; the kernel never reads it for them
     record.kernel_launched(name)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import LEAKY_RELU, activate, needs_int64, new_output, resolve_activation
+from .common import LEAKY_RELU, activate, needs_int64, new_output, resolve_activation, row_tile
 
 #: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant so that a
 #: test can inject an off-by-one padding bug and check that the tolerance policy rejects it.
@@ -199,14 +199,14 @@ def _depthwise_blocks(pixels: int, channels: int, channels_last: bool) -> tuple[
     pixels, since neighbouring pixels of one channel are neighbours in memory.
     """
     block_c = min(triton.next_power_of_2(channels), 64 if channels_last else 4)
-    block_p = min(triton.next_power_of_2(pixels), 2048 // block_c)
+    block_p = row_tile(min(triton.next_power_of_2(pixels), 2048 // block_c), pixels, max_tile=max(2048 // block_c, 1024))
     return block_p, block_c
 
 
 def _fused_blocks(pixels: int, channels: int, out_channels: int) -> tuple[int, int, int]:
     """tl.dot needs every tile side >= 16. BLOCK_K covers up to 128 output channels so the
     depthwise part, recomputed for every BLOCK_K tile, runs at most twice for K = 256."""
-    block_p = min(64, max(16, triton.next_power_of_2(pixels)))
+    block_p = row_tile(min(64, max(16, triton.next_power_of_2(pixels))), pixels)
     block_c = min(32, max(16, triton.next_power_of_2(channels)))
     block_k = min(128, max(16, triton.next_power_of_2(out_channels)))
     return block_p, block_c, block_k

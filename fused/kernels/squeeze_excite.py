@@ -19,14 +19,14 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, activate, needs_int64, new_output, resolve_activation
+from .common import PRELU, activate, needs_int64, new_output, resolve_activation, row_tile
 
 _PRELU = tl.constexpr(PRELU)  # the activation code, visible inside @triton.jit functions
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
 _TILE_ELEMENTS = 2048
 #: Programs the squeeze aims for, so a few samples on a large map still fill every SM.
-_TARGET_PROGRAMS = 1024
+_TARGET_PROGRAMS = 16 if runtime.INTERPRETED else 1024  # the interpreter pays per program
 
 
 @triton.jit
@@ -323,6 +323,7 @@ def se_scale_residual_act(
     if y.numel() == 0:
         return out
     block_c, block_hw = _tile_sizes(channels, height * width)
+    block_hw = row_tile(block_hw, height * width, max_tile=4096)
     grid = (batch * triton.cdiv(channels, block_c), triton.cdiv(height * width, block_hw))
     res = y if residual is None else residual  # a dummy pointer when there is no residual
     record.kernel_launched("se_scale_residual_act")
