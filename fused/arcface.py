@@ -21,6 +21,7 @@ class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
 
     block_type = "ResNetArcFace"
     fuses_children = True
+    handled_children = ("conv1", "bn1", "prelu", "bn4", "fc5", "bn5")
 
     def fold(self, dtype, device):
         s4, t4 = batchnorm_affine(self.bn4)  # per channel of the 512x8x8 map

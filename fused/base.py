@@ -40,6 +40,8 @@ class FusedModule(nn.Module):
     facefuse_path: str | None = None
     #: True for fused classes whose children are blocks that :func:`fused.fuse` fuses too.
     fuses_children: bool = False
+    #: Children this fused module runs itself (not reported as left in PyTorch).
+    handled_children: tuple[str, ...] = ()
     _warned_autograd = False
 
     @classmethod

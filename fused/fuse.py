@@ -126,8 +126,11 @@ def _fused_or_none(module: nn.Module, path: str, report: FuseReport, precision: 
 
 
 def _fuse_children(module: nn.Module, prefix: str, report: FuseReport, precision: str, in_skipped_block=False) -> None:
+    handled = getattr(module, "handled_children", ())
     for name, child in module.named_children():
         path = f"{prefix}.{name}" if prefix else name
+        if name in handled:
+            continue
         n_skipped = len(report.skipped)
         fused = _fused_or_none(child, path, report, precision)
         if fused is not None or isinstance(child, FusedModule):

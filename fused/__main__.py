@@ -1,0 +1,7 @@
+"""``python -m fused`` is the ``facefuse`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,308 @@
+"""``facefuse`` (also ``python -m fused``): profile a face model block by block, or benchmark kernels.
+
+    facefuse profile                       # RetinaFace mobile0.25, CPU-sized defaults on a CPU
+    facefuse profile --model arcface --device cuda --dtype float16
+    facefuse bench --family conv_bn        # on a CUDA GPU
+
+Bad arguments give a usage message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from . import profile as prof
+
+PROFILE_DEFAULT_OUT = "facefuse-profile"
+BENCH_DEFAULT_OUT = "facefuse-bench"
+
+
+def _size(text: str):
+    try:
+        return prof.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facefuse",
+        description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
+                    "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{profile,bench}")
+    sub.required = True
+
+    p = sub.add_parser(
+        "profile", help="time, FLOPs and bytes of every block of a model; fused correctness per block",
+        description="Profile a model block by block: time (median after warm-up), FLOPs, bytes moved, "
+                    "arithmetic intensity; with fused kernels available, the backend that ran each block, "
+                    "its error against a float64 reference and, on a CUDA GPU, its speedup. Writes a table, "
+                    "CSV, JSON and a bar chart into --out.",
+    )
+    p.add_argument("--model", choices=list(prof.MODELS), default="retinaface",
+                   help="retinaface = mobile0.25; arcface = IR-18 without SE (default: retinaface)")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW|N",
+                   help=f"input size (default: {prof.DEFAULT_SIZE['cpu']} on a CPU, {prof.DEFAULT_SIZE['cuda']} "
+                        f"on a GPU; ArcFace takes {prof.ARCFACE_SIZE} only)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
+    p.add_argument("--dtype", choices=list(prof.DTYPES), default="float32",
+                   help="model and input dtype (default: float32; half precision needs --device cuda)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto = cuda when available, else cpu (default: auto)")
+    p.add_argument("--repeats", type=_positive, default=None, help="timed runs per block (default: 10 on CPU, 100 on GPU)")
+    p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs per block (default: 2 on CPU, 10 on GPU)")
+    p.add_argument("--out", default=PROFILE_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{PROFILE_DEFAULT_OUT})")
+    p.add_argument("--no-fused", action="store_true", help="reference columns only: skip fusing and the fused checks")
+    p.add_argument("--check-size", type=_size, default=None, metavar="HxW|N",
+                   help=f"input size of the fused correctness pass (default: the profiled size on a GPU, "
+                        f"{prof.CPU_CHECK_SIZE} on a CPU where the kernels run in Triton's slow interpreter)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the input (default: 0)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="released weights to load (default: seeded initialisation with randomized BatchNorm)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run_profile, parser=p)
+
+    b = sub.add_parser(
+        "bench", help="benchmark fused kernels against eager PyTorch and torch.compile (CUDA)",
+        description="For each case of a kernel family: correctness against float64 first, then eager NCHW, "
+                    "eager channels_last, torch.compile and the fused kernels timed side by side; speedups, "
+                    "GB/s and % of the measured copy bandwidth. Needs a CUDA GPU (--allow-cpu runs the "
+                    "correctness checks and the CPU baselines on small shapes, without fused timings).",
+    )
+    b.add_argument("--family", default="all", choices=[*_all_families(), "all"],
+                   help="kernel family (default: all that have fused modules)")
+    b.add_argument("--model", choices=["retinaface", "retinaface-resnet50"], default="retinaface",
+                   help="where the conv_bn cases come from (default: retinaface = mobile0.25)")
+    b.add_argument("--size", type=_positive, default=None, metavar="N", help="RetinaFace input side (default: 640 on GPU, 64 on CPU)")
+    b.add_argument("--batch", type=_positive, nargs="+", default=None, metavar="N", help="batch sizes (default: 1 16 on GPU, 1 on CPU)")
+    b.add_argument("--dtype", choices=list(prof.DTYPES), default=None, help="default: float16 on GPU, float32 on CPU")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--repeats", type=_positive, default=None, help="timed runs (default: 100 on GPU, 10 on CPU)")
+    b.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs (default: 10 on GPU, 2 on CPU)")
+    b.add_argument("--compile-mode", choices=["max-autotune", "default", "reduce-overhead", "none"], default=None,
+                   help="torch.compile mode of the baseline (default: max-autotune on GPU, default on CPU; none skips it)")
+    b.add_argument("--cuda-graphs", action="store_true", help="time eager and fused runs as CUDA graph replays")
+    b.add_argument("--allow-cpu", action="store_true",
+                   help="run on a CPU anyway: correctness and baseline timings only (interpreter timings are not speedups)")
+    b.add_argument("--out", default=BENCH_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{BENCH_DEFAULT_OUT})")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=run_bench, parser=b)
+    return parser
+
+
+def _all_families() -> list[str]:
+    from . import benchmark
+
+    return list(benchmark.FAMILIES)
+
+
+def _progress(args):
+    if args.quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# profile
+# --------------------------------------------------------------------------------------------
+
+
+def run_profile(args) -> int:
+    parser = args.parser
+    try:
+        device = prof.resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    dtype = prof.DTYPES[args.dtype]
+    if device.type == "cpu" and dtype != torch.float32:
+        parser.error(f"--dtype {args.dtype} on the CPU: CPU half-precision timings say nothing about a GPU; "
+                     "use --dtype float32 on the CPU, or --device cuda")
+    size = args.size or prof.default_size(args.model, device)
+    try:
+        prof.input_shape(args.model, size, args.batch)
+    except ValueError as exc:
+        parser.error(f"--size: {exc}")
+    if args.check_size is not None:
+        try:
+            prof.input_shape(args.model, args.check_size, args.batch)
+        except ValueError as exc:
+            parser.error(f"--check-size: {exc}")
+    if args.weights is not None and not os.path.isfile(args.weights):
+        parser.error(f"--weights: no file at {args.weights!r}")
+    if args.weights is not None:
+        try:  # load once here so a mismatch is a usage error, not a traceback
+            prof.build_model(args.model, seed=args.seed, weights=args.weights)
+        except Exception as exc:  # WeightsMismatchError, unpickling errors, ...
+            lines = [line if len(line) <= 240 else line[:237] + "..." for line in str(exc).splitlines()[:8]]
+            parser.error(f"--weights {args.weights}: " + "\n".join(lines))
+
+    say = _progress(args)
+    if say:
+        on_gpu = device.type == "cuda"
+        shape = "x".join(map(str, prof.input_shape(args.model, size, args.batch)))
+        say(f"facefuse profile: {args.model} {shape} {args.dtype} on {device.type}"
+            + ("" if args.weights else " (seeded initialisation with randomized BatchNorm, not trained weights)"))
+        if not args.no_fused and not on_gpu:
+            say("fused kernels run once per block in Triton's interpreter, for correctness only "
+                "(interpreter timings are not speedups)")
+            if args.model.startswith("arcface"):
+                say("ArcFace takes 128x128 only, so the interpreter pass runs at full size: expect a minute "
+                    "or more on a small CPU (--no-fused skips it)")
+    result = prof.profile(
+        args.model, size=size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
+        repeats=args.repeats, fused=not args.no_fused, seed=args.seed, weights=args.weights,
+        check_size=args.check_size, progress=say,
+    )
+    paths = result.save(args.out)
+    print(result.table())
+    if result.fuse_report:
+        print()
+        print(result.fuse_report)
+    print()
+    print(f"wrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    for kind, path in paths.items():
+        print(f"  {kind:5s} {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------
+
+
+def run_bench(args) -> int:
+    from . import benchmark
+
+    parser = args.parser
+    try:
+        device = prof.resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    on_gpu = device.type == "cuda"
+    if not on_gpu and not args.allow_cpu:
+        parser.error(
+            "facefuse bench times GPU kernels and needs a CUDA device. Here the Triton kernels run in "
+            "the interpreter, whose timings are not speedups. Pass --allow-cpu to run the correctness "
+            "checks and the eager/torch.compile CPU timings on small shapes anyway (no fused timings)."
+        )
+    available = benchmark.families()
+    wanted = available if args.family == "all" else [args.family]
+    missing = [f for f in wanted if f not in available]
+    if missing:
+        parser.error(f"--family {args.family}: its fused modules are not in this checkout yet")
+    if not wanted:
+        parser.error("no kernel family has fused modules in this checkout yet (fused.fuse is missing)")
+    dtype = prof.DTYPES[args.dtype] if args.dtype else (torch.float16 if on_gpu else torch.float32)
+    if not on_gpu and dtype != torch.float32:
+        parser.error(f"--dtype {args.dtype} on the CPU: use float32 there")
+    size = args.size or (640 if on_gpu else 64)
+    if size < 32:
+        parser.error(f"--size: RetinaFace needs at least 32, got {size}")
+    batches = tuple(args.batch) if args.batch else ((1, 16) if on_gpu else (1,))
+    warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 2)
+    repeats = args.repeats or (100 if on_gpu else 10)
+    compile_mode = args.compile_mode or ("max-autotune" if on_gpu else "default")
+    if args.cuda_graphs and not on_gpu:
+        parser.error("--cuda-graphs needs a CUDA device")
+
+    say = _progress(args)
+    model_name = "resnet50" if args.model == "retinaface-resnet50" else "mobile0.25"
+    cases = []
+    for family in wanted:
+        builder, _ = benchmark.FAMILIES[family]
+        cases += builder(model_name=model_name, size=size, batches=batches, dtype=dtype, device=device, seed=args.seed)
+    if say:
+        say(f"facefuse bench: {len(cases)} cases ({', '.join(wanted)}), {str(dtype).replace('torch.', '')} on {device.type}")
+        if not on_gpu:
+            say("CPU: correctness in Triton's interpreter and CPU baselines only; fused timings are left "
+                "empty (interpreter timings are not speedups)")
+    results = benchmark.run_cases(
+        cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
+        compile_mode=None if compile_mode == "none" else compile_mode, progress=say,
+    )
+    notes = []
+    if not on_gpu:
+        notes.append("run on a CPU with --allow-cpu: the fused kernels ran in Triton's interpreter for "
+                     "correctness only; interpreter timings are not speedups, so fused times are empty")
+    settings = {"families": wanted, "model": args.model, "size": size, "batches": list(batches),
+                "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
+                "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed}
+    paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes)
+    print(format_results(results))
+    for n in notes:
+        print(f"note: {n}")
+    print(f"\nwrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    failed = [r for r in results if r["status"] == "failed"]
+    return 1 if failed else 0
+
+
+def format_results(results: list[dict]) -> str:
+    """The benchmark results as an aligned table."""
+    header = ["case", "status", "max |err|", "eager ms", "eager_cl ms", "compile ms", "fused ms", "fused_cl ms",
+              "x eager", "x eager_cl", "x compile", "GB/s", "% roofline"]
+
+    def f(v, spec):
+        return "" if v is None else format(v, spec)
+
+    lines = [[r["case"], r["status"] or "", f(r["max_abs_error"], ".2g"), f(r["eager_ms"], ".4g"), f(r["eager_cl_ms"], ".4g"),
+              f(r["compile_ms"], ".4g"), f(r["fused_ms"], ".4g"), f(r["fused_cl_ms"], ".4g"),
+              f(r["speedup_vs_eager"], ".2f"), f(r["speedup_vs_eager_cl"], ".2f"), f(r["speedup_vs_compile"], ".2f"),
+              f(r["fused_gbps"], ".0f"), f(r["roofline_pct"], ".0f")] for r in results]
+    widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
+
+    def render(cells):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [render(header), render(["-" * w for w in widths])] + [render(c) for c in lines]
+    errors = [f"  {r['case']}: {r['error']}" for r in results if r.get("error")]
+    errors += [f"  {r['case']}: torch.compile failed: {r['compile_error']}" for r in results if r.get("compile_error")]
+    if errors:
+        out += ["", "problems:"] + errors
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    """Entry point of ``facefuse`` and ``python -m fused``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    except KeyboardInterrupt:
+        print("facefuse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
