@@ -121,11 +121,13 @@ class FusedModule(nn.Module):
                 return f"dtype {t.dtype} is not supported by the kernels (float32, float16, bfloat16)"
         return None
 
+    def fold_sources(self):
+        """The tensors :meth:`fold` reads (by default every parameter and buffer of the module)."""
+        return itertools.chain(self.parameters(), self.buffers())
+
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
-        """Cached :meth:`fold` result, recomputed whenever a parameter or buffer has changed."""
-        key = (dtype, device, tuple(
-            (t.data_ptr(), t._version, t.dtype) for t in itertools.chain(self.parameters(), self.buffers())
-        ))
+        """Cached :meth:`fold` result, recomputed whenever one of :meth:`fold_sources` has changed."""
+        key = (dtype, device, tuple((t.data_ptr(), t._version, t.dtype) for t in self.fold_sources()))
         cache = self.__dict__.setdefault("_facefuse_cache", {})
         if cache.get("key") != key:
             with torch.no_grad():

@@ -159,3 +159,18 @@ def test_arcface_fused_embedding(use_se):
     assert cos >= 0.99999, cos
     fused.assert_close(emb, expected, reduction_length=512 * 9)
     assert [s.path for s in model.fuse_report.swapped][:1] == [""]
+
+
+def test_arcface_head_fold_is_exact_and_cached_separately_from_the_blocks():
+    """bn4 and bn5 folded into fc5 equal the eval-mode head; a block's weight change keeps the head cache."""
+    model = fused.fuse(R.randomize_batchnorm(R.arcface(seed=4), seed=6))
+    x = torch.randn(3, 512, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.bn5(model.fc5(model.bn4(x.float()).reshape(3, -1))).double()
+        weight, bias = model.folded(torch.float32, x.device)["head"]
+        fused.assert_close(F.linear(x.float().reshape(3, -1), weight, bias), expected, reduction_length=512 * 64)
+        head = model.folded(torch.float32, x.device)["head"]
+        model.layer1[0].conv1.weight.mul_(2)
+        assert model.folded(torch.float32, x.device)["head"] is head  # not re-folded
+        model.bn5.running_var.mul_(2)
+        assert model.folded(torch.float32, x.device)["head"] is not head
