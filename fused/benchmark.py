@@ -42,7 +42,8 @@ from torch import nn
 
 import reference
 
-from . import environment, runtime, timing
+from . import environment, timing
+from . import profile as _profile
 from .profile import leaf_flops, reduction_length, state_bytes
 from .tolerance import assert_close, max_error
 
@@ -270,7 +271,7 @@ BASELINES = {"eager": "eager_ms", "eager_cl": "eager_cl_ms", "compile": "compile
 COLUMNS = [
     "case", "family", "shape", "dtype", "device", "status", "max_abs_error", "max_abs_error_cl", "kernels",
     "error", "bytes_moved", "flops", "reduction_length", *TIME_COLUMNS, "timing_method",
-    "speedup_vs_eager", "speedup_vs_eager_cl", "speedup_vs_compile", "fused_best_layout",
+    "speedup_eager", "speedup_eager_cl", "speedup_compile", "fused_best_layout",
     "fused_gbps", "roofline_gbps", "roofline_pct", "eager_gbps", "compile_error", "note",
 ]
 
@@ -325,7 +326,7 @@ def run_cases(
     """
     say = progress or (lambda line: None)
     device = torch.device(device)
-    on_gpu = device.type == "cuda" and not runtime.INTERPRETED
+    on_gpu = _profile.times_fused(device)
     time_fused = on_gpu if time_fused is None else (time_fused and on_gpu)
     bandwidth = measure_bandwidth(device)
     results = []
@@ -359,39 +360,52 @@ def run_cases(
         r["status"] = "ok"
 
         # 2. every variant, one after the other, on the same input
-        def timed(fn, graph: bool = cuda_graphs):
-            with torch.no_grad():
-                return timing.time_callable(fn, device, warmup=warmup, repeats=repeats, cuda_graph=graph and device.type == "cuda")
+        notes = []
+
+        def timed(column, fn, graph: bool = cuda_graphs):
+            """Median ms of ``fn`` into ``r[column]``; a failure is noted, not raised."""
+            try:
+                with torch.no_grad():
+                    t = timing.time_callable(fn, device, warmup=warmup, repeats=repeats,
+                                             cuda_graph=graph and device.type == "cuda")
+            except Exception as exc:
+                notes.append(f"{column[:-3]} not timed: {_first_line(exc)}")
+                return
+            r[column] = t.median_ms
+            r["timing_method"] = r["timing_method"] or t.method
 
         ref = case.reference_fn
         ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last) if isinstance(ref, nn.Module) else ref
-        notes = []
         with _enabled(False):
-            t = timed(lambda: ref(x))
-            r["eager_ms"], r["timing_method"] = t.median_ms, t.method
-            r["eager_cl_ms"] = timed(lambda: ref_cl(x_cl)).median_ms
+            timed("eager_ms", lambda: ref(x))
+            timed("eager_cl_ms", lambda: ref_cl(x_cl))
         if compile_mode:
             try:
                 torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
                 compiled = torch.compile(copy.deepcopy(ref) if isinstance(ref, nn.Module) else ref, mode=compile_mode)
                 with torch.no_grad(), _enabled(False):
                     compiled(x)  # compile (and autotune) outside the timing
-                    # max-autotune captures its own CUDA graphs; do not nest them in ours
-                    r["compile_ms"] = timed(lambda: compiled(x), graph=cuda_graphs and compile_mode == "default").median_ms
             except Exception as exc:
                 r["compile_error"] = _first_line(exc)
                 notes.append("torch.compile failed")
+            else:
+                # max-autotune and reduce-overhead capture their own CUDA graphs: do not nest ours
+                timed("compile_ms", lambda: compiled(x), graph=cuda_graphs and compile_mode == "default")
+                if cuda_graphs and compile_mode != "default":
+                    notes.append(f"compile timed with CUDA events (mode {compile_mode} uses its own CUDA graphs)")
         if time_fused:
             with _enabled(True):
-                r["fused_ms"] = timed(lambda: case.fused_fn(x)).median_ms
-                r["fused_cl_ms"] = timed(lambda: case.fused_fn(x_cl)).median_ms
-            best_layout, best = min((("nchw", r["fused_ms"]), ("channels_last", r["fused_cl_ms"])), key=lambda p: p[1])
-            r["fused_best_layout"] = best_layout
-            for name, column in BASELINES.items():
-                if r[column] is not None and best > 0:
-                    r[f"speedup_vs_{name}"] = r[column] / best
-            r["fused_gbps"] = case.bytes_moved / (best * 1e-3) / 1e9
-            r["roofline_pct"] = 100.0 * r["fused_gbps"] / bandwidth
+                timed("fused_ms", lambda: case.fused_fn(x))
+                timed("fused_cl_ms", lambda: case.fused_fn(x_cl))
+            layouts = [(name, r[c]) for name, c in (("nchw", "fused_ms"), ("channels_last", "fused_cl_ms")) if r[c]]
+            if layouts:
+                best_layout, best = min(layouts, key=lambda p: p[1])
+                r["fused_best_layout"] = best_layout
+                for name, column in BASELINES.items():
+                    if r[column] is not None:
+                        r[f"speedup_{name}"] = r[column] / best
+                r["fused_gbps"] = case.bytes_moved / (best * 1e-3) / 1e9
+                r["roofline_pct"] = 100.0 * r["fused_gbps"] / bandwidth
         else:
             notes.append("fused path not timed: " + ("Triton's interpreter on the CPU; interpreter timings are not speedups"
                                                      if not on_gpu else "time_fused=False"))
@@ -425,12 +439,13 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
             row.update({k: env.get(k) or "" for k in env_columns})
             writer.writerow(row)
     payload = {
+        "families": sorted({r["family"] for r in results}),
         "environment": env,
         "bandwidth_gbps": measure_bandwidth(device),
         "settings": settings or {},
         "notes": list(notes or []),
         "columns": COLUMNS,
-        "results": results,
+        "rows": results,
     }
     with open(paths["json"], "w") as f:
         json.dump(payload, f, indent=2, default=str, allow_nan=True)
@@ -446,12 +461,12 @@ def _plot(results: list[dict], path: str, env: dict) -> None:
     import matplotlib.pyplot as plt
 
     timed = [r for r in results if r.get("status") == "ok"]
-    has_speedups = any(r.get("speedup_vs_eager") is not None for r in timed)
+    has_speedups = any(r.get("speedup_eager") is not None for r in timed)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(timed) + 2), 4.5))
     xs = list(range(len(timed)))
     if has_speedups:
-        keys = [("speedup_vs_eager", "vs eager NCHW"), ("speedup_vs_eager_cl", "vs eager channels_last"),
-                ("speedup_vs_compile", "vs torch.compile")]
+        keys = [("speedup_eager", "vs eager NCHW"), ("speedup_eager_cl", "vs eager channels_last"),
+                ("speedup_compile", "vs torch.compile")]
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_ylabel("speedup of the fused kernel (x)")
     else:

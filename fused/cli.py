@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-cpu", action="store_true",
                    help="run on a CPU anyway: correctness and baseline timings only (interpreter timings are not speedups)")
     b.add_argument("--out", default=BENCH_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{BENCH_DEFAULT_OUT})")
+    b.add_argument("--record", action="store_true",
+                   help="also copy the JSON into the project's results/ folder, where lessons and the README "
+                        "read recorded GPU figures (GPU runs only)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=run_bench, parser=b)
@@ -230,6 +233,8 @@ def run_bench(args) -> int:
     compile_mode = args.compile_mode or ("max-autotune" if on_gpu else "default")
     if args.cuda_graphs and not on_gpu:
         parser.error("--cuda-graphs needs a CUDA device")
+    if args.record and not on_gpu:
+        parser.error("--record keeps GPU results only; CPU runs have no fused timings to record")
 
     say = _progress(args)
     model_name = "resnet50" if args.model == "retinaface-resnet50" else "mobile0.25"
@@ -258,8 +263,29 @@ def run_bench(args) -> int:
     for n in notes:
         print(f"note: {n}")
     print(f"\nwrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    if args.record:
+        print(f"recorded {record_results(paths['json'])}")
     failed = [r for r in results if r["status"] == "failed"]
     return 1 if failed else 0
+
+
+def record_results(json_path) -> str:
+    """Copy a benchmark JSON into ``results/`` as ``<families>-<gpu>-<date>.json``; return the new path."""
+    import json
+    import re
+    import shutil
+
+    from .results import RESULTS_DIR
+
+    with open(json_path) as f:
+        data = json.load(f)
+    env = data.get("environment", {})
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{'-'.join(data.get('families', []))}-{env.get('gpu') or env.get('device')}-"
+                                         f"{env.get('date', '')}").strip("-").lower()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    dest = RESULTS_DIR / f"{slug}.json"
+    shutil.copyfile(json_path, dest)
+    return str(dest)
 
 
 def format_results(results: list[dict]) -> str:
@@ -272,7 +298,7 @@ def format_results(results: list[dict]) -> str:
 
     lines = [[r["case"], r["status"] or "", f(r["max_abs_error"], ".2g"), f(r["eager_ms"], ".4g"), f(r["eager_cl_ms"], ".4g"),
               f(r["compile_ms"], ".4g"), f(r["fused_ms"], ".4g"), f(r["fused_cl_ms"], ".4g"),
-              f(r["speedup_vs_eager"], ".2f"), f(r["speedup_vs_eager_cl"], ".2f"), f(r["speedup_vs_compile"], ".2f"),
+              f(r["speedup_eager"], ".2f"), f(r["speedup_eager_cl"], ".2f"), f(r["speedup_compile"], ".2f"),
               f(r["fused_gbps"], ".0f"), f(r["roofline_pct"], ".0f")] for r in results]
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
 

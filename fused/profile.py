@@ -644,6 +644,7 @@ def profile_model(
             notes.append(f"the machine was busy (load average {load:.1f} on {cores} cores): CPU timings are noisy; "
                          "rerun on an idle machine before reading much into small differences")
     all_settings = {
+        "model": type(model).__name__,
         "input_shape": "x".join(str(d) for d in example_input.shape),
         "dtype": str(dtype).replace("torch.", ""),
         "device": device.type,
@@ -657,6 +658,24 @@ def profile_model(
     return Profile(out_rows + [outside, total], all_settings, environ, notes, fuse_report)
 
 
+def times_fused(device) -> bool:
+    """True where fused timings mean something: a CUDA device with compiled (not interpreted) kernels."""
+    return torch.device(device).type == "cuda" and not runtime.INTERPRETED
+
+
+def _time_fused(fn, device, warmup: int, repeats: int, row: Row) -> float | None:
+    """Time the fused path into ``row`` (median ms and speedup); a failure goes to its note."""
+    try:
+        with torch.no_grad(), _fused_flag(True):
+            t = timing.time_callable(fn, device, warmup=warmup, repeats=repeats)
+    except Exception as exc:
+        row.fused_note = "; ".join(filter(None, [row.fused_note, f"not timed: {type(exc).__name__}: {exc}".splitlines()[0]]))
+        return None
+    row.fused_median_ms = t.median_ms
+    row.speedup = row.ref_median_ms / t.median_ms if t.median_ms > 0 else None
+    return t.median_ms if row.speedup is not None else None
+
+
 def _fused_columns(fuse, model, example_input, check_input, rows, units, out_rows, total, device, dtype,
                    warmup, repeats, notes, say) -> str:
     """Fill the fused columns of ``out_rows`` and ``total``; return the fuse report as text."""
@@ -665,7 +684,7 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
     report = getattr(fmodel, "fuse_report", None)
     skipped = {s.path: s.reason for s in getattr(report, "skipped", [])}
     swapped = {s.path for s in getattr(report, "swapped", [])}
-    on_gpu = device.type == "cuda" and not runtime.INTERPRETED
+    on_gpu = times_fused(device)
 
     check_units = units
     if check_input is not None and check_input is not example_input:
@@ -703,12 +722,10 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
             failures.append(u.path)
             row.fused_note = "; ".join(filter(None, [row.fused_note, message]))
         line = f"[fused {i}/{len(block_units)}] {u.path}: {row.fused_backend}, max |err| {err:.3g} ({'ok' if ok else 'OUT OF TOLERANCE'})"
-        if on_gpu:
-            with torch.no_grad(), _fused_flag(True):
-                t = timing.time_callable(lambda: _run_calls(fmod, u.calls), device, warmup=warmup, repeats=repeats)
-            row.fused_median_ms = t.median_ms
-            row.speedup = row.ref_median_ms / t.median_ms if t.median_ms > 0 else None
-            line += f", {t.median_ms:.4g} ms ({row.speedup:.2f}x)"
+        if on_gpu and ok:  # a wrong result gets no speedup
+            t = _time_fused(lambda: _run_calls(fmod, u.calls), device, warmup, repeats, row)
+            if t is not None:
+                line += f", {t:.4g} ms ({row.speedup:.2f}x)"
         say(line)
 
     # The whole fused model, which includes fusions above block level (ArcFace's stem and head).
@@ -729,12 +746,10 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
         if not ok:
             failures.append(TOTAL)
         line = f"whole fused model: {total.fused_backend}, max |err| {err:.3g} ({'ok' if ok else 'OUT OF TOLERANCE'})"
-        if on_gpu:
-            with torch.no_grad(), _fused_flag(True):
-                t = timing.time_callable(lambda: fmodel(example_input), device, warmup=warmup, repeats=repeats)
-            total.fused_median_ms = t.median_ms
-            total.speedup = total.ref_median_ms / t.median_ms if t.median_ms > 0 else None
-            line += f", {t.median_ms:.4g} ms ({total.speedup:.2f}x)"
+        if on_gpu and ok:
+            t = _time_fused(lambda: fmodel(example_input), device, warmup, repeats, total)
+            if t is not None:
+                line += f", {t:.4g} ms ({total.speedup:.2f}x)"
         say(line)
     if not on_gpu:
         notes.append(

@@ -1,0 +1,143 @@
+"""The benchmark routine on the CPU: bandwidth, correctness before timing, results with provenance."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+
+import fused
+import reference as R
+from fused import benchmark as B
+from fused.cli import main
+
+HAS_FUSE = B._fuse() is not None
+ON_GPU = torch.cuda.is_available() and not fused.runtime.INTERPRETED
+
+
+def test_bandwidth_is_positive_and_cached():
+    gbps = B.measure_bandwidth("cpu", nbytes=8 * 2**20, repeats=3)
+    assert gbps > 0 and gbps == B.measure_bandwidth("cpu", nbytes=8 * 2**20, repeats=3)
+
+
+def small_case(make_fused=None, name="conv_bn 4->8"):
+    """A tiny conv_bn case; ``make_fused(block)`` gives the fused_fn (default: fused.fuse of a copy)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        block = R.randomize_batchnorm(R.conv_bn(4, 8, 1, 0.1), seed=2).eval()
+    x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    fused_fn = fused.fuse(copy.deepcopy(block)) if make_fused is None else make_fused(block)
+    return B.BenchCase(
+        name=name, family="conv_bn", shape="1x4x6x6", fused_fn=fused_fn, reference_fn=block, x=x,
+        bytes_moved=(4 * 36 + 8 * 36 + 8 * 36 + 32) * 4, flops=2 * 36 * 8 * 36, reduction_length=36,
+    )
+
+
+@pytest.fixture(scope="module")
+def results():
+    if not HAS_FUSE:
+        pytest.skip("fused.fuse is not in this checkout yet")
+    good = small_case()
+    wrong = small_case(lambda block: (lambda x: block(x) * 1.01), name="deliberately wrong")
+    unfused = small_case(lambda block: block, name="reference only")  # right answer, but no kernel ran
+    return B.run_cases([good, wrong, unfused], "cpu", warmup=0, repeats=2, compile_mode=None)
+
+
+def test_good_case_is_checked_then_timed(results):
+    good = results[0]
+    assert good["status"] == "ok" and good["max_abs_error"] < 1e-5 and good["max_abs_error_cl"] < 1e-5
+    assert "conv2d_bias_act" in good["kernels"]
+    assert good["eager_ms"] > 0 and good["eager_cl_ms"] > 0 and good["timing_method"] == "wall-clock"
+    assert good["compile_ms"] is None  # compile disabled here
+    if not ON_GPU:  # interpreter timings are never speedups
+        assert good["fused_ms"] is None and good["speedup_eager"] is None
+        assert "interpreter" in good["note"]
+    assert good["roofline_gbps"] > 0
+
+
+def test_wrong_fused_fn_fails_and_is_not_timed(results):
+    wrong = results[1]
+    assert wrong["status"] == "failed" and "out of tolerance" in wrong["error"]
+    assert all(wrong[c] is None for c in B.TIME_COLUMNS)
+
+
+def test_fused_fn_that_runs_no_kernel_is_not_timed(results):
+    unfused = results[2]
+    assert unfused["status"] == "fallback" and all(unfused[c] is None for c in B.TIME_COLUMNS)
+
+
+def test_results_files_carry_the_environment(results, tmp_path):
+    paths = B.write_results(results, tmp_path, device="cpu", settings={"family": "conv_bn"})
+    data = json.loads(open(paths["json"]).read())
+    assert {"date", "torch", "triton", "gpu", "driver", "device"} <= set(data["environment"])
+    assert data["environment"]["torch"] == torch.__version__
+    assert [r["case"] for r in data["rows"]] == ["conv_bn 4->8", "deliberately wrong", "reference only"]
+    assert data["families"] == ["conv_bn"]
+    assert data["bandwidth_gbps"] > 0
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[0]["torch"] == torch.__version__ and rows[0]["date"]
+    assert rows[1]["status"] == "failed" and rows[1]["eager_ms"] == ""
+    with open(paths["chart"], "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+def test_compile_failure_is_recorded_not_raised():
+    if not HAS_FUSE:
+        pytest.skip("fused.fuse is not in this checkout yet")
+    [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode="no-such-mode")
+    assert r["status"] == "ok" and r["compile_ms"] is None and r["compile_error"]
+
+
+@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
+def test_conv_bn_cases():
+    cases = B.conv_bn_cases(size=32, batches=(1, 2), dtype=torch.float32, device="cpu")
+    assert "conv_bn" in B.families()
+    assert len({c.name for c in cases}) == len(cases)  # one case per distinct block, weight and input shape
+    assert {c.info["block_type"] for c in cases} == {"conv_bn", "conv_bn_no_relu", "conv_bn1X1"}
+    stem = next(c for c in cases if c.shape == "1x3x32x32")  # conv_bn(3, 8, 2)
+    assert stem.flops == 2 * 16 * 16 * 8 * 3 * 9
+    assert stem.bytes_moved == (3 * 32 * 32 + 8 * 16 * 16 + 8 * 27 + 4 * 8) * 4
+    assert stem.reduction_length == 27
+    assert any(c.shape == "2x3x32x32" for c in cases)
+
+
+@pytest.mark.skipif(not HAS_FUSE or ON_GPU, reason="the CPU path of the command")
+def test_bench_command_on_cpu(tmp_path, capsys):
+    args = ["bench", "--allow-cpu", "--family", "conv_bn", "--size", "32", "--compile-mode", "none",
+            "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "conv_bn 3->8 k3 s2 1x3x32x32" in out and "not speedups" in out
+    assert (tmp_path / "bench.json").is_file() and (tmp_path / "bench.png").is_file()
+
+
+def test_recorded_results_are_readable(results, tmp_path, monkeypatch):
+    from fused import cli
+    from fused import results as recorded
+
+    monkeypatch.setattr(recorded, "RESULTS_DIR", tmp_path / "results")
+    paths = B.write_results(results, tmp_path / "out", device="cpu")
+    dest = cli.record_results(paths["json"])
+    assert dest.startswith(str(tmp_path / "results")) and dest.endswith(".json")
+    [run] = recorded.recorded("conv_bn", tmp_path / "results")
+    assert run["rows"][0]["case"] == "conv_bn 4->8" and "speedup_eager" in run["rows"][0]
+
+
+def test_gpu_only_code_path_runs(monkeypatch, tmp_path):
+    """Exercise the fused-timing branch (GPU only) on this machine; the interpreter timings are
+    thrown away, never reported."""
+    if not HAS_FUSE:
+        pytest.skip("fused.fuse is not in this checkout yet")
+    from fused import profile as P
+
+    monkeypatch.setattr(P, "times_fused", lambda device: True)
+    [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode=None)
+    assert r["status"] == "ok" and r["fused_ms"] > 0 and r["fused_cl_ms"] > 0
+    assert r["fused_best_layout"] in ("nchw", "channels_last")
+    assert r["speedup_eager"] > 0 and r["speedup_eager_cl"] > 0 and r["speedup_compile"] is None
+    assert r["fused_gbps"] > 0 and r["roofline_pct"] > 0
+    paths = B.write_results([r], tmp_path, device="cpu")
+    with open(paths["chart"], "rb") as f:
+        assert f.read(4) == b"\x89PNG"

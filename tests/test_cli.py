@@ -1,0 +1,116 @@
+"""The facefuse command: files written, bad arguments answered with exit status 2 and a message."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fused
+from fused import profile as P
+from fused.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_CUDA = not torch.cuda.is_available() or fused.runtime.INTERPRETED
+TINY = ["--size", "48", "--repeats", "1", "--warmup", "0", "--quiet"]
+
+
+def test_profile_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "prof"
+    assert main(["profile", *TINY, "--no-fused", "--device", "cpu", "--out", str(out)]) == 0
+    for name in ("profile.txt", "profile.csv", "profile.json", "profile.png"):
+        assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    assert "body.stage1.0" in printed and str(out) in printed
+    assert "seeded initialisation" in printed
+    rows = P.read_csv(out / "profile.csv")
+    assert rows[0]["input_shapes"] == "1x3x48x48"
+
+
+def test_profile_progress_goes_to_stderr(tmp_path, capsys):
+    args = ["profile", "--size", "32", "--repeats", "1", "--warmup", "0", "--no-fused", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[1/27] body.stage1.0 (conv_bn)" in err and "whole model" in err
+
+
+def test_profile_loads_weights(tmp_path, capsys):
+    weights = tmp_path / "w.pth"
+    torch.save(P.build_model("retinaface", seed=3).state_dict(), weights)
+    assert main(["profile", *TINY, "--no-fused", "--device", "cpu", "--weights", str(weights), "--out", str(tmp_path / "o")]) == 0
+    assert "weights loaded from" in capsys.readouterr().out
+
+
+def bad(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "usage:" in err and "Traceback" not in err
+    return err
+
+
+def test_unknown_model(capsys):
+    assert "invalid choice: 'yolo'" in bad(["profile", "--model", "yolo"], capsys)
+
+
+def test_arcface_takes_128_only(capsys):
+    err = bad(["profile", "--model", "arcface", "--size", "100"], capsys)
+    assert "128" in err and "--size" in err
+
+
+@pytest.mark.parametrize("size", ["64x", "abc", "0", "3x4x5", "-1"])
+def test_malformed_size(size, capsys):
+    assert "size must be" in bad(["profile", "--size", size], capsys)
+
+
+def test_too_small_for_retinaface(capsys):
+    assert "at least 32x32" in bad(["profile", "--size", "16"], capsys)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_cuda_without_cuda(capsys):
+    assert "no CUDA device" in bad(["profile", "--device", "cuda"], capsys)
+
+
+def test_half_on_cpu(capsys):
+    assert "float32" in bad(["profile", "--device", "cpu", "--dtype", "float16"], capsys)
+
+
+def test_bad_numbers_and_missing_weights(capsys, tmp_path):
+    assert "positive integer" in bad(["profile", "--repeats", "0"], capsys)
+    assert "positive integer" in bad(["profile", "--batch", "two"], capsys)
+    assert "no file" in bad(["profile", "--weights", str(tmp_path / "missing.pth")], capsys)
+
+
+def test_mismatched_weights(tmp_path, capsys):
+    weights = tmp_path / "arc.pth"
+    torch.save(P.build_model("arcface").state_dict(), weights)
+    assert "do not match" in bad(["profile", "--weights", str(weights), "--device", "cpu"], capsys)
+
+
+def test_no_command(capsys):
+    assert main([]) == 2
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_bench_refuses_cpu_without_allow_cpu(capsys):
+    err = bad(["bench"], capsys)
+    assert "needs a CUDA device" in err and "--allow-cpu" in err
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_bench_records_gpu_results_only(capsys):
+    assert "GPU results only" in bad(["bench", "--allow-cpu", "--record"], capsys)
+
+
+def test_bench_unknown_family(capsys):
+    assert "invalid choice" in bad(["bench", "--family", "nope", "--allow-cpu"], capsys)
+
+
+def test_python_dash_m_help():
+    done = subprocess.run([sys.executable, "-m", "fused", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "profile" in done.stdout and "bench" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "fused", "profile", "--model", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "invalid choice" in done.stderr and "Traceback" not in done.stderr
