@@ -168,7 +168,7 @@ def block_cases(
             x = torch.randn((batch, *chw), generator=g).to(device=example_input.device, dtype=example_input.dtype)
             flops, out_bytes = _count(block, x)
             convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-            desc = (f"{convs[0].in_channels}->{convs[-1].out_channels} k{convs[0].kernel_size[0]} s{convs[0].stride[0]}"
+            desc = (f"{convs[0].in_channels}->{convs[-1].out_channels} k{convs[0].kernel_size[0]} s{max(c.stride[0] for c in convs)}"
                     if convs else "")
             cases.append(BenchCase(
                 name=f"{kind} {desc} {'x'.join(map(str, x.shape))}".replace("  ", " "),
@@ -237,7 +237,7 @@ def conv_dw_cases(model_name: str = "mobile0.25", size: int = 640, batches=(1, 1
     return block_cases("conv_dw", net, ("conv_dw",), x, batches=batches, seed=seed)
 
 
-def squeeze_excite_cases(model_name: str = "arcface-se", size: int = 128, batches=(1, 16), dtype=torch.float16,
+def squeeze_excite_cases(model_name: str = "arcface-se", size: int = 128, batches=(1, 64), dtype=torch.float16,
                          device="cuda", seed: int = 0) -> list[BenchCase]:
     """The SEBlocks of ResNetArcFace IR-18 with squeeze-excite (input 128x128; ``model_name`` and
     ``size`` are ignored)."""
@@ -246,12 +246,25 @@ def squeeze_excite_cases(model_name: str = "arcface-se", size: int = 128, batche
     return block_cases("squeeze_excite", net, ("SEBlock",), x, batches=batches, seed=seed)
 
 
+def irblock_cases(model_name: str = "arcface", size: int = 128, batches=(1, 64), dtype=torch.float16,
+                  device="cuda", seed: int = 0) -> list[BenchCase]:
+    """The IRBlocks of ResNetArcFace IR-18, with and without squeeze-excite (input 128x128;
+    ``model_name`` and ``size`` are ignored)."""
+    cases = []
+    for use_se in (False, True):
+        net = reference.randomize_batchnorm(reference.arcface(use_se=use_se, seed=seed), seed=seed).to(device=device, dtype=dtype)
+        x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+        cases += block_cases("irblock" + ("_se" if use_se else ""), net, ("IRBlock",), x, batches=batches, seed=seed)
+    return cases
+
+
 #: family → (case builder, the block types whose fused modules it needs). A family whose fused
 #: modules are not registered in ``fused.REGISTRY`` is left out by :func:`families`.
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "conv_bn": (conv_bn_cases, CONV_BN_TYPES),
     "conv_dw": (conv_dw_cases, ("conv_dw",)),
     "squeeze_excite": (squeeze_excite_cases, ("SEBlock",)),
+    "irblock": (irblock_cases, ("IRBlock",)),
 }
 
 
@@ -272,8 +285,23 @@ COLUMNS = [
     "case", "family", "shape", "dtype", "device", "status", "max_abs_error", "max_abs_error_cl", "kernels",
     "error", "bytes_moved", "flops", "reduction_length", *TIME_COLUMNS, "timing_method",
     "speedup_eager", "speedup_eager_cl", "speedup_compile", "fused_best_layout",
-    "fused_gbps", "roofline_gbps", "roofline_pct", "eager_gbps", "compile_error", "note",
+    "fused_gbps", "roofline_gbps", "roofline_pct", "eager_gbps", "eager_kernels", "eager_cl_kernels",
+    "compile_error", "note",
 ]
+
+
+def eager_gpu_kernels(fn, device) -> str | None:
+    """Names of the GPU kernels ``fn()`` launches (torch.profiler), e.g. which depthwise kernel eager
+    PyTorch dispatches in NCHW vs channels_last; None on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    names = {e.name for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA}
+    return "; ".join(sorted(names)) or None
 
 
 def _enabled(flag: bool):
@@ -379,6 +407,11 @@ def run_cases(
         with _enabled(False):
             timed("eager_ms", lambda: ref(x))
             timed("eager_cl_ms", lambda: ref_cl(x_cl))
+            try:  # which kernels eager PyTorch chose in each layout (they differ for depthwise)
+                r["eager_kernels"] = eager_gpu_kernels(lambda: ref(x), device)
+                r["eager_cl_kernels"] = eager_gpu_kernels(lambda: ref_cl(x_cl), device)
+            except Exception as exc:
+                notes.append(f"eager kernels not recorded: {_first_line(exc)}")
         if compile_mode:
             try:
                 torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
