@@ -488,14 +488,12 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
 
 
 def _plot(results: list[dict], path: str, env: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
     timed = [r for r in results if r.get("status") == "ok"]
     has_speedups = any(r.get("speedup_eager") is not None for r in timed)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(timed) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(timed) + 2), 4.5))
+    ax = fig.subplots()
     xs = list(range(len(timed)))
     if has_speedups:
         keys = [("speedup_eager", "vs eager NCHW"), ("speedup_eager_cl", "vs eager channels_last"),
@@ -519,4 +517,3 @@ def _plot(results: list[dict], path: str, env: dict) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

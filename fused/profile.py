@@ -212,17 +212,15 @@ class Profile:
 
     def write_chart(self, path) -> str:
         """A horizontal bar chart of the median time per row (reference, and fused where timed)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
         rows = [r for r in self.rows if r.kind in ("block", "module") or (r.kind == "outside" and (r.ref_median_ms or 0) > 0)]
         labels = [f"{r.path} [{r.block_type}]" if r.kind != "outside" else r.path for r in rows]
         ref = [r.ref_median_ms or 0.0 for r in rows]
         fused_times = [r.fused_median_ms for r in rows]
         has_fused = any(t is not None for t in fused_times)
-        fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(rows) + 1.5)))
+        fig = Figure(figsize=(10, max(3.0, 0.28 * len(rows) + 1.5)))
+        ax = fig.subplots()
         ys = list(range(len(rows)))
         if has_fused:
             h = 0.4
@@ -241,7 +239,6 @@ class Profile:
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return os.fspath(path)
 
     def save(self, out_dir) -> dict[str, str]:
