@@ -53,7 +53,7 @@ class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
         x = conv2d_bias_act(x, weight, bias, padding=1, activation="prelu", slope=f["prelu"], precision=self.dot_precision(x))
         x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return F.linear(x.reshape(x.shape[0], -1), *f["head"])
+        return F.linear(x.flatten(1), *f["head"])
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         return reference.ResNetArcFace.forward(self, x)

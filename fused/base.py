@@ -17,7 +17,9 @@ forward and records why (see :mod:`fused.record`):
 
 Folded weights are cached per (dtype, device) and recomputed whenever any parameter or buffer
 changes: in-place updates bump a tensor's version counter, and ``.to()``/``load_state_dict``
-replace or rewrite the storage, so the cache key sees every change.
+replace or rewrite the storage, so the cache key sees every change. A model built under
+``torch.inference_mode()`` has parameters without version counters; its weights are folded on
+every call instead (correct, a little slower): build models outside inference mode.
 """
 
 from __future__ import annotations
@@ -127,7 +129,13 @@ class FusedModule(nn.Module):
 
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
         """Cached :meth:`fold` result, recomputed whenever one of :meth:`fold_sources` has changed."""
-        key = (dtype, device, tuple((t.data_ptr(), t._version, t.dtype) for t in self.fold_sources()))
+        sources = list(self.fold_sources())
+        if any(t.is_inference() for t in sources):
+            # Tensors made under torch.inference_mode() have no version counter, so an in-place
+            # change could not be seen: fold on every call rather than risk stale weights.
+            with torch.no_grad():
+                return self.fold(dtype, device)
+        key = (dtype, device, tuple((t.data_ptr(), t._version, t.dtype) for t in sources))
         cache = self.__dict__.setdefault("_facefuse_cache", {})
         if cache.get("key") != key:
             with torch.no_grad():

@@ -65,5 +65,5 @@ class ResNetArcFace(nn.Module):
         x = self.layer3(x)
         x = self.layer4(x)
         x = self.dropout(self.bn4(x))
-        x = x.view(x.size(0), -1)
+        x = x.flatten(1)  # view(N, -1), but also defined for an empty batch
         return self.bn5(self.fc5(x))

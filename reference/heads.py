@@ -17,7 +17,8 @@ class _AnchorHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1x1(x)
         out = out.permute(0, 2, 3, 1).contiguous()
-        return out.view(out.shape[0], -1, self.values)
+        n, h, w, _ = out.shape  # explicit sizes (not -1), so an empty batch reshapes too
+        return out.view(n, h * w * self.num_anchors, self.values)
 
 
 class ClassHead(_AnchorHead):

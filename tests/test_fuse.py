@@ -279,3 +279,16 @@ def test_a_wrong_fold_is_caught_by_the_tolerance_check(monkeypatch):
     monkeypatch.setattr(fused.folding, "fold_batchnorm", fold_forgetting_the_mean)
     with torch.inference_mode(), pytest.raises(AssertionError, match="out of tolerance"):
         fused.assert_close(model(x)[0], expected[0], reduction_length=max_reduction(model))
+
+
+def test_model_built_in_inference_mode_folds_fresh_weights_every_call():
+    with torch.inference_mode():
+        block = R.randomize_batchnorm(fused.conv_bn(3, 8, leaky=0.1)).eval()
+        x = torch.randn(1, 3, 5, 5)
+        first = block(x)
+        block[0].weight.mul_(2)  # an inference tensor: no version counter to notice this
+        second = block(x)
+        with fused.enabled(False):
+            expected = block(x)
+    assert not torch.equal(first, second)
+    fused.assert_close(second, expected.double(), reduction_length=27)

@@ -174,3 +174,17 @@ def test_arcface_head_fold_is_exact_and_cached_separately_from_the_blocks():
         assert model.folded(torch.float32, x.device)["head"] is head  # not re-folded
         model.bn5.running_var.mul_(2)
         assert model.folded(torch.float32, x.device)["head"] is not head
+
+
+def test_empty_batch_gives_empty_outputs_fused_and_reference():
+    detector, identity = R.retinaface(), R.arcface(use_se=True)
+    cases = [(detector, torch.randn(0, 3, 32, 32)), (identity, torch.randn(0, 1, 128, 128))]
+    for model, x in cases:
+        with torch.inference_mode():
+            expected = model(x)
+            got = fused.fuse(copy.deepcopy(model))(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = got if isinstance(got, tuple) else (got,)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        assert all(g.shape[0] == 0 for g in got)
+    assert expected[0].shape == (0, 512)
