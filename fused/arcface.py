@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import reference
 
-from .base import FusedModule, conv_weights
+from .base import FusedModule, conv_weights, prelu_slopes
 from .folding import batchnorm_affine
 
 
@@ -40,7 +40,7 @@ class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
         head_bias = s5 * (w @ t4 + self.fc5.bias.detach().float()) + t5
         return {
             "stem": conv_weights(self.conv1, self.bn1, dtype, device),
-            "prelu": self.prelu.weight.detach().float().to(device),
+            "prelu": prelu_slopes(self.prelu, self.conv1.out_channels, device),
             "head": (head_weight.to(device=device, dtype=dtype), head_bias.to(device=device, dtype=dtype)),
         }
 

@@ -150,6 +150,12 @@ def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device
     return kernel_weight(weight, dtype).to(device), bias.to(device)
 
 
+def prelu_slopes(prelu: nn.PReLU, channels: int, device) -> torch.Tensor:
+    """A PReLU's slope(s) as the contiguous fp32 vector of ``channels`` the kernels read (no per-call copy)."""
+    slopes = prelu.weight.detach().float().reshape(-1)
+    return slopes.expand(channels).contiguous().to(device) if slopes.numel() == 1 else slopes.contiguous().to(device)
+
+
 def kernel_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A conv weight ``[K, C, R, S]`` cast to ``dtype`` and laid out with K innermost.
 

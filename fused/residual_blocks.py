@@ -21,7 +21,7 @@ from torch import nn
 import reference
 from reference.checks import check_feature_map
 
-from .base import FusedModule, conv_weights
+from .base import FusedModule, conv_weights, prelu_slopes
 from .folding import batchnorm_affine
 from .squeeze_excite import se_gate
 
@@ -74,16 +74,17 @@ class FusedIRBlock(_FusedResidual, reference.IRBlock):
         folded = super().fold(dtype, device)
         scale, shift = batchnorm_affine(self.bn0)
         folded["bn0"] = (scale.to(device), shift.to(device))
-        folded["prelu"] = self.prelu.weight.detach().float().to(device)
+        folded["prelu1"] = prelu_slopes(self.prelu, self.conv1.out_channels, device)  # one slope, two widths
+        folded["prelu2"] = prelu_slopes(self.prelu, self.conv2.out_channels, device)
         return folded
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.conv1.in_channels, f"IRBlock ({self.facefuse_path or 'fused'})")
         f = self.folded(x.dtype, x.device)
         p = self.dot_precision(x)
-        prelu = dict(activation="prelu", slope=f["prelu"])
+        prelu = dict(activation="prelu", slope=f["prelu2"])
         scale0, shift0 = f["bn0"]
-        out = _conv(x, f["conv1"], self.conv1, p, input_scale=scale0, input_shift=shift0, **prelu)
+        out = _conv(x, f["conv1"], self.conv1, p, input_scale=scale0, input_shift=shift0, activation="prelu", slope=f["prelu1"])
         if not self.use_se:
             return _conv(out, f["conv2"], self.conv2, p, residual=self.residual(x, f, p), **prelu)
         y = _conv(out, f["conv2"], self.conv2, p)

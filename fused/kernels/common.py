@@ -27,12 +27,25 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     return y
 
 
+_DUMMIES: dict = {}
+
+
+def _dummy(device) -> torch.Tensor:
+    """A one-element fp32 tensor per device, made once: kernels get it for absent slope vectors."""
+    device = torch.device(device)
+    if device not in _DUMMIES:
+        _DUMMIES[device] = torch.zeros(1, device=device, dtype=torch.float32)
+    return _DUMMIES[device]
+
+
 def resolve_activation(activation: str, slope, channels: int, device) -> tuple[int, float, torch.Tensor]:
     """Check an activation request and return ``(code, leaky_slope, prelu_slopes)``.
 
     ``prelu_slopes`` is always an fp32 tensor of length ``channels`` (a shared PReLU slope is
     broadcast), so kernels load it the same way whether the PReLU is shared or per channel; it is
-    a dummy of length 1 for the other activations.
+    a dummy of length 1 for the other activations. Slopes that are already a contiguous fp32
+    vector of length ``channels`` on ``device`` pass through without a copy (fused modules
+    prepare them once when they fold).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
@@ -46,7 +59,7 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
         if slope.numel() != channels:
             raise ValueError(f"PReLU has {slope.numel()} slopes, expected 1 or {channels}")
         return code, 0.0, slope.contiguous()
-    dummy = torch.zeros(1, device=device, dtype=torch.float32)
+    dummy = _dummy(device)
     if code == LEAKY_RELU:
         if isinstance(slope, torch.Tensor):
             if slope.numel() != 1:
