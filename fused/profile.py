@@ -57,7 +57,7 @@ from torch import nn
 import reference
 
 from . import environment, runtime, timing
-from .tolerance import assert_close, max_error
+from .tolerance import assert_close, max_error, reduction_length  # noqa: F401  (reduction_length: re-exported for lessons)
 
 # --------------------------------------------------------------------------------------------
 # Rows and the profile
@@ -356,17 +356,6 @@ def state_bytes(module: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
-
-
-def reduction_length(module: nn.Module) -> int:
-    """The longest reduction inside ``module``: a conv's ``C_in/groups * kh * kw`` or a Linear's width."""
-    lengths = [1]
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            lengths.append(m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
-        elif isinstance(m, nn.Linear):
-            lengths.append(m.in_features)
-    return max(lengths)
 
 
 def leaf_flops(module: nn.Module, output) -> int:

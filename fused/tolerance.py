@@ -53,6 +53,22 @@ def tolerance(dtype, reduction_length: int, magnitude: float = 1.0) -> Tolerance
     return Tolerance(rtol=SAFETY * u, atol=SAFETY * u * math.sqrt(length) * magnitude)
 
 
+def reduction_length(module) -> int:
+    """The longest reduction inside ``module``: a conv's ``C_in/groups * kh * kw`` or a Linear's width.
+
+    The ``reduction_length`` to check a whole block or model with.
+    """
+    from torch import nn
+
+    lengths = [1]
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            lengths.append(m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, nn.Linear):
+            lengths.append(m.in_features)
+    return max(lengths)
+
+
 def _magnitude(expected: torch.Tensor) -> float:
     return float(expected.detach().abs().max()) if expected.numel() else 1.0
 

@@ -1,6 +1,5 @@
 """FPN: merges three backbone levels top-down into maps of one channel width."""
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

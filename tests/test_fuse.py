@@ -12,6 +12,7 @@ from torch import nn
 
 import fused
 import reference as R
+from fused.tolerance import reduction_length
 from fused.conv_bn_act import FusedConvBNAct
 
 CONV_BN_FAMILY = {"conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_bn_pair"}
@@ -27,10 +28,6 @@ def conv_bn_paths(model):
         name for name, m in model.named_modules()
         if R.block_type(m) in CONV_BN_FAMILY and not any(name.startswith(p + ".") for p in inside)
     ]
-
-
-def max_reduction(model):
-    return max(m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 def float64_reference(model, x):
@@ -65,7 +62,7 @@ def test_fused_retinaface_equals_the_reference_and_the_kernel_ran(detector):
     with torch.inference_mode(), fused.recording() as rec:
         outputs = model(x)
     for out, exp, name in zip(outputs, expected, ("boxes", "scores", "landmarks")):
-        fused.assert_close(out, exp, reduction_length=max_reduction(model), what=name)
+        fused.assert_close(out, exp, reduction_length=reduction_length(model), what=name)
     assert rec.fallbacks() == []
     blocks = rec.blocks()
     assert all(blocks[p] == ["conv2d_bias_act"] for p in paths)  # every conv-BN block ran its kernel, once
@@ -90,7 +87,7 @@ def test_flag_and_context_manager_switch_paths():
             assert not fused.is_enabled()  # restored on exit
         finally:
             fused.set_enabled(True)
-    fused.assert_close(out[0], ref[0].double(), reduction_length=max_reduction(model))
+    fused.assert_close(out[0], ref[0].double(), reduction_length=reduction_length(model))
 
 
 def test_environment_variable_turns_the_fused_path_off():
@@ -118,7 +115,7 @@ def test_changing_weights_after_fusing_changes_the_output_like_the_reference():
     with torch.inference_mode():
         got = model(x)
     for out, exp in zip(got, expected):
-        fused.assert_close(out, exp, reduction_length=max_reduction(model))
+        fused.assert_close(out, exp, reduction_length=reduction_length(model))
 
 
 def test_weights_load_before_or_after_fusing_the_same_way(tmp_path):
@@ -278,7 +275,7 @@ def test_a_wrong_fold_is_caught_by_the_tolerance_check(monkeypatch):
 
     monkeypatch.setattr(fused.folding, "fold_batchnorm", fold_forgetting_the_mean)
     with torch.inference_mode(), pytest.raises(AssertionError, match="out of tolerance"):
-        fused.assert_close(model(x)[0], expected[0], reduction_length=max_reduction(model))
+        fused.assert_close(model(x)[0], expected[0], reduction_length=reduction_length(model))
 
 
 def test_model_built_in_inference_mode_folds_fresh_weights_every_call():

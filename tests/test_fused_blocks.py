@@ -11,13 +11,8 @@ from torch import nn
 
 import fused
 import reference as R
+from fused.tolerance import reduction_length
 from tests.strategies import MEMORY_FORMAT, layout
-
-
-def reduction(model):
-    """The longest reduction in the model: a conv's C_in*kh*kw or a linear layer's input width."""
-    lengths = [m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return max(lengths + [m.in_features for m in model.modules() if isinstance(m, nn.Linear)])
 
 
 def check_block(block, x, kernels, dtype=torch.float32):
@@ -29,7 +24,7 @@ def check_block(block, x, kernels, dtype=torch.float32):
         out = fused_block(x.to(dtype))
     assert rec.fallbacks() == [], rec.fallbacks()
     assert kernels <= rec.kernels(), rec.kernels()
-    fused.assert_close(out, expected, reduction_length=reduction(block))
+    fused.assert_close(out, expected, reduction_length=reduction_length(block))
     return out
 
 
