@@ -15,6 +15,11 @@ from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu
 from .conv_dw import FusedConvDW, conv_dw
 from .residual_blocks import FusedBasicBlock, FusedBottleneck, FusedIRBlock
 from .squeeze_excite import FusedSEBlock
+from .ssh import FusedSSH
+from .fpn import FusedFPN
+from .heads import FusedBboxHead, FusedClassHead, FusedLandmarkHead
+from .retinaface import FusedRetinaFace
+from .stems import FusedIntermediateLayers, FusedResNet50
 from .flag import enabled, is_enabled, set_enabled
 from .folding import batchnorm_affine, fold_batchnorm
 from .fuse import REGISTRY, FuseReport, fuse, register
@@ -27,6 +32,7 @@ __all__ = [
     "enabled", "is_enabled", "set_enabled", "recording", "backend",
     "fold_batchnorm", "batchnorm_affine", "FusedConvBNAct", "conv_bn", "conv_bn_no_relu", "conv_bn1X1",
     "FusedConvDW", "conv_dw", "FusedSEBlock", "FusedIRBlock", "FusedBasicBlock", "FusedBottleneck",
-    "FusedResNetArcFace",
+    "FusedResNetArcFace", "FusedSSH", "FusedFPN", "FusedClassHead", "FusedBboxHead", "FusedLandmarkHead",
+    "FusedRetinaFace", "FusedIntermediateLayers", "FusedResNet50",
     "assert_close", "max_error", "tolerance",
 ]

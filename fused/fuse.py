@@ -21,8 +21,13 @@ from .arcface import FusedResNetArcFace
 from .base import FusedModule
 from .conv_bn_act import FusedConvBNAct
 from .conv_dw import FusedConvDW
+from .fpn import FusedFPN
+from .heads import FusedBboxHead, FusedClassHead, FusedLandmarkHead
+from .retinaface import FusedRetinaFace
 from .residual_blocks import FusedBasicBlock, FusedBottleneck, FusedIRBlock
 from .squeeze_excite import FusedSEBlock
+from .ssh import FusedSSH
+from .stems import FusedIntermediateLayers, FusedResNet50
 
 #: block type → fused class
 REGISTRY: dict[str, type] = {}
@@ -41,6 +46,14 @@ register("IRBlock", FusedIRBlock)
 register("BasicBlock", FusedBasicBlock)
 register("Bottleneck", FusedBottleneck)
 register("ResNetArcFace", FusedResNetArcFace)
+register("SSH", FusedSSH)
+register("FPN", FusedFPN)
+register("ClassHead", FusedClassHead)
+register("BboxHead", FusedBboxHead)
+register("LandmarkHead", FusedLandmarkHead)
+register("RetinaFace", FusedRetinaFace)
+register("IntermediateLayers", FusedIntermediateLayers)
+register("ResNet50", FusedResNet50)
 
 
 @dataclass(frozen=True)

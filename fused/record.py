@@ -6,6 +6,13 @@
     rec.fallbacks()    # [(block path, reason), ...]
     print(rec.summary())
 
+``recording(torch_ops=True)`` also counts every PyTorch (ATen) operator that ran, so a test or a
+lesson can show that no PyTorch convolution is left in a fused forward::
+
+    with fused.recording(torch_ops=True) as rec:
+        model(x)
+    rec.pytorch_convolutions()   # 0 when every convolution ran in a Triton kernel
+
 Launchers call :func:`kernel_launched`; fused modules call :func:`fell_back` when they run the
 reference forward instead. Nothing is stored unless a recording is active.
 """
@@ -15,6 +22,8 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import runtime
 
@@ -30,9 +39,16 @@ class Event:
     reason: str | None = None
 
 
+#: ATen operators that compute a convolution.
+CONVOLUTION_OPS = ("convolution", "conv2d", "_convolution", "cudnn_convolution", "mkldnn_convolution",
+                   "_nnpack_spatial_convolution", "thnn_conv2d", "_slow_conv2d_forward", "conv_depthwise2d")
+
+
 @dataclass
 class Recording:
     events: list[Event] = field(default_factory=list)
+    #: ATen operator name → calls, filled by ``recording(torch_ops=True)``.
+    torch_ops: Counter = field(default_factory=Counter)
 
     def kernels(self) -> set[str]:
         """Names of the Triton kernels that launched."""
@@ -53,6 +69,10 @@ class Recording:
                 out.setdefault(e.block, []).append(e.name)
         return out
 
+    def pytorch_convolutions(self) -> int:
+        """How many PyTorch convolution operators ran (needs ``recording(torch_ops=True)``)."""
+        return sum(n for name, n in self.torch_ops.items() if name in CONVOLUTION_OPS)
+
     def summary(self) -> str:
         counts = self.kernel_counts()
         lines = [f"{n} x {name} ({runtime.backend()})" for name, n in sorted(counts.items())]
@@ -64,13 +84,30 @@ _recordings: list[Recording] = []
 _blocks: list[str | None] = []
 
 
+class _CountTorchOps(TorchDispatchMode):
+    """Counts every ATen operator that reaches the dispatcher (PyTorch's own kernels)."""
+
+    def __init__(self, counts: Counter):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
-def recording():
-    """Record kernel launches and fallbacks inside the ``with`` body."""
+def recording(*, torch_ops: bool = False):
+    """Record kernel launches and fallbacks inside the ``with`` body; with ``torch_ops``, also
+    count the PyTorch operators that ran (slower: every operator goes through Python)."""
     rec = Recording()
     _recordings.append(rec)
     try:
-        yield rec
+        if torch_ops:
+            with _CountTorchOps(rec.torch_ops):
+                yield rec
+        else:
+            yield rec
     finally:
         _recordings.remove(rec)
 

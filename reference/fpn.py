@@ -26,7 +26,8 @@ class FPN(nn.Module):
         self.merge1 = conv_bn(out_channels, out_channels, leaky=leaky)
         self.merge2 = conv_bn(out_channels, out_channels, leaky=leaky)
 
-    def forward(self, input):
+    def check_inputs(self, input) -> list:
+        """The three feature maps as a list (a dict's values are taken in order), checked."""
         if isinstance(input, dict):
             input = list(input.values())
         if not isinstance(input, (list, tuple)) or len(input) != 3:
@@ -34,6 +35,10 @@ class FPN(nn.Module):
             raise ValueError(f"FPN expects a list of three feature maps (finest first), got {got}")
         for i, (x, c) in enumerate(zip(input, self.in_channels_list)):
             check_feature_map(x, c, f"FPN input {i}")
+        return list(input)
+
+    def forward(self, input):
+        input = self.check_inputs(input)
         output1 = self.output1(input[0])
         output2 = self.output2(input[1])
         output3 = self.output3(input[2])

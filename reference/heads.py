@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .checks import check_feature_map
+
 
 class _AnchorHead(nn.Module):
     """A 1x1 conv (with bias) giving ``num_anchors * values`` channels, as ``[N, H*W*anchors, values]``."""
@@ -15,6 +17,7 @@ class _AnchorHead(nn.Module):
         self.conv1x1 = nn.Conv2d(inchannels, num_anchors * self.values, kernel_size=(1, 1), stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.conv1x1.in_channels, type(self).__name__)
         out = self.conv1x1(x)
         out = out.permute(0, 2, 3, 1).contiguous()
         n, h, w, _ = out.shape  # explicit sizes (not -1), so an empty batch reshapes too

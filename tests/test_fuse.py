@@ -18,15 +18,18 @@ from fused.conv_bn_act import FusedConvBNAct
 CONV_BN_FAMILY = {"conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_bn_pair"}
 
 
-RESIDUAL_BLOCKS = {"IRBlock", "BasicBlock", "Bottleneck"}
+#: Blocks whose fused module runs all their conv-BN layers itself.
+OWNS_ITS_CONVS = {"IRBlock", "BasicBlock", "Bottleneck", "SSH"}
 
 
 def conv_bn_paths(model):
-    """Paths of conv-BN blocks fused on their own (not as a downsample inside a fused residual block)."""
-    inside = [name for name, m in model.named_modules() if R.block_type(m) in RESIDUAL_BLOCKS]
+    """Paths of conv-BN blocks fused on their own: not inside a block that runs its convs itself,
+    and not an FPN lateral (those run in the FPN's upsample-add kernel)."""
+    inside = [name for name, m in model.named_modules() if R.block_type(m) in OWNS_ITS_CONVS]
     return [
         name for name, m in model.named_modules()
         if R.block_type(m) in CONV_BN_FAMILY and not any(name.startswith(p + ".") for p in inside)
+        and not (name.startswith("fpn.output"))
     ]
 
 
@@ -66,7 +69,13 @@ def test_fused_retinaface_equals_the_reference_and_the_kernel_ran(detector):
     assert rec.fallbacks() == []
     blocks = rec.blocks()
     assert all(blocks[p] == ["conv2d_bias_act"] for p in paths)  # every conv-BN block ran its kernel, once
-    assert set(blocks) == {s.path for s in model.fuse_report.swapped}  # and so did every other fused block
+    # The model itself runs the three heads of each level as one kernel; the head modules are
+    # fused too (for use on their own) but the fused model does not call them.
+    assert blocks.pop(None) == ["anchor_heads"] * 3
+    heads = {s.path for s in model.fuse_report.swapped if s.block_type.endswith("Head")}
+    launched_nothing_itself = {""} | heads | ({"body"} if not model.body.stems else set())
+    assert set(blocks) == {s.path for s in model.fuse_report.swapped} - launched_nothing_itself
+    assert rec.kernel_counts()["lateral_upsample_add"] == 3
     assert {e.backend for e in rec.events} == {fused.backend()}
 
 
@@ -76,14 +85,16 @@ def test_flag_and_context_manager_switch_paths():
     with torch.inference_mode():
         with fused.enabled(False), fused.recording() as rec:
             ref = model(x)
-        assert rec.kernels() == set() and len(rec.fallbacks()) == len(model.fuse_report.swapped) == 34
+        # The model, its body, 1 conv_bn + 13 conv_dw, the FPN and its 2 merges, 3 SSH, 9 heads:
+        # every fused module reports its fallback.
+        assert rec.kernels() == set() and len(rec.fallbacks()) == len(model.fuse_report.swapped) == 31
         assert all(reason == "fused path disabled by the flag" for _, reason in rec.fallbacks())
         fused.set_enabled(False)
         try:
             assert not fused.is_enabled()
             with fused.enabled(True), fused.recording() as rec:
                 out = model(x)
-            assert rec.kernels() == {"conv2d_bias_act", "conv_dw_fused"}
+            assert rec.kernels() == {"conv2d_bias_act", "conv_dw_fused", "lateral_upsample_add", "anchor_heads"}
             assert not fused.is_enabled()  # restored on exit
         finally:
             fused.set_enabled(True)
@@ -202,9 +213,13 @@ def test_fuse_is_idempotent_and_reports_what_it_skipped():
     assert not any(isinstance(m, FusedConvBNAct) and isinstance(m[0], FusedConvBNAct) for m in model.modules())
     assert model.fuse_report.skipped == []  # stem and head run in FusedResNetArcFace itself
     detector = fused.fuse(R.retinaface("resnet50"))
-    skipped = {s.path: s.reason for s in detector.fuse_report.skipped}
-    assert skipped["body.conv1"] == "not part of a recognised block"
-    assert "not fused: 1 x Conv2d [body.conv1]" in str(detector.fuse_report)
+    assert detector.fuse_report.skipped == []  # the 7x7 stem runs in FusedIntermediateLayers
+    assert detector.body.stems == (("conv1", "bn1", "relu"),)
+    odd = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 4))
+    report = fused.fuse(odd).fuse_report
+    assert [(s.path, s.reason) for s in report.skipped] == [("0", "not part of a recognised block"),
+                                                            ("2", "not part of a recognised block")]
+    assert "not fused: 2 x " not in str(report) and "[0]" in str(report)
 
 
 def test_unsupported_convolutions_are_skipped_with_the_reason():

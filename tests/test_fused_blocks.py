@@ -146,10 +146,14 @@ def test_arcface_fused_embedding(use_se):
     expected = copy.deepcopy(model).double()(x.double())
     model = fused.fuse(model)
     assert isinstance(model, fused.FusedResNetArcFace)
-    with torch.inference_mode(), fused.recording() as rec:
+    with torch.inference_mode(), fused.recording(torch_ops=True) as rec:
         emb = model(x)
     assert rec.fallbacks() == []
     assert rec.kernel_counts()["conv2d_bias_act"] == 1 + 8 * 2 + 3  # stem, two per block, 3 downsamples
+    assert rec.pytorch_convolutions() == 0, rec.torch_ops
+    with torch.inference_mode(), fused.enabled(False), fused.recording(torch_ops=True) as rec:
+        model(x)
+    assert rec.pytorch_convolutions() == 1 + 8 * 2 + 3  # the reference forward runs them in PyTorch
     cos = F.cosine_similarity(emb.double(), expected).min()
     assert cos >= 0.99999, cos
     fused.assert_close(emb, expected, reduction_length=512 * 9)

@@ -1,0 +1,144 @@
+"""FPN's lateral 1x1 conv with the top-down upsample-and-add in its epilogue.
+
+The reference FPN writes the lateral conv's output, reads it back with a nearest-upsampled copy
+of the coarser level (itself written and read once more), and writes the sum: five passes over a
+full-resolution map. Here the lateral conv (a plain GEMM: one row per pixel, one column per
+output channel) finishes its tile in registers, applies bias and activation, then adds the
+coarser map read at the *nearest source pixel* of each output pixel, and stores the sum once.
+The upsampled tensor never exists.
+
+Nearest upsampling by explicit size maps output row ``d`` to source row
+``min(floor(d * scale), in - 1)`` with ``scale = in / out`` computed in float32, exactly as
+PyTorch computes it (so odd sizes such as 68 → 135 rows pick the same rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from .. import record, runtime
+from .common import activate, interpreter_tile, needs_int64, new_output, resolve_activation, row_tile
+
+
+@triton.jit
+def _lateral_upsample_add_kernel(
+    x_ptr, weight_ptr, bias_ptr, coarse_ptr, prelu_slopes_ptr, out_ptr,
+    pixels, C, H, W, K, coarse_h, coarse_w, scale_h, scale_w, leaky_slope,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    w_stride_k, w_stride_c,
+    coarse_stride_n, coarse_stride_k, coarse_stride_h, coarse_stride_w,
+    out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+    HAS_COARSE: tl.constexpr, ACTIVATION: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    USE_INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program (i, j): pixels i*BLOCK_M.. x channels j*BLOCK_N.. of
+    ``activation(x @ w + bias) + coarse[nearest source pixel]``."""
+    pid_m = tl.program_id(0)
+    if USE_INT64:
+        pid_m = pid_m.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    chans = tl.arange(0, BLOCK_C)
+    if USE_INT64:
+        cols = cols.to(tl.int64)
+        chans = chans.to(tl.int64)
+    row_ok, col_ok = rows < pixels, cols < K
+    w_ = rows % W
+    h_ = (rows // W) % H
+    n = rows // (W * H)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_row = x_ptr + n * x_stride_n + h_ * x_stride_h + w_ * x_stride_w
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + chans
+        c_ok = c < C
+        a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(weight_ptr + cols[None, :] * w_stride_k + c[:, None] * w_stride_c,
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATION == 3:  # common.PRELU
+        slope = tl.load(prelu_slopes_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    else:
+        slope = leaky_slope
+    y = activate(y, slope, ACTIVATION)
+    if HAS_COARSE:  # + nearest-upsampled coarser level, read where the upsampled copy would come from
+        src_h = tl.minimum(tl.floor(h_.to(tl.float32) * scale_h).to(tl.int32), coarse_h - 1)
+        src_w = tl.minimum(tl.floor(w_.to(tl.float32) * scale_w).to(tl.int32), coarse_w - 1)
+        coarse_row = n * coarse_stride_n + src_h * coarse_stride_h + src_w * coarse_stride_w
+        y += tl.load(coarse_ptr + coarse_row[:, None] + cols[None, :] * coarse_stride_k, mask=out_ok).to(tl.float32)
+    out_row = n * out_stride_n + h_ * out_stride_h + w_ * out_stride_w
+    tl.store(out_ptr + out_row[:, None] + cols[None, :] * out_stride_k, y.to(out_ptr.dtype.element_ty), mask=out_ok)
+
+
+def nearest_scale(in_size: int, out_size: int) -> float:
+    """PyTorch's nearest-neighbour source scale ``in / out``, rounded to float32 as PyTorch rounds it."""
+    return float(np.float32(in_size) / np.float32(out_size))
+
+
+def lateral_upsample_add(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    coarse: torch.Tensor | None = None,
+    *,
+    activation: str = "identity",
+    slope=0.0,
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """``activation(conv1x1(x, weight) + bias) + interpolate(coarse, size=x.shape[-2:], mode="nearest")``.
+
+    One kernel: the upsampled ``coarse`` is read in the epilogue, never materialised. ``x`` is
+    ``[N, C, H, W]``; ``weight`` ``[K, C, 1, 1]`` (or ``[K, C]``); ``bias`` ``[K]``; ``coarse``
+    ``[N, K, h, w]`` with any ``h, w`` (not only half the size), or None for the plain lateral.
+    """
+    name = "lateral_upsample_add"
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() == 4:
+        if weight.shape[2:] != (1, 1):
+            raise ValueError(f"{name}: the lateral conv must be 1x1, got a {tuple(weight.shape[2:])} kernel")
+        weight = weight[:, :, 0, 0]
+    N, C, H, W = x.shape
+    if weight.dim() != 2 or weight.shape[1] != C:
+        raise ValueError(f"{name}: weight {tuple(weight.shape)} does not match x with {C} channels")
+    K = weight.shape[0]
+    if tuple(bias.shape) != (K,):
+        raise ValueError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({K},)")
+    if coarse is not None:
+        if coarse.dim() != 4 or coarse.shape[0] != N or coarse.shape[1] != K or min(coarse.shape[2:]) < 1:
+            raise ValueError(f"{name}: coarse must be [{N}, {K}, h, w] with h, w >= 1, got {tuple(coarse.shape)}")
+        if coarse.dtype != x.dtype:
+            raise TypeError(f"{name}: coarse has dtype {coarse.dtype}, expected x's dtype {x.dtype}")
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    runtime.check_inputs(name, x, weight, bias, coarse)
+    code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
+
+    out = new_output(x, (N, K, H, W))
+    pixels = N * H * W
+    if pixels == 0 or K == 0:
+        return out
+    coarse_h, coarse_w = (coarse.shape[2], coarse.shape[3]) if coarse is not None else (1, 1)
+    BLOCK_N = min(max(triton.next_power_of_2(K), 16), 128)
+    BLOCK_C = min(max(triton.next_power_of_2(C), 16), 64)
+    BLOCK_M = row_tile(min(64 if BLOCK_N == 128 else 128, max(triton.next_power_of_2(pixels), 16)), pixels)
+    BLOCK_N = interpreter_tile(BLOCK_N, K, big=128, max_tile=512)
+    BLOCK_C = interpreter_tile(BLOCK_C, C, big=64, max_tile=512)
+    grid = (triton.cdiv(pixels, BLOCK_M), triton.cdiv(K, BLOCK_N))
+    record.kernel_launched(name)
+    _lateral_upsample_add_kernel[grid](
+        x, weight, bias, coarse if coarse is not None else prelu_slopes, prelu_slopes, out,
+        pixels, C, H, W, K, coarse_h, coarse_w, nearest_scale(coarse_h, H), nearest_scale(coarse_w, W), leaky_slope,
+        *x.stride(), *weight.stride(),
+        *(coarse.stride() if coarse is not None else (0, 0, 0, 0)), *out.stride(),
+        HAS_COARSE=coarse is not None, ACTIVATION=code,
+        INPUT_PRECISION=precision if x.dtype == torch.float32 else "ieee",
+        USE_INT64=needs_int64(x, coarse, out), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+    )
+    return out

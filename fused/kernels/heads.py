@@ -1,0 +1,162 @@
+"""RetinaFace's prediction heads as one GEMM per level, stored straight into the final tensors.
+
+Per level, the reference runs three 1x1 convs (class, box, landmark) over the same SSH map, then
+for each: ``permute(0, 2, 3, 1)`` + ``contiguous`` (a copy), ``view`` to ``[N, H*W*A, V]``, and
+finally ``torch.cat`` over the levels (another copy) and a softmax over the class pairs (another
+pass). All of that is data movement around a tiny matrix multiply.
+
+A 1x1 conv is a GEMM with one row per pixel ``(n, h, w)``. Stacking the three heads' weights
+gives one ``[C, A*(2+4+10)]`` right matrix (32 columns for A = 2 anchors), so the SSH map is read
+once. Column ``k`` of head ``i`` holds anchor ``k // V_i``, value ``k % V_i``, and after the
+reference's permute and view it lands at row ``offset + pixel*A + k // V_i`` of that head's
+``[N, P, V_i]`` output: the epilogue stores each column group there directly. The class softmax
+over each anchor's ``V_0`` logits runs on the tile in registers before the store.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import record, runtime
+from .common import interpreter_tile, needs_int64, row_tile
+
+#: The widest stacked head a single program covers (all columns in one tile, so the softmax
+#: groups never straddle two programs).
+MAX_COLUMNS = 256
+
+
+@triton.jit
+def _store_head(out_ptr, y, n, first_row, cols, start, VALUES: tl.constexpr, ANCHORS: tl.constexpr,
+                stride_n, stride_p, stride_v, row_ok):
+    """Store columns ``start .. start + ANCHORS*VALUES`` of ``y`` into one head's ``[N, P, VALUES]`` output."""
+    k = cols - start
+    ok = (k >= 0) & (k < ANCHORS * VALUES)
+    k = tl.where(ok, k, 0)
+    at = n[:, None] * stride_n + (first_row[:, None] + (k // VALUES)[None, :]) * stride_p + (k % VALUES)[None, :] * stride_v
+    tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & ok[None, :])
+
+
+@triton.jit
+def _anchor_heads_kernel(
+    x_ptr, weight_ptr, bias_ptr, out0_ptr, out1_ptr, out2_ptr,
+    pixels, C, H, W, K, row_offset,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    w_stride_k, w_stride_c,
+    o0_stride_n, o0_stride_p, o0_stride_v,
+    o1_stride_n, o1_stride_p, o1_stride_v,
+    o2_stride_n, o2_stride_p, o2_stride_v,
+    ANCHORS: tl.constexpr, V0: tl.constexpr, V1: tl.constexpr, V2: tl.constexpr, SOFTMAX0: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program i: pixels i*BLOCK_M.. times every head column, then softmax and scattered stores."""
+    pid_m = tl.program_id(0)
+    if USE_INT64:
+        pid_m = pid_m.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # pixels (n, h, w), flattened
+    cols = tl.arange(0, BLOCK_N)  # stacked head columns
+    chans = tl.arange(0, BLOCK_C)
+    row_ok, col_ok = rows < pixels, cols < K
+    pixel = rows % (H * W)
+    n = rows // (H * W)
+    x_row = x_ptr + n * x_stride_n + (pixel // W) * x_stride_h + (pixel % W) * x_stride_w
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + chans
+        c_ok = c < C
+        a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(weight_ptr + cols[None, :] * w_stride_k + c[:, None] * w_stride_c,
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+    y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+
+    if SOFTMAX0:  # softmax over each anchor's V0 logits: consecutive column groups of the first head
+        groups = tl.reshape(y, (BLOCK_M, BLOCK_N // V0, V0))
+        e = tl.exp(groups - tl.max(groups, 2)[:, :, None])
+        probs = tl.reshape(e / tl.sum(e, 2)[:, :, None], (BLOCK_M, BLOCK_N))
+        y = tl.where(cols[None, :] < ANCHORS * V0, probs, y)
+
+    first_row = row_offset + pixel * ANCHORS  # this pixel's first anchor row in the outputs
+    _store_head(out0_ptr, y, n, first_row, cols, 0, V0, ANCHORS, o0_stride_n, o0_stride_p, o0_stride_v, row_ok)
+    if V1 > 0:
+        _store_head(out1_ptr, y, n, first_row, cols, ANCHORS * V0, V1, ANCHORS,
+                    o1_stride_n, o1_stride_p, o1_stride_v, row_ok)
+    if V2 > 0:
+        _store_head(out2_ptr, y, n, first_row, cols, ANCHORS * (V0 + V1), V2, ANCHORS,
+                    o2_stride_n, o2_stride_p, o2_stride_v, row_ok)
+
+
+def anchor_heads(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    outputs,
+    *,
+    anchors: int,
+    row_offset: int = 0,
+    softmax: bool = False,
+    precision: str = "ieee",
+):
+    """Run up to three stacked 1x1 anchor heads over ``x`` and store into ``outputs`` in place.
+
+    ``x`` is ``[N, C, H, W]`` (any strides); ``outputs`` is a sequence of one to three tensors
+    ``[N, P, V_i]``; ``weight`` is ``[anchors * sum(V_i), C]`` (or ``[.., C, 1, 1]``) with the
+    heads' rows stacked in the order of ``outputs``, and ``bias`` matches it. Rows
+    ``row_offset .. row_offset + H*W*anchors`` of every output are written, in the reference's
+    order (pixel-major, then anchor). ``softmax=True`` applies a softmax over each anchor's values
+    of the first output (``V_0`` must be a power of two, 2 for RetinaFace's class head).
+    Returns ``outputs``.
+    """
+    name = "anchor_heads"
+    outputs = tuple(outputs)
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() == 4:
+        if weight.shape[2:] != (1, 1):
+            raise ValueError(f"{name}: heads are 1x1 convs, got a {tuple(weight.shape[2:])} kernel")
+        weight = weight[:, :, 0, 0]
+    N, C, H, W = x.shape
+    if not 1 <= len(outputs) <= 3:
+        raise ValueError(f"{name}: takes one to three outputs, got {len(outputs)}")
+    for out in outputs:
+        if out.dim() != 3 or out.shape[0] != N or out.shape[1] < row_offset + H * W * anchors:
+            raise ValueError(f"{name}: each output must be [{N}, P >= {row_offset + H * W * anchors}, V], "
+                             f"got {tuple(out.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"{name}: output dtype {out.dtype} differs from x's {x.dtype}")
+    values = [out.shape[2] for out in outputs] + [0] * (3 - len(outputs))
+    K = anchors * sum(values)
+    if weight.dim() != 2 or tuple(weight.shape) != (K, C):
+        raise ValueError(f"{name}: weight has shape {tuple(weight.shape)}, expected ({K}, {C}) "
+                         f"for {anchors} anchors x values {values[:len(outputs)]} over {C} channels")
+    if tuple(bias.shape) != (K,):
+        raise ValueError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({K},)")
+    if K > MAX_COLUMNS:
+        raise ValueError(f"{name}: {K} stacked columns exceed {MAX_COLUMNS}; split the heads over several calls")
+    if softmax and values[0] & (values[0] - 1):
+        raise ValueError(f"{name}: the softmax needs a power-of-two group size, the first head has {values[0]} values")
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    runtime.check_inputs(name, x, weight, bias, *outputs)
+
+    pixels = N * H * W
+    if pixels == 0:
+        return outputs
+    BLOCK_N = max(triton.next_power_of_2(K), 16)
+    BLOCK_C = interpreter_tile(min(max(triton.next_power_of_2(C), 16), 64), C, big=64, max_tile=512)
+    BLOCK_M = row_tile(min(128, max(triton.next_power_of_2(pixels), 16)), pixels)
+    padded = outputs + (outputs[0],) * (3 - len(outputs))  # absent heads: never written (V = 0)
+    strides = [s for out in padded for s in out.stride()]
+    record.kernel_launched(name)
+    _anchor_heads_kernel[(triton.cdiv(pixels, BLOCK_M),)](
+        x, weight, bias, *padded,
+        pixels, C, H, W, K, row_offset,
+        *x.stride(), *weight.stride(), *strides,
+        ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
+        INPUT_PRECISION=precision if x.dtype == torch.float32 else "ieee",
+        USE_INT64=needs_int64(x, *outputs), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+    )
+    return outputs

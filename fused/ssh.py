@@ -1,0 +1,91 @@
+"""Fused SSH: five conv+BN layers, the concatenation and the final ReLU in four kernel launches.
+
+The reference computes three branches, copies them into a new tensor with ``torch.cat`` and
+runs a ReLU over the result. Here:
+
+* every branch's last conv writes straight into its channel slice of one output buffer (the
+  conv kernel takes any strided ``out=`` view), so there is no concatenation copy;
+* the final ReLU runs in each branch's epilogue: ReLU of a concatenation is the concatenation of
+  the ReLUs, so this is exact;
+* ``conv3X3`` and ``conv5X5_1`` read the same input, so they share one launch: their weights are
+  stacked into one GEMM with per-channel activation slopes (0 for the ReLU'd ``conv3X3`` channels,
+  the LeakyReLU slope for ``conv5X5_1``). For that launch to write one contiguous channel range,
+  the buffer holds ``conv5X5_1``'s output as scratch channels *in front of* the block's output:
+  ``[conv5X5_1 | conv3X3 | conv5X5 | conv7X7]``, and the block returns the view without the
+  scratch channels. For a batch of one (NCHW) that view is contiguous; for larger batches it is a
+  strided view, which every kernel (and PyTorch) reads as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import reference
+from reference.checks import check_feature_map
+
+from .base import FusedModule, kernel_weight
+from .conv_bn_act import conv_bn_activation, unsupported_conv
+from .folding import fold_batchnorm
+from .kernels.common import new_output
+
+BRANCHES = ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
+
+
+class FusedSSH(FusedModule, reference.SSH):
+    """``reference.SSH`` with its five conv+BN layers, concatenation and ReLU fused."""
+
+    block_type = "SSH"
+    handled_children = BRANCHES
+
+    @classmethod
+    def unsupported_reason(cls, ssh: reference.SSH) -> str | None:
+        for name in BRANCHES:
+            reason = unsupported_conv(getattr(ssh, name)[0])
+            if reason is not None:
+                return f"{name}: {reason}"
+        return None
+
+    def fold(self, dtype, device):
+        def folded(name):
+            seq = getattr(self, name)
+            weight, bias = fold_batchnorm(seq[0].weight, seq[0].bias, seq[1])
+            return weight, bias
+
+        w3, b3 = folded("conv3X3")
+        w51, b51 = folded("conv5X5_1")
+        _, leaky = conv_bn_activation(self.conv5X5_1)
+        slopes = torch.cat([torch.full((w51.shape[0],), leaky), torch.zeros(w3.shape[0])])
+        out = {
+            "shared": (kernel_weight(torch.cat([w51, w3]), dtype).to(device), torch.cat([b51, b3]).to(device)),
+            "shared_slopes": slopes.to(device),
+        }
+        for name in ("conv5X5_2", "conv7X7_2", "conv7x7_3"):
+            weight, bias = folded(name)
+            out[name] = (kernel_weight(weight, dtype).to(device), bias.to(device))
+        return out
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .kernels.conv2d import conv2d_bias_act
+
+        check_feature_map(x, self.in_channel, f"SSH ({self.facefuse_path or 'fused'})")
+        f = self.folded(x.dtype, x.device)
+        precision = self.dot_precision(x)
+        half, quarter = self.conv3X3[0].out_channels, self.conv5X5_2[0].out_channels
+        padding = self.conv3X3[0].padding[0]
+        N, _, H, W = x.shape
+        buffer = new_output(x, (N, quarter + half + 2 * quarter, H, W))
+        scratch = buffer[:, :quarter]  # conv5X5_1's output, read by both longer branches
+        conv5x5 = buffer[:, quarter + half: 2 * quarter + half]
+        conv7x7 = buffer[:, 2 * quarter + half:]
+
+        # conv5X5_1 (LeakyReLU) and conv3X3 (ReLU, final) in one launch.
+        conv2d_bias_act(x, *f["shared"], padding=padding, activation="prelu", slope=f["shared_slopes"],
+                        out=buffer[:, :quarter + half], precision=precision)
+        conv2d_bias_act(scratch, *f["conv5X5_2"], padding=padding, activation="relu", out=conv5x5, precision=precision)
+        activation, slope = conv_bn_activation(self.conv7X7_2)
+        mid = conv2d_bias_act(scratch, *f["conv7X7_2"], padding=padding, activation=activation, slope=slope, precision=precision)
+        conv2d_bias_act(mid, *f["conv7x7_3"], padding=padding, activation="relu", out=conv7x7, precision=precision)
+        return buffer[:, quarter:]
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.SSH.forward(self, x)

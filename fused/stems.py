@@ -1,0 +1,126 @@
+"""Fused backbones whose stem is loose layers: ResNet-50's ``conv1 → bn1 → relu`` and
+RetinaFace's ``body``, which holds a backbone's children directly.
+
+A stem that is a bare ``Conv2d → BatchNorm2d [→ activation]`` run of children (not wrapped in a
+block) is folded and run as one conv kernel; every other child runs as it is (fused blocks
+included). This covers the 7x7 stride-2 stem of the ResNet-50 detector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import reference
+from reference.checks import check_feature_map
+from reference.retinaface import IntermediateLayers
+
+from .base import FusedModule, conv_weights, prelu_slopes
+from .conv_bn_act import unsupported_conv
+
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
+
+
+def find_stems(module: nn.Module, keep_outputs=()) -> tuple[tuple[str, ...], ...]:
+    """Runs of children ``(conv, bn[, activation])`` that one conv kernel can replace.
+
+    A run is skipped if one of its members other than the last is in ``keep_outputs`` (an
+    intermediate output someone reads).
+    """
+    children = list(module.named_children())
+    stems = []
+    for i, (name, child) in enumerate(children[:-1]):
+        bn_name, bn = children[i + 1]
+        if not isinstance(child, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or unsupported_conv(child):
+            continue
+        run = [name, bn_name]
+        if i + 2 < len(children) and isinstance(children[i + 2][1], _ACTIVATIONS):
+            run.append(children[i + 2][0])
+        if not any(member in keep_outputs for member in run[:-1]):
+            stems.append(tuple(run))
+    return tuple(stems)
+
+
+def _activation(module: nn.Module | None, channels: int, device):
+    """``(activation, slope)`` for the conv kernel."""
+    if module is None:
+        return "identity", 0.0
+    if isinstance(module, nn.PReLU):
+        return "prelu", prelu_slopes(module, channels, device)
+    if isinstance(module, nn.ReLU) or module.negative_slope == 0:
+        return "relu", 0.0
+    return "leaky_relu", float(module.negative_slope)
+
+
+class _FusedStems(FusedModule):
+    """Runs the children in order, each stem run as one conv kernel."""
+
+    fuses_children = True
+    stems: tuple[tuple[str, ...], ...] = ()
+
+    @classmethod
+    def from_reference(cls, module):
+        fused = super().from_reference(module)
+        fused.stems = find_stems(fused, getattr(fused, "return_layers", ()))
+        fused.handled_children = tuple(name for run in fused.stems for name in run)
+        return fused
+
+    def fold_sources(self):
+        for name in self.handled_children:
+            yield from getattr(self, name).parameters()
+            yield from getattr(self, name).buffers()
+
+    def fold(self, dtype, device):
+        out = {}
+        for run in self.stems:
+            conv = getattr(self, run[0])
+            act = getattr(self, run[2]) if len(run) == 3 else None
+            out[run[0]] = (conv_weights(conv, getattr(self, run[1]), dtype, device),
+                           _activation(act, conv.out_channels, device))
+        return out
+
+    def run_children(self, x: torch.Tensor, tap=()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run every child (stems fused); return the last output and those of the children in ``tap``."""
+        from .kernels.conv2d import conv2d_bias_act
+
+        folded = self.folded(x.dtype, x.device)
+        starts = {run[0]: run for run in self.stems}
+        skip: tuple[str, ...] = ()
+        taps = []
+        for name, child in self.named_children():
+            if name in starts:
+                (weight, bias), (activation, slope) = folded[name]
+                conv = getattr(self, name)
+                x = conv2d_bias_act(x, weight, bias, stride=conv.stride[0], padding=conv.padding[0],
+                                    activation=activation, slope=slope, precision=self.dot_precision(x))
+                skip = starts[name][1:]
+            elif name not in skip:
+                x = child(x)
+            if name in tap:
+                taps.append(x)
+        return x, taps
+
+
+class FusedIntermediateLayers(_FusedStems, IntermediateLayers):
+    """RetinaFace's ``body`` with any loose conv → BN → activation stem fused (ResNet-50's 7x7)."""
+
+    block_type = "IntermediateLayers"
+
+    def fused_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.run_children(x, self.return_layers)[1]
+
+    def reference_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return IntermediateLayers.forward(self, x)
+
+
+class FusedResNet50(_FusedStems, reference.ResNet50):
+    """``reference.ResNet50`` with its 7x7 stem (conv1 + bn1 + ReLU) as one conv kernel."""
+
+    block_type = "ResNet50"
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.conv1.in_channels, "ResNet50")
+        return self.run_children(x)[0]
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.ResNet50.forward(self, x)
