@@ -9,7 +9,8 @@ children, same names, so the same ``state_dict``) and keeps both forwards:
 ``forward`` takes the fused path unless one of these holds, in which case it runs the reference
 forward and records why (see :mod:`fused.record`):
 
-* the flag is off (``fused.enabled(False)`` or ``FACEFUSE_FUSED=0``);
+* the flag is off (``fused.enabled(False)`` or ``FACEFUSE_FUSED=0``), or off for this block
+  type (``fused.enabled(False, block_types={"SSH"})``);
 * the module is in training mode: BatchNorm statistics must update;
 * autograd is recording (a parameter or an input requires grad): the kernels have no backward,
   so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
@@ -103,6 +104,8 @@ class FusedModule(nn.Module):
         """Why this call must run the reference forward, or None to take the fused path."""
         if not flag.is_enabled():
             return "fused path disabled by the flag"
+        if not flag.is_enabled(self.block_type):
+            return f"fused path disabled by the flag for {self.block_type} blocks"
         if self.training:
             return "training mode: BatchNorm statistics must update"
         tensors = [a for a in args if isinstance(a, torch.Tensor)]

@@ -304,3 +304,27 @@ def test_model_built_in_inference_mode_folds_fresh_weights_every_call():
             expected = block(x)
     assert not torch.equal(first, second)
     fused.assert_close(second, expected.double(), reduction_length=27)
+
+
+def test_the_flag_switches_single_block_types():
+    model = fused.fuse(R.randomize_batchnorm(R.retinaface()))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        expected = float64_reference(model, x)
+        with fused.enabled(False, block_types={"SSH", "FPN"}), fused.recording() as rec:
+            assert not fused.is_enabled("SSH") and fused.is_enabled("conv_dw") and fused.is_enabled()
+            out = model(x)
+        assert fused.is_enabled("SSH") and fused.is_enabled("FPN")  # restored on exit
+    assert sorted(block for block, _ in rec.fallbacks()) == ["fpn", "ssh1", "ssh2", "ssh3"]
+    assert all(reason.endswith(("SSH blocks", "FPN blocks")) for _, reason in rec.fallbacks())
+    assert "lateral_upsample_add" not in rec.kernels() and "anchor_heads" in rec.kernels()
+    for o, e in zip(out, expected):
+        fused.assert_close(o, e, reduction_length=reduction_length(model))
+    fused.set_enabled(False, block_types="conv_dw")
+    try:
+        assert not fused.is_enabled("conv_dw") and fused.flag.disabled_block_types() == {"conv_dw"}
+    finally:
+        fused.set_enabled(True, block_types="conv_dw")
+    assert fused.flag.disabled_block_types() == set()
+    with pytest.raises(TypeError, match="block type names"):
+        fused.set_enabled(False, block_types=[R.SSH])
