@@ -255,3 +255,28 @@ def test_fused_retinaface_in_half_precision_channels_last_and_train_phase():
         got = fused.fuse(logits_model).eval()(x)
     assert_close(got[1], expected[1], reduction_length=reduction_length(model))
     assert (got[1] < 0).any()
+
+
+def test_resnet50_on_its_own_fuses_its_7x7_stem():
+    model = R.randomize_batchnorm(R.ResNet50(layers=(1, 1, 1, 1)).eval(), seed=2)
+    x = torch.randn(1, 3, 29, 35)
+    expected = copy.deepcopy(model).double()(x.double())
+    model = fused.fuse(model)
+    assert isinstance(model, fused.FusedResNet50) and model.stems == (("conv1", "bn1", "relu"),)
+    with torch.inference_mode(), fused.recording(torch_ops=True) as rec:
+        out = model(x)
+    assert rec.pytorch_convolutions() == 0 and rec.fallbacks() == []
+    assert_close(out, expected, reduction_length=reduction_length(model))
+
+
+def test_stems_that_expose_an_intermediate_output_are_left_alone():
+    from torch import nn
+
+    from fused.stems import find_stems
+
+    layers = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                           nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4),
+                           nn.Conv2d(4, 4, (3, 1)), nn.BatchNorm2d(4))
+    assert find_stems(layers) == (("0", "1", "2"), ("3", "4"))  # the non-square conv is not a stem
+    assert find_stems(layers, keep_outputs={"1"}) == (("3", "4"),)  # someone reads bn's output
+    assert find_stems(layers, keep_outputs={"2"}) == (("0", "1", "2"), ("3", "4"))  # the last member may be read
