@@ -25,7 +25,7 @@ from .folding import batchnorm_affine, fold_batchnorm
 from .fuse import REGISTRY, FuseReport, fuse, register
 from .record import recording
 from .runtime import backend
-from .tolerance import assert_close, max_error, tolerance
+from .tolerance import assert_close, max_error, reduction_length, tolerance
 
 __all__ = [
     "fuse", "register", "REGISTRY", "FuseReport", "FusedModule",
@@ -34,5 +34,5 @@ __all__ = [
     "FusedConvDW", "conv_dw", "FusedSEBlock", "FusedIRBlock", "FusedBasicBlock", "FusedBottleneck",
     "FusedResNetArcFace", "FusedSSH", "FusedFPN", "FusedClassHead", "FusedBboxHead", "FusedLandmarkHead",
     "FusedRetinaFace", "FusedIntermediateLayers", "FusedResNet50",
-    "assert_close", "max_error", "tolerance",
+    "assert_close", "max_error", "reduction_length", "tolerance",
 ]
