@@ -22,9 +22,16 @@ Results go to CSV and JSON with :func:`fused.environment.describe` (GPU, driver,
 and a PNG of the speedups. On a CPU the fused kernels run in Triton's interpreter: its timings
 are not speedups, so fused times stay empty there (correctness and baselines still run).
 
-A kernel family adds itself with one small function that returns cases, registered in
-:data:`FAMILIES`; :func:`block_cases` does the work for any block type that :func:`fused.fuse`
-can swap.
+A kernel family is one line: :func:`register_family` names it, the model(s) it comes from and
+the block types it benchmarks; :func:`block_cases` then finds every distinct shape of those
+blocks in the model (by hooks, during one forward pass) and builds the cases, for any block type
+that :func:`fused.fuse` can swap, whatever its input (a tensor, or a list of tensors like the
+FPN's)::
+
+    register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules")
+
+A family whose block types are not registered in ``fused.REGISTRY`` yet is left out by
+:func:`families`.
 """
 
 from __future__ import annotations
@@ -42,38 +49,25 @@ from torch import nn
 
 import reference
 
+from . import ceilings as _ceilings
 from . import environment, timing
 from . import profile as _profile
-from .profile import leaf_flops, reduction_length, state_bytes
+from .profile import _double, _map, _nbytes, _shapes, _tensors, leaf_flops, reduction_length, state_bytes
 from .tolerance import assert_close, max_error
 
 # --------------------------------------------------------------------------------------------
 # Memory roofline
 # --------------------------------------------------------------------------------------------
 
-_BANDWIDTH: dict[str, float] = {}
-
 
 def measure_bandwidth(device, *, nbytes: int | None = None, repeats: int = 20) -> float:
-    """Copy bandwidth of ``device`` in GB/s (bytes read + written per second / 1e9), cached per process.
+    """Copy bandwidth of ``device`` in GB/s, memoised per process (:func:`fused.ceilings.copy_bandwidth`).
 
     A ``dst.copy_(src)`` of a large buffer (512 MiB on a GPU, 64 MiB on a CPU) timed with
     :func:`fused.timing.time_callable`; what a memory-bound kernel can hope to reach.
+    :func:`fused.ceilings.measure` adds the matmul roof and caches both on disk.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = f"{device}:{nbytes}"
-    if key not in _BANDWIDTH:
-        if nbytes is None:
-            nbytes = (512 if device.type == "cuda" else 64) * 2**20
-        n = max(nbytes // 4, 1)
-        src = torch.ones(n, dtype=torch.float32, device=device)
-        dst = torch.empty_like(src)
-        t = timing.time_callable(lambda: dst.copy_(src), device, warmup=3, repeats=repeats)
-        _BANDWIDTH[key] = 2 * n * 4 / (t.median_ms * 1e-3) / 1e9
-        del src, dst
-    return _BANDWIDTH[key]
+    return _ceilings.copy_bandwidth(device, nbytes=nbytes, repeats=repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +91,7 @@ class BenchCase:
     shape: str
     fused_fn: Callable
     reference_fn: Callable
-    x: torch.Tensor
+    x: torch.Tensor | list  # the one positional argument: a tensor, or a list of tensors (FPN)
     bytes_moved: int
     flops: int
     reduction_length: int
@@ -105,16 +99,22 @@ class BenchCase:
     info: dict = field(default_factory=dict)
 
 
-def _float64_reference(case: BenchCase):
+def _float64_reference(case: BenchCase, x=None):
+    x = _double(case.x if x is None else x)
     if case.reference64_fn is not None:
-        return case.reference64_fn(case.x.double())
+        return case.reference64_fn(x)
     if isinstance(case.reference_fn, nn.Module):
-        return copy.deepcopy(case.reference_fn).double()(case.x.double())
-    return case.reference_fn(case.x.double())
+        return copy.deepcopy(case.reference_fn).double()(x)
+    return case.reference_fn(x)
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def _channels_last(x):
+    """``x`` (a tensor or nested tensors) with every 4-d tensor in channels_last."""
+    return _map(x, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+
+
+def _dtype(x) -> torch.dtype:
+    return next(_tensors(x)).dtype
 
 
 def block_cases(
@@ -125,32 +125,37 @@ def block_cases(
     *,
     batches=(1,),
     seed: int = 0,
+    tag: str = "",
 ) -> list[BenchCase]:
-    """One case per distinct (block type, input shape, weight shapes) among ``model``'s blocks of
-    ``block_types``, for each batch size. Input shapes are recorded by hooks during one forward
-    pass of ``model`` on ``example_input`` (batch 1 is enough: other batches change N only).
+    """One case per distinct (block type, input shapes, weight shapes, strides) among ``model``'s
+    blocks of ``block_types``, for each batch size. Inputs are recorded by hooks during one forward
+    pass of ``model`` on ``example_input`` (batch 1 is enough: other batches change N only). A
+    block's one positional argument may be a tensor or a list of tensors (the FPN's three levels).
 
     The fused module is :func:`fused.fuse` of a copy of the block; the reference is the block.
+    ``tag`` is appended to the case names (to tell apart the same block of two models).
     """
     fuse = _fuse()
     if fuse is None:
         return []
     model = model.eval()
     wanted = set(block_types)
-    found: dict[tuple, tuple[str, nn.Module, str, tuple]] = {}
+    found: dict[tuple, tuple[str, nn.Module, str, object]] = {}
     handles = []
 
     def hook(path, module, kind):
         def pre(mod, args):
-            x = args[0]
+            if len(args) != 1:
+                return  # a case calls fn(x): blocks with one positional argument only
+            shapes = tuple(tuple(t.shape[1:]) for t in _tensors(args[0]))
             weights = tuple(tuple(p.shape) for p in module.parameters())
             strides = tuple(m.stride for m in module.modules() if isinstance(m, nn.Conv2d))
-            key = (kind, tuple(x.shape[1:]), weights, strides)
-            found.setdefault(key, (path, module, kind, tuple(x.shape[1:])))
+            key = (kind, shapes, weights, strides)
+            found.setdefault(key, (path, module, kind, _map(args[0], lambda t: t.detach()[:1].clone())))
         return pre
 
     for path, module in model.named_modules():
-        kind = reference.block_type(module)
+        kind = reference.block_type(module) or type(module).__name__  # as fused.fuse names it ("ResNetArcFace")
         if kind in wanted:
             handles.append(module.register_forward_pre_hook(hook(path, module, kind)))
     try:
@@ -162,25 +167,27 @@ def block_cases(
 
     cases = []
     g = torch.Generator().manual_seed(seed + 7)
-    for (kind, chw, _, _), (path, block, _, _) in found.items():
+    device, dtype = example_input.device, example_input.dtype
+    for (kind, _, _, _), (path, block, _, template) in found.items():
         fused_block = fuse(copy.deepcopy(block))
         for batch in batches:
-            x = torch.randn((batch, *chw), generator=g).to(device=example_input.device, dtype=example_input.dtype)
+            x = _map(template, lambda t: torch.randn((batch, *t.shape[1:]), generator=g).to(device=device, dtype=dtype))
             flops, out_bytes = _count(block, x)
             convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
             desc = (f"{convs[0].in_channels}->{convs[-1].out_channels} k{convs[0].kernel_size[0]} s{max(c.stride[0] for c in convs)}"
                     if convs else "")
+            shape = _shapes(x)
             cases.append(BenchCase(
-                name=f"{kind} {desc} {'x'.join(map(str, x.shape))}".replace("  ", " "),
+                name=" ".join(filter(None, [kind, desc, shape.replace(";", "+"), tag])),
                 family=family,
-                shape="x".join(map(str, x.shape)),
+                shape=shape,
                 fused_fn=fused_block,
                 reference_fn=block,
                 x=x,
-                bytes_moved=x.numel() * x.element_size() + out_bytes + state_bytes(block),
+                bytes_moved=_nbytes(x) + out_bytes + state_bytes(block),
                 flops=flops,
                 reduction_length=reduction_length(block),
-                info={"block_type": kind, "example_path": path, "batch": batch},
+                info={"block_type": kind, "example_path": path, "batch": batch, "model_tag": tag},
             ))
     return cases
 
@@ -196,7 +203,7 @@ def _count(block: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     finally:
         for h in handles:
             h.remove()
-    return total[0], out.numel() * out.element_size()
+    return total[0], _nbytes(out)
 
 
 def _fuse():
@@ -214,65 +221,121 @@ def _registered(block_types) -> bool:
 
 CONV_BN_TYPES = ("conv_bn", "conv_bn_no_relu", "conv_bn1X1")
 
+#: The RetinaFace variants and ArcFace models cases come from (names of :data:`fused.profile.MODELS`).
+RETINAFACE_MODELS = ("retinaface", "retinaface-resnet50")
+ARCFACE_SIZE = 128
 
-def _retinaface_input(model_name: str, size: int, dtype, device, seed: int):
-    net = reference.randomize_batchnorm(reference.retinaface(model_name, seed=seed), seed=seed)
-    net = net.to(device=device, dtype=dtype)
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+
+@dataclass(frozen=True)
+class Family:
+    """A kernel family: the block types it benchmarks, in which models (names of
+    :data:`fused.profile.MODELS`). ``"retinaface"`` in ``models`` stands for the RetinaFace
+    variant(s) ``facefuse bench --model`` selects (default mobile0.25); any other name is fixed."""
+
+    name: str
+    models: tuple[str, ...]
+    block_types: tuple[str, ...]
+    description: str = ""
+
+
+#: family name → :class:`Family`, in the order ``facefuse bench`` runs them.
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, models, block_types, description: str = "") -> Family:
+    """Add (or replace) a kernel family: one line per family, e.g.
+    ``register_family("fpn", ("retinaface",), ("FPN",))``."""
+    family = Family(name, tuple(models), tuple(block_types), description)
+    FAMILIES[name] = family
+    return family
+
+
+register_family("conv_bn", ("retinaface",), CONV_BN_TYPES,
+                "conv -> BN -> activation blocks of RetinaFace (stem, FPN, SSH)")
+register_family("conv_dw", ("retinaface",), ("conv_dw",), "MobileNetV1's depthwise-separable blocks")
+register_family("squeeze_excite", ("arcface-se",), ("SEBlock",), "the SEBlocks of ArcFace IR-18 with SE")
+register_family("irblock", ("arcface", "arcface-se"), ("IRBlock",), "ArcFace's residual blocks, with and without SE")
+register_family("bottleneck", ("retinaface-resnet50",), ("Bottleneck",), "ResNet-50's bottleneck blocks")
+register_family("arcface_model", ("arcface", "arcface-se"), ("ResNetArcFace",),
+                "the whole fused ArcFace (stem conv+BN+PReLU in one kernel, BNs folded into fc5)")
+register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules (branches into one buffer, ReLU in the epilogues)")
+register_family("fpn", ("retinaface",), ("FPN",), "RetinaFace's feature pyramid (upsample-and-add in the lateral convs' epilogue)")
+register_family("heads", ("retinaface",), ("ClassHead", "BboxHead", "LandmarkHead"),
+                "RetinaFace's prediction heads, each stored straight into [N, H*W*A, V]")
+register_family("retinaface_model", ("retinaface",), ("RetinaFace",),
+                "the whole fused detector (per level, the three heads as one GEMM into the final outputs)")
+
+
+def _model_and_input(model_name: str, size: int, dtype, device, seed: int):
+    """A seeded model (BatchNorm statistics randomised) and a batch-1 input at its real size."""
+    net = _profile.build_model(model_name, seed=seed).to(device=device, dtype=dtype)
+    side = ARCFACE_SIZE if model_name.startswith("arcface") else size
+    x = _profile.example_input(model_name, (side, side), 1, dtype=dtype, device=device, seed=seed)
     return net, x
+
+
+def _models_of(family: Family, retinaface=("retinaface",)) -> list[str]:
+    out = []
+    for m in family.models:
+        for name in (retinaface if m == "retinaface" else (m,)):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def family_cases(family: str | Family, *, retinaface=("retinaface",), size: int = 640, batches=(1, 16),
+                 dtype=torch.float16, device="cuda", seed: int = 0) -> list[BenchCase]:
+    """Every case of ``family``: each distinct shape of its block types in each of its models.
+
+    ``retinaface`` is the RetinaFace variant(s) that ``"retinaface"`` in a family stands for;
+    ``size`` the RetinaFace input side (ArcFace is always 128x128).
+    """
+    family = FAMILIES[family] if isinstance(family, str) else family
+    models = [m for m in _models_of(family, tuple(retinaface)) if m in _profile.MODELS]
+    cases = []
+    for model_name in models:
+        net, x = _model_and_input(model_name, size, dtype, device, seed)
+        tag = f"[{model_name}]" if len(models) > 1 else ""
+        cases += block_cases(family.name, net, family.block_types, x, batches=batches, seed=seed, tag=tag)
+    return cases
+
+
+def _retinaface_name(model_name: str) -> str:
+    return "retinaface-resnet50" if model_name in ("resnet50", "retinaface-resnet50") else "retinaface"
 
 
 def conv_bn_cases(model_name: str = "mobile0.25", size: int = 640, batches=(1, 16), dtype=torch.float16,
                   device="cuda", seed: int = 0) -> list[BenchCase]:
-    """RetinaFace's conv → BN → activation blocks (conv_bn, conv_bn_no_relu, conv_bn1X1) at ``size``."""
-    net, x = _retinaface_input(model_name, size, dtype, device, seed)
-    return block_cases("conv_bn", net, CONV_BN_TYPES, x, batches=batches, seed=seed)
+    """RetinaFace's conv → BN → activation blocks (conv_bn, conv_bn_no_relu, conv_bn1X1) at ``size``
+    (``model_name``: ``"mobile0.25"`` or ``"resnet50"``)."""
+    return family_cases("conv_bn", retinaface=(_retinaface_name(model_name),), size=size, batches=batches,
+                        dtype=dtype, device=device, seed=seed)
 
 
 def conv_dw_cases(model_name: str = "mobile0.25", size: int = 640, batches=(1, 16), dtype=torch.float16,
                   device="cuda", seed: int = 0) -> list[BenchCase]:
     """MobileNetV1's depthwise-separable blocks (conv_dw) of RetinaFace mobile0.25 at ``size``
     (``model_name`` is ignored: only the mobile0.25 backbone has conv_dw blocks)."""
-    net, x = _retinaface_input("mobile0.25", size, dtype, device, seed)
-    return block_cases("conv_dw", net, ("conv_dw",), x, batches=batches, seed=seed)
+    return family_cases("conv_dw", size=size, batches=batches, dtype=dtype, device=device, seed=seed)
 
 
 def squeeze_excite_cases(model_name: str = "arcface-se", size: int = 128, batches=(1, 64), dtype=torch.float16,
                          device="cuda", seed: int = 0) -> list[BenchCase]:
-    """The SEBlocks of ResNetArcFace IR-18 with squeeze-excite (input 128x128; ``model_name`` and
-    ``size`` are ignored)."""
-    net = reference.randomize_batchnorm(reference.arcface(use_se=True, seed=seed), seed=seed).to(device=device, dtype=dtype)
-    x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
-    return block_cases("squeeze_excite", net, ("SEBlock",), x, batches=batches, seed=seed)
+    """The SEBlocks of ResNetArcFace IR-18 with squeeze-excite (input 128x128)."""
+    return family_cases("squeeze_excite", batches=batches, dtype=dtype, device=device, seed=seed)
 
 
 def irblock_cases(model_name: str = "arcface", size: int = 128, batches=(1, 64), dtype=torch.float16,
                   device="cuda", seed: int = 0) -> list[BenchCase]:
-    """The IRBlocks of ResNetArcFace IR-18, with and without squeeze-excite (input 128x128;
-    ``model_name`` and ``size`` are ignored)."""
-    cases = []
-    for use_se in (False, True):
-        net = reference.randomize_batchnorm(reference.arcface(use_se=use_se, seed=seed), seed=seed).to(device=device, dtype=dtype)
-        x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
-        cases += block_cases("irblock" + ("_se" if use_se else ""), net, ("IRBlock",), x, batches=batches, seed=seed)
-    return cases
-
-
-#: family → (case builder, the block types whose fused modules it needs). A family whose fused
-#: modules are not registered in ``fused.REGISTRY`` is left out by :func:`families`.
-FAMILIES: dict[str, tuple[Callable, tuple[str, ...]]] = {
-    "conv_bn": (conv_bn_cases, CONV_BN_TYPES),
-    "conv_dw": (conv_dw_cases, ("conv_dw",)),
-    "squeeze_excite": (squeeze_excite_cases, ("SEBlock",)),
-    "irblock": (irblock_cases, ("IRBlock",)),
-}
+    """The IRBlocks of ResNetArcFace IR-18, with and without squeeze-excite (input 128x128)."""
+    return family_cases("irblock", batches=batches, dtype=dtype, device=device, seed=seed)
 
 
 def families() -> list[str]:
     """The families whose fused modules exist in this checkout."""
     if _fuse() is None:
         return []
-    return [name for name, (_, types) in FAMILIES.items() if _registered(types)]
+    return [name for name, family in FAMILIES.items() if _registered(family.block_types)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,18 +382,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _check(case: BenchCase, x: torch.Tensor, expected) -> tuple[float, str | None, list[str], list[str]]:
-    """Run the fused path on ``x``: (max error, failure message or None, kernels, fallbacks)."""
+def _check(case: BenchCase, x, expected) -> tuple[float, str | None, list[str], list[str]]:
+    """Run the fused path on ``x``: (max error, failure message or None, kernels, fallbacks).
+    Outputs may be one tensor or several (a list or tuple): every one is checked."""
     import fused as pkg
 
     with torch.no_grad(), _enabled(True), pkg.recording() as rec:
         actual = case.fused_fn(x)
-    err = max_error(actual, expected) if actual.shape == expected.shape else math.inf
-    try:
-        assert_close(actual, expected, reduction_length=case.reduction_length, what=case.name)
-        message = None
-    except AssertionError as exc:
-        message = str(exc).splitlines()[0]
+    got, want = list(_tensors(actual)), list(_tensors(expected))
+    err, message = 0.0, None
+    if len(got) != len(want):
+        err, message = math.inf, f"{case.name}: {len(got)} output tensors, expected {len(want)}"
+    for a, e in zip(got, want):
+        err = max(err, max_error(a, e) if a.shape == e.shape else math.inf)
+        try:
+            assert_close(a, e, reduction_length=case.reduction_length, what=case.name)
+        except AssertionError as exc:
+            message = message or str(exc).splitlines()[0]
     fallbacks = [f"{block or '?'}: {reason}" for block, reason in rec.fallbacks()]
     return err, message, sorted(rec.kernels()), fallbacks
 
@@ -345,26 +413,28 @@ def run_cases(
     compile_mode: str | None = "max-autotune",
     time_fused: bool | None = None,
     progress=None,
+    ceilings=None,
 ) -> list[dict]:
     """Check, then time every case (see the module docstring); one result dict per case.
 
     ``compile_mode=None`` skips ``torch.compile``. ``time_fused`` defaults to True exactly when the
     kernels are compiled for a GPU; it is forced off in Triton's interpreter (its timings are not
-    speedups).
+    speedups). ``ceilings`` (a :class:`fused.ceilings.Ceilings`) gives the copy bandwidth of the
+    roofline columns; by default it is measured now (:func:`measure_bandwidth`).
     """
     say = progress or (lambda line: None)
     device = torch.device(device)
     on_gpu = _profile.times_fused(device)
     time_fused = on_gpu if time_fused is None else (time_fused and on_gpu)
-    bandwidth = measure_bandwidth(device)
+    bandwidth = ceilings.copy_gbps if ceilings is not None else measure_bandwidth(device)
     results = []
     for i, case in enumerate(cases, 1):
         r = {c: None for c in COLUMNS}
-        r.update(case=case.name, family=case.family, shape=case.shape, dtype=str(case.x.dtype).replace("torch.", ""),
+        r.update(case=case.name, family=case.family, shape=case.shape, dtype=str(_dtype(case.x)).replace("torch.", ""),
                  device=device.type, bytes_moved=case.bytes_moved, flops=case.flops,
                  reduction_length=case.reduction_length, roofline_gbps=bandwidth)
         results.append(r)
-        x = case.x.to(device)
+        x = _map(case.x, lambda t: t.to(device))
         x_cl = _channels_last(x)
         # 1. correctness first, in both layouts
         try:
@@ -456,8 +526,10 @@ def run_cases(
 
 
 def write_results(results: list[dict], out_dir, *, device, settings: dict | None = None,
-                  notes: list[str] | None = None) -> dict[str, str]:
-    """Write ``bench.csv``, ``bench.json`` (with the environment) and ``bench.png`` into ``out_dir``."""
+                  notes: list[str] | None = None, ceilings=None) -> dict[str, str]:
+    """Write ``bench.csv``, ``bench.json`` (with the environment and the measured ceilings) and
+    ``bench.png`` into ``out_dir``. This JSON is the format of the recorded results in ``results/``
+    that :mod:`fused.results` reads."""
     os.makedirs(out_dir, exist_ok=True)
     device = torch.device(device)
     env = environment.describe(device)
@@ -474,14 +546,15 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
     payload = {
         "families": sorted({r["family"] for r in results}),
         "environment": env,
-        "bandwidth_gbps": measure_bandwidth(device),
+        "bandwidth_gbps": ceilings.copy_gbps if ceilings is not None else measure_bandwidth(device),
+        "ceilings": ceilings.to_dict() if ceilings is not None else None,
         "settings": settings or {},
         "notes": list(notes or []),
         "columns": COLUMNS,
-        "rows": results,
+        "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in results],
     }
     with open(paths["json"], "w") as f:
-        json.dump(payload, f, indent=2, default=str, allow_nan=True)
+        json.dump(payload, f, indent=2, default=str, allow_nan=False)
         f.write("\n")
     _plot(results, paths["chart"], env)
     return paths

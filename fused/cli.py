@@ -1,8 +1,10 @@
 """``facefuse`` (also ``python -m fused``): profile a face model block by block, or benchmark kernels.
 
     facefuse profile                       # RetinaFace mobile0.25, CPU-sized defaults on a CPU
-    facefuse profile --model arcface --device cuda --dtype float16
+    facefuse profile --model arcface --device cuda --dtype float16 --cuda-graphs --trace trace.json
     facefuse bench --family conv_bn        # on a CUDA GPU
+    facefuse ceilings                      # the measured copy bandwidth and matmul throughput
+    facefuse results --update-readme       # regenerate the README's results table from results/
 
 Bad arguments give a usage message and exit status 2, never a traceback.
 """
@@ -53,15 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
                     "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{profile,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{profile,bench,ceilings,results}")
     sub.required = True
 
     p = sub.add_parser(
         "profile", help="time, FLOPs and bytes of every block of a model; fused correctness per block",
-        description="Profile a model block by block: time (median after warm-up), FLOPs, bytes moved, "
-                    "arithmetic intensity; with fused kernels available, the backend that ran each block, "
-                    "its error against a float64 reference and, on a CUDA GPU, its speedup. Writes a table, "
-                    "CSV, JSON and a bar chart into --out.",
+        description="Profile a model block by block: reference eager time and torch.compile time (median "
+                    "after warm-up), FLOPs, bytes moved, arithmetic intensity, achieved GB/s and percent of the "
+                    "measured copy bandwidth, peak memory (CUDA); with fused kernels available, the backend that "
+                    "ran each block, its error against a float64 reference and, on a CUDA GPU, its time and "
+                    "speedups. Writes a table, CSV, JSON, a per-block time chart and a roofline chart into --out. "
+                    "On a CPU the fused kernels run in Triton's interpreter for correctness only, and fused "
+                    "times and speedups stay empty.",
     )
     p.add_argument("--model", choices=list(prof.MODELS), default="retinaface",
                    help="retinaface = mobile0.25; arcface = IR-18 without SE (default: retinaface)")
@@ -75,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = cuda when available, else cpu (default: auto)")
     p.add_argument("--repeats", type=_positive, default=None, help="timed runs per block (default: 10 on CPU, 100 on GPU)")
     p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs per block (default: 2 on CPU, 10 on GPU)")
+    p.add_argument("--memory-format", choices=list(prof.MEMORY_FORMATS), default="nchw",
+                   help="layout of the model and input (default: nchw)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="time every path as CUDA graph replays, which removes launch overhead (CUDA only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile every block and the whole model and time them (default: on; compiling "
+                        "takes a minute or two on a small CPU the first time, less once Inductor's cache is "
+                        "warm; --no-compile skips it)")
+    p.add_argument("--compile-mode", choices=["default", "max-autotune", "reduce-overhead"], default="default",
+                   help="torch.compile mode (default: default)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="write a torch.profiler Chrome trace of a few forward passes (reference, torch.compile, "
+                        "and fused on a GPU) to FILE; open it in chrome://tracing or ui.perfetto.dev")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure the machine's ceilings (copy bandwidth, matmul throughput) again instead of "
+                        "reading them from the cache")
+    p.add_argument("--record", action="store_true",
+                   help="also copy the JSON and plots into the project's results/ folder (GPU runs only)")
     p.add_argument("--out", default=PROFILE_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{PROFILE_DEFAULT_OUT})")
     p.add_argument("--no-fused", action="store_true", help="reference columns only: skip fusing and the fused checks")
     p.add_argument("--check-size", type=_size, default=None, metavar="HxW|N",
@@ -95,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--family", default="all", choices=[*_all_families(), "all"],
                    help="kernel family (default: all that have fused modules)")
-    b.add_argument("--model", choices=["retinaface", "retinaface-resnet50"], default="retinaface",
-                   help="where the conv_bn cases come from (default: retinaface = mobile0.25)")
+    b.add_argument("--model", choices=["retinaface", "retinaface-resnet50", "all"], default="retinaface",
+                   help="the RetinaFace variant(s) the RetinaFace families take their shapes from (default: "
+                        "retinaface = mobile0.25; all = both backbones). ArcFace families always use IR-18 at 128x128")
     b.add_argument("--size", type=_positive, default=None, metavar="N", help="RetinaFace input side (default: 640 on GPU, 64 on CPU)")
     b.add_argument("--batch", type=_positive, nargs="+", default=None, metavar="N", help="batch sizes (default: 1 16 on GPU, 1 on CPU)")
     b.add_argument("--dtype", choices=list(prof.DTYPES), default=None, help="default: float16 on GPU, float32 on CPU")
@@ -110,11 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a CPU anyway: correctness and baseline timings only (interpreter timings are not speedups)")
     b.add_argument("--out", default=BENCH_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{BENCH_DEFAULT_OUT})")
     b.add_argument("--record", action="store_true",
-                   help="also copy the JSON into the project's results/ folder, where lessons and the README "
-                        "read recorded GPU figures (GPU runs only)")
+                   help="also copy the JSON and plot into the project's results/ folder, where lessons and the "
+                        "README read recorded GPU figures (GPU runs only)")
+    b.add_argument("--remeasure", action="store_true", help="measure the machine's ceilings again (not from the cache)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=run_bench, parser=b)
+
+    c = sub.add_parser(
+        "ceilings", help="measure (or show the cached) copy bandwidth and matmul throughput of this machine",
+        description="The two roofs of the roofline, measured on this machine: copy bandwidth (GB/s) and "
+                    "torch.mm throughput (FLOP/s). Cached in $FACEFUSE_CACHE/ceilings.json (default "
+                    "~/.cache/facefuse/ceilings.json), keyed by device name, torch version and dtype.",
+    )
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    c.add_argument("--dtype", choices=list(prof.DTYPES), default=None,
+                   help="matmul dtype (default: float16 on GPU; always float32 on CPU)")
+    c.add_argument("--remeasure", action="store_true", help="measure again and overwrite the cached entry")
+    c.set_defaults(func=run_ceilings, parser=c)
+
+    from . import results
+
+    r = sub.add_parser(
+        "results", help="print the recorded GPU results as markdown, or regenerate the README's table",
+        description="The README's results table is generated from results/*.json by this command "
+                    "(same as python -m fused.results).",
+    )
+    results.add_arguments(r)
+    r.set_defaults(func=run_results, parser=r)
     return parser
 
 
@@ -122,6 +169,21 @@ def _all_families() -> list[str]:
     from . import benchmark
 
     return list(benchmark.FAMILIES)
+
+
+def _ceilings(args, device, dtype, say):
+    """The machine's ceilings, from the cache or measured now; never fatal."""
+    from . import ceilings
+
+    try:
+        found = ceilings.measure(device, dtype, remeasure=args.remeasure)
+    except Exception as exc:  # a roofline without a roof is still a profile
+        if say:
+            say(f"could not measure the machine's ceilings ({type(exc).__name__}: {exc}); no roofline columns")
+        return False
+    if say:
+        say(f"ceilings: {found}" + ("" if found.source != "measured" else f" (measured now, saved to {ceilings.cache_path()})"))
+    return found
 
 
 def _progress(args):
@@ -155,6 +217,12 @@ def run_profile(args) -> int:
             prof.input_shape(args.model, args.check_size, args.batch)
         except ValueError as exc:
             parser.error(f"--check-size: {exc}")
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device (CUDA graphs capture GPU kernel launches)")
+    if args.record and device.type != "cuda":
+        parser.error("--record keeps GPU results only; a CPU profile has no fused timings to record")
+    if args.trace is not None and (os.path.isdir(args.trace) or args.trace.endswith(os.sep)):
+        parser.error(f"--trace: {args.trace!r} is a folder; give a file name such as trace.json")
     if args.weights is not None and not os.path.isfile(args.weights):
         parser.error(f"--weights: no file at {args.weights!r}")
     if args.weights is not None:
@@ -176,12 +244,19 @@ def run_profile(args) -> int:
             if args.model.startswith("arcface"):
                 say("ArcFace takes 128x128 only, so the interpreter pass runs at full size: expect a minute "
                     "or more on a small CPU (--no-fused skips it)")
+        if args.compile and not on_gpu:
+            say("torch.compile compiles every block with Inductor's C++ backend: a minute or two on a small CPU "
+                "the first time (Inductor caches its work, so reruns are faster); --no-compile skips it")
     result = prof.profile(
         args.model, size=size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
         repeats=args.repeats, fused=not args.no_fused, seed=args.seed, weights=args.weights,
-        check_size=args.check_size, progress=say,
+        check_size=args.check_size, progress=say, compile=args.compile, compile_mode=args.compile_mode,
+        memory_format=args.memory_format, cuda_graphs=args.cuda_graphs,
+        ceilings=_ceilings(args, device, dtype, say), trace=args.trace,
     )
     paths = result.save(args.out)
+    if args.trace:
+        paths["trace"] = args.trace
     print(result.table())
     if result.fuse_report:
         print()
@@ -189,7 +264,12 @@ def run_profile(args) -> int:
     print()
     print(f"wrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
     for kind, path in paths.items():
-        print(f"  {kind:5s} {path}")
+        print(f"  {kind:8s} {path}")
+    if args.record:
+        from . import results
+
+        recorded = results.record(paths["json"], {".png": paths["chart"], "-roofline.png": paths.get("roofline")})
+        print("recorded " + ", ".join(recorded) + "\nnow run `python -m fused.results --update-readme`")
     return 0
 
 
@@ -236,11 +316,12 @@ def run_bench(args) -> int:
         parser.error("--record keeps GPU results only; CPU runs have no fused timings to record")
 
     say = _progress(args)
-    model_name = "resnet50" if args.model == "retinaface-resnet50" else "mobile0.25"
+    retinaface = ("retinaface", "retinaface-resnet50") if args.model == "all" else (args.model,)
+    ceil = _ceilings(args, device, dtype, say)
     cases = []
     for family in wanted:
-        builder, _ = benchmark.FAMILIES[family]
-        cases += builder(model_name=model_name, size=size, batches=batches, dtype=dtype, device=device, seed=args.seed)
+        cases += benchmark.family_cases(family, retinaface=retinaface, size=size, batches=batches, dtype=dtype,
+                                        device=device, seed=args.seed)
     if say:
         say(f"facefuse bench: {len(cases)} cases ({', '.join(wanted)}), {str(dtype).replace('torch.', '')} on {device.type}")
         if not on_gpu:
@@ -248,7 +329,7 @@ def run_bench(args) -> int:
                 "empty (interpreter timings are not speedups)")
     results = benchmark.run_cases(
         cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
-        compile_mode=None if compile_mode == "none" else compile_mode, progress=say,
+        compile_mode=None if compile_mode == "none" else compile_mode, progress=say, ceilings=ceil or None,
     )
     notes = []
     if not on_gpu:
@@ -257,34 +338,54 @@ def run_bench(args) -> int:
     settings = {"families": wanted, "model": args.model, "size": size, "batches": list(batches),
                 "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
                 "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed}
-    paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes)
+    paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes,
+                                    ceilings=ceil or None)
     print(format_results(results))
     for n in notes:
         print(f"note: {n}")
     print(f"\nwrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
     if args.record:
-        print(f"recorded {record_results(paths['json'])}")
+        print(f"recorded {record_results(paths['json'], paths['chart'])}\n"
+              "now run `python -m fused.results --update-readme`")
     failed = [r for r in results if r["status"] == "failed"]
     return 1 if failed else 0
 
 
-def record_results(json_path) -> str:
-    """Copy a benchmark JSON into ``results/`` as ``<families>-<gpu>-<date>.json``; return the new path."""
-    import json
-    import re
-    import shutil
+def record_results(json_path, chart_path=None) -> str:
+    """Copy a benchmark JSON (and its plot) into ``results/`` as ``<families>-<gpu>-<date>.json``
+    (and ``.png``); return the JSON's new path."""
+    from . import results
 
-    from .results import RESULTS_DIR
+    return results.record(json_path, {".png": chart_path} if chart_path else None)[0]
 
-    with open(json_path) as f:
-        data = json.load(f)
-    env = data.get("environment", {})
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{'-'.join(data.get('families', []))}-{env.get('gpu') or env.get('device')}-"
-                                         f"{env.get('date', '')}").strip("-").lower()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    dest = RESULTS_DIR / f"{slug}.json"
-    shutil.copyfile(json_path, dest)
-    return str(dest)
+
+# --------------------------------------------------------------------------------------------
+# ceilings, results
+# --------------------------------------------------------------------------------------------
+
+
+def run_ceilings(args) -> int:
+    from . import ceilings
+
+    parser = args.parser
+    try:
+        device = prof.resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    dtype = prof.DTYPES[args.dtype] if args.dtype else None
+    found = ceilings.measure(device, dtype, remeasure=args.remeasure)
+    print(found)
+    print(f"cache: {ceilings.cache_path()} (key {ceilings.cache_key(device, dtype if device.type == 'cuda' else None)!r})")
+    return 0
+
+
+def run_results(args) -> int:
+    from . import results
+
+    try:
+        return results.run(args)
+    except (OSError, ValueError) as exc:
+        args.parser.error(str(exc))
 
 
 def format_results(results: list[dict]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import subprocess
 
@@ -23,6 +24,18 @@ def _driver_version() -> str | None:
         return None
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe(device=None) -> dict:
     """A JSON-ready description of the machine that produced a result."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -35,7 +48,9 @@ def describe(device=None) -> dict:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "triton_backend": runtime.backend(),
     }
     if device.type == "cuda":

@@ -4,17 +4,17 @@
 block's input, then times each block on its own input and counts what it computes and moves::
 
     from fused.profile import profile
-    prof = profile("retinaface", size=320)
+    prof = profile("retinaface", size=320, compile=True)
     print(prof.table())
-    prof.save("facefuse-profile")       # profile.txt, profile.csv, profile.json, profile.png
+    prof.save("facefuse-profile")       # profile.txt/.csv/.json, profile.png, roofline.png
 
 **Rows.** A block is the outermost module that :func:`reference.block_type` names (``conv_bn``,
 ``conv_dw``, ``FPN``, ``SSH``, ``ClassHead``, ``IRBlock``, ...). Modules outside every block that
 do work (ArcFace's stem and head, ResNet-50's stem) get a row each, typed by class name
-(``Conv2d``, ``BatchNorm2d``, ...). Then ``(outside blocks)``: the whole-model time minus the sum
-of the rows (what runs between modules: RetinaFace's concatenations and softmax, Python
-overhead), and ``(model)``: the whole forward pass. Every Conv2d and Linear of the model belongs to
-exactly one row.
+(``Conv2d``, ``BatchNorm2d``, ...). Three summary rows follow: ``(sum of blocks)``, the rows
+added up; ``(outside blocks)``, the whole-model time minus that sum (what runs between modules:
+RetinaFace's concatenations and softmax, Python overhead); and ``(model)``, the whole forward
+pass, timed as one. Every Conv2d and Linear of the model belongs to exactly one row.
 
 **Columns.**
 
@@ -27,17 +27,31 @@ exactly one row.
 * ``eager_bytes``: an estimate of what eager PyTorch moves: for every leaf module call inside the
   row, its inputs + outputs + state. Functional ops inside a forward (``torch.cat``,
   ``F.interpolate``, ``+``, ``F.relu``) are not hooked, so they are not counted either.
-* ``intensity``: ``flops / min_bytes`` (FLOP per byte), to compare with the machine's ratio of
-  peak FLOP/s to bandwidth: below it a block is memory-bound, and fusion is what helps.
+* ``intensity``: ``flops / min_bytes`` (FLOP per byte). ``bound`` compares it with the ridge
+  point of the machine's *measured* ceilings (:mod:`fused.ceilings`: copy bandwidth and matmul
+  throughput): below the ridge a block is memory-bound, and fusion is what helps.
 * ``ref_median_ms``: the block alone on its recorded input, median after warm-up
-  (:func:`fused.timing.time_callable`: CUDA events on a GPU, wall clock on a CPU).
+  (:func:`fused.timing.time_callable`: CUDA events on a GPU, optionally CUDA graph replays; wall
+  clock on a CPU).
+* ``compile_*`` (``compile=True``): ``torch.compile`` of the reference block (Inductor: Triton on a
+  GPU, C++ on a CPU), timed the same way; ``compile_seconds`` is how long the first call took
+  (compiling). A compile failure goes to the row's ``note``, never raised.
+* ``*_gbps``: effective bandwidth, ``min_bytes`` over the path's time; ``*_bw_pct``: that as a
+  percentage of the measured copy bandwidth (the memory roofline). ``*_peak_bytes``: extra
+  device memory at the peak of one call (CUDA only: :func:`fused.timing.peak_memory_bytes`; the
+  CPU allocator keeps no peak statistic, so these stay empty there).
 * fused columns (``fused=True``): the profiler fuses a deep copy of the model with
   :func:`fused.fuse` and runs each fused block once on the same recorded input, under
   :func:`fused.recording`: which backend ran (``triton``, ``triton-interpreter``, or
   ``reference`` with the reason), the largest absolute error against a float64 run of the
   reference block, and whether it is within :func:`fused.tolerance.tolerance`. On a GPU the fused
-  block is timed too, with a speedup against the reference. On a CPU the kernels run in Triton's
-  interpreter, whose timings say nothing about a GPU: fused time and speedup stay empty.
+  block is timed too, with speedups against the reference (``speedup``) and against
+  torch.compile (``speedup_vs_compile``). On a CPU the kernels run in Triton's interpreter, whose
+  timings say nothing about a GPU: fused times and speedups stay empty, and a note says why.
+
+``trace="file.json"`` writes a torch.profiler Chrome trace of a few forward passes of the
+reference model (and of the compiled and fused models where they are timed): open it in
+``chrome://tracing`` or https://ui.perfetto.dev.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -56,6 +71,7 @@ from torch import nn
 
 import reference
 
+from . import ceilings as _ceilings
 from . import environment, runtime, timing
 from .tolerance import assert_close, max_error, reduction_length  # noqa: F401  (reduction_length: re-exported for lessons)
 
@@ -63,14 +79,19 @@ from .tolerance import assert_close, max_error, reduction_length  # noqa: F401  
 # Rows and the profile
 # --------------------------------------------------------------------------------------------
 
+SUM = "(sum of blocks)"
 OUTSIDE = "(outside blocks)"
 TOTAL = "(model)"
+
+#: The timed paths: (column prefix, label in tables and charts).
+PATHS = (("ref", "reference (eager PyTorch)"), ("compile", "torch.compile"), ("fused", "fused (Triton)"))
 
 
 @dataclass
 class Row:
     """One line of the profile. ``kind`` is ``"block"``, ``"module"`` (a module outside every
-    block), ``"outside"`` (the whole model minus the rows) or ``"total"`` (the whole model)."""
+    block), ``"sum"`` (the rows added up), ``"outside"`` (the whole model minus that sum) or
+    ``"total"`` (the whole model)."""
 
     kind: str
     path: str
@@ -83,36 +104,62 @@ class Row:
     min_bytes: int | None = None
     eager_bytes: int | None = None
     intensity: float | None = None
+    bound: str = ""
     reduction_length: int | None = None
+    # reference (eager PyTorch)
     ref_median_ms: float | None = None
     ref_min_ms: float | None = None
     ref_max_ms: float | None = None
     timing_method: str = ""
+    ref_gbps: float | None = None
+    ref_bw_pct: float | None = None
+    ref_peak_bytes: int | None = None
+    # torch.compile of the reference
+    compile_median_ms: float | None = None
+    compile_seconds: float | None = None
+    compile_speedup: float | None = None
+    compile_gbps: float | None = None
+    compile_bw_pct: float | None = None
+    compile_peak_bytes: int | None = None
+    # fused (Triton)
     fused_backend: str = ""
     fused_kernels: str = ""
     fused_max_abs_error: float | None = None
     fused_within_tolerance: bool | None = None
     fused_median_ms: float | None = None
     speedup: float | None = None
+    speedup_vs_compile: float | None = None
+    fused_gbps: float | None = None
+    fused_bw_pct: float | None = None
+    fused_peak_bytes: int | None = None
     fused_note: str = ""
+    note: str = ""
 
 
 COLUMNS = [f.name for f in fields(Row)]
-_INT_COLUMNS = {"calls", "parameters", "flops", "min_bytes", "eager_bytes", "reduction_length"}
-_FLOAT_COLUMNS = {"intensity", "ref_median_ms", "ref_min_ms", "ref_max_ms", "fused_max_abs_error",
-                  "fused_median_ms", "speedup"}
+_INT_COLUMNS = {"calls", "parameters", "flops", "min_bytes", "eager_bytes", "reduction_length",
+                "ref_peak_bytes", "compile_peak_bytes", "fused_peak_bytes"}
+_FLOAT_COLUMNS = {"intensity", "ref_median_ms", "ref_min_ms", "ref_max_ms", "ref_gbps", "ref_bw_pct",
+                  "compile_median_ms", "compile_seconds", "compile_speedup", "compile_gbps", "compile_bw_pct",
+                  "fused_max_abs_error", "fused_median_ms", "speedup", "speedup_vs_compile", "fused_gbps",
+                  "fused_bw_pct"}
 _BOOL_COLUMNS = {"fused_within_tolerance"}
+
+
+def _add_note(row: Row, text: str) -> None:
+    row.note = "; ".join(filter(None, [row.note, text]))
 
 
 @dataclass
 class Profile:
-    """The rows, the settings they were measured with, the machine, and notes for the reader."""
+    """The rows, the settings they were measured with, the machine, its ceilings and notes."""
 
     rows: list[Row]
     settings: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fuse_report: str = ""
+    ceilings: dict = field(default_factory=dict)
 
     # -- access ---------------------------------------------------------------------------
     def blocks(self) -> list[Row]:
@@ -128,42 +175,91 @@ class Profile:
     def has_fused_times(self) -> bool:
         return any(r.fused_median_ms is not None for r in self.rows)
 
+    def has_compile_times(self) -> bool:
+        return any(r.compile_median_ms is not None for r in self.rows)
+
+    def machine_ceilings(self) -> "_ceilings.Ceilings | None":
+        """The measured ceilings the percentages and the roofline use (None when not measured)."""
+        return _ceilings.Ceilings.from_dict(self.ceilings) if self.ceilings else None
+
+    def slowest(self, n: int = 5, path: str = "ref") -> list[Row]:
+        """The ``n`` blocks that take longest on ``path`` (``"ref"``, ``"compile"`` or ``"fused"``):
+        where a speedup of the whole model has to come from."""
+        column = f"{path}_median_ms"
+        timed = [r for r in self.blocks() if getattr(r, column) is not None]
+        return sorted(timed, key=lambda r: getattr(r, column), reverse=True)[:n]
+
     # -- output ---------------------------------------------------------------------------
+    def _columns(self):
+        """(header, cell function, numeric) for every column the table shows."""
+        has = {p: any(getattr(r, f"{p}_median_ms") is not None for r in self.rows) for p, _ in PATHS}
+        bw = any(r.ref_bw_pct is not None for r in self.rows)
+        peak = any(getattr(r, f"{p}_peak_bytes") is not None for r in self.rows for p, _ in PATHS)
+        cols = [
+            ("path", lambda r: r.path, False),
+            ("type", lambda r: r.block_type, False),
+            ("input", lambda r: _short(r.input_shapes, 30), False),
+            ("output", lambda r: _short(r.output_shapes, 24), False),
+            ("params", lambda r: _fmt_int(r.parameters), True),
+            ("MFLOP", lambda r: _fmt(r.flops, 1e-6, 3), True),
+            ("min MB", lambda r: _fmt(r.min_bytes, 1e-6, 3), True),
+            ("eager MB", lambda r: _fmt(r.eager_bytes, 1e-6, 3), True),
+            ("FLOP/B", lambda r: _fmt(r.intensity, 1, 3), True),
+        ]
+        if any(r.bound for r in self.rows):
+            cols.append(("bound", lambda r: r.bound, False))
+        cols += [("ref ms", lambda r: _fmt(r.ref_median_ms, 1, 4), True),
+                 ("ref GB/s", lambda r: _fmt(r.ref_gbps, 1, 3), True)]
+        if bw:
+            cols.append(("ref %BW", lambda r: _fmt_pct(r.ref_bw_pct), True))
+        if has["compile"]:
+            cols += [("compile ms", lambda r: _fmt(r.compile_median_ms, 1, 4), True),
+                     ("compile x", lambda r: _fmt_x(r.compile_speedup), True)]
+            if bw:
+                cols.append(("compile %BW", lambda r: _fmt_pct(r.compile_bw_pct), True))
+        if has["fused"]:
+            cols += [("fused ms", lambda r: _fmt(r.fused_median_ms, 1, 4), True),
+                     ("speedup", lambda r: _fmt_x(r.speedup), True)]
+            if has["compile"]:
+                cols.append(("vs compile", lambda r: _fmt_x(r.speedup_vs_compile), True))
+            if bw:
+                cols.append(("fused %BW", lambda r: _fmt_pct(r.fused_bw_pct), True))
+        if peak:
+            for p, _ in PATHS:
+                if any(getattr(r, f"{p}_peak_bytes") is not None for r in self.rows):
+                    cols.append((f"{p} peak MB", lambda r, p=p: _fmt(getattr(r, f"{p}_peak_bytes"), 1e-6, 3), True))
+        if any(r.fused_backend for r in self.rows):
+            cols += [
+                ("fused backend", lambda r: _short(r.fused_backend, 36), False),
+                ("max |err|", lambda r: _fmt(r.fused_max_abs_error, 1, 2), True),
+                ("ok", lambda r: "" if r.fused_within_tolerance is None else ("yes" if r.fused_within_tolerance else "NO"), False),
+            ]
+        return cols
+
     def table(self) -> str:
         """The profile as aligned text, with the settings above and the notes below."""
-        show_fused = any(r.fused_backend for r in self.rows)
-        show_times = self.has_fused_times()
-        header = ["path", "type", "input", "output", "params", "MFLOP", "min MB", "eager MB", "FLOP/B", "ref ms"]
-        if show_fused:
-            header += ["fused backend", "max |err|", "ok"]
-        if show_times:
-            header += ["fused ms", "speedup"]
-        lines = []
-        for r in self.rows:
-            cells = [
-                r.path, r.block_type, _short(r.input_shapes, 34), r.output_shapes if len(r.output_shapes) <= 24 else _short(r.output_shapes, 24),
-                _fmt_int(r.parameters), _fmt(r.flops, 1e-6, 3), _fmt(r.min_bytes, 1e-6, 3),
-                _fmt(r.eager_bytes, 1e-6, 3), _fmt(r.intensity, 1, 3), _fmt(r.ref_median_ms, 1, 4),
-            ]
-            if show_fused:
-                ok = "" if r.fused_within_tolerance is None else ("yes" if r.fused_within_tolerance else "NO")
-                cells += [_short(r.fused_backend, 36), _fmt(r.fused_max_abs_error, 1, 2), ok]
-            if show_times:
-                cells += [_fmt(r.fused_median_ms, 1, 4), "" if r.speedup is None else f"{r.speedup:.2f}x"]
-            lines.append(cells)
+        cols = self._columns()
+        header = [h for h, _, _ in cols]
+        lines = [[fn(r) for _, fn, _ in cols] for r in self.rows]
         widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
-        numeric = set(range(4, 10)) | ({11} if show_fused else set()) | ({13, 14} if show_times else set())
+        numeric = {i for i, (_, _, num) in enumerate(cols) if num}
 
         def render(cells):
             return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
         s = self.settings
+        extras = [f"batch {s['batch']}" if "batch" in s else "", s.get("memory_format", ""),
+                  "CUDA graphs" if s.get("cuda_graphs") else ""]
         title = (f"facefuse profile: {s.get('model', '?')}, input {s.get('input_shape', '?')} {s.get('dtype', '')} "
-                 f"on {s.get('device', '?')}, median of {s.get('repeats', '?')} runs after {s.get('warmup', '?')} "
-                 f"warm-up ({self.rows[0].timing_method if self.rows else ''})")
-        out = [title, render(header), render(["-" * w for w in widths])]
+                 f"on {s.get('device', '?')} ({', '.join(e for e in extras if e)}), median of {s.get('repeats', '?')} "
+                 f"runs after {s.get('warmup', '?')} warm-up ({self.rows[0].timing_method if self.rows else ''})")
+        out = [title]
+        ceil = self.machine_ceilings()
+        if ceil is not None:
+            out.append(f"measured ceilings: {ceil}")
+        out += [render(header), render(["-" * w for w in widths])]
         for r, cells in zip(self.rows, lines):
-            if r.kind == "outside":
+            if r.kind == "sum":
                 out.append(render(["-" * w for w in widths]))
             out.append(render(cells))
         if self.notes:
@@ -176,8 +272,10 @@ class Profile:
         rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(r).items()}
                 for r in self.rows]
         return {
+            "kind": "facefuse-profile",
             "settings": self.settings,
             "environment": self.environment,
+            "ceilings": self.ceilings,
             "notes": self.notes,
             "fuse_report": self.fuse_report,
             "columns": COLUMNS,
@@ -188,7 +286,7 @@ class Profile:
     def from_dict(cls, data: dict) -> "Profile":
         rows = [Row(**{k: v for k, v in r.items() if k in COLUMNS}) for r in data["rows"]]
         return cls(rows, data.get("settings", {}), data.get("environment", {}), data.get("notes", []),
-                   data.get("fuse_report", ""))
+                   data.get("fuse_report", ""), data.get("ceilings") or {})
 
     def write_json(self, path) -> str:
         with open(path, "w") as f:
@@ -202,7 +300,7 @@ class Profile:
             return cls.from_dict(json.load(f))
 
     def write_csv(self, path) -> str:
-        """One line per row; the ``kind`` column marks the two summary lines (``outside``, ``total``)."""
+        """One line per row; the ``kind`` column marks the summary lines (``sum``, ``outside``, ``total``)."""
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
@@ -210,39 +308,128 @@ class Profile:
                 writer.writerow({k: _csv_value(v) for k, v in asdict(r).items()})
         return os.fspath(path)
 
-    def write_chart(self, path) -> str:
-        """A horizontal bar chart of the median time per row (reference, and fused where timed)."""
+    def _title(self) -> str:
+        s = self.settings
+        where = s.get("device", "")
+        if where == "cpu":
+            where = "CPU"
+        elif self.environment.get("gpu"):
+            where = self.environment["gpu"]
+        return (f"{s.get('model', '')} {s.get('input_shape', '')} {s.get('dtype', '')} "
+                f"{s.get('memory_format', '')} on {where}").replace("  ", " ")
+
+    def chart(self):
+        """The per-block time chart (a matplotlib ``Figure``): reference vs torch.compile vs fused."""
         from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
         rows = [r for r in self.rows if r.kind in ("block", "module") or (r.kind == "outside" and (r.ref_median_ms or 0) > 0)]
         labels = [f"{r.path} [{r.block_type}]" if r.kind != "outside" else r.path for r in rows]
-        ref = [r.ref_median_ms or 0.0 for r in rows]
-        fused_times = [r.fused_median_ms for r in rows]
-        has_fused = any(t is not None for t in fused_times)
-        fig = Figure(figsize=(10, max(3.0, 0.28 * len(rows) + 1.5)))
+        series = [(label, [getattr(r, f"{p}_median_ms") for r in rows]) for p, label in PATHS]
+        series = [(label, times) for label, times in series if any(t is not None for t in times)]
+        colors = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452"}
+        fig = Figure(figsize=(10, max(3.0, 0.28 * len(rows) * max(1, len(series)) ** 0.5 + 1.5)))
         ax = fig.subplots()
         ys = list(range(len(rows)))
-        if has_fused:
-            h = 0.4
-            ax.barh([y - h / 2 for y in ys], ref, height=h, label="reference (eager PyTorch)", color="#4c72b0")
-            ax.barh([y + h / 2 for y in ys], [t or 0.0 for t in fused_times], height=h, label="fused (Triton)", color="#dd8452")
-            ax.legend(loc="lower right")
-        else:
-            ax.barh(ys, ref, height=0.7, color="#4c72b0", label="reference (eager PyTorch)")
+        h = 0.8 / max(len(series), 1)
+        for j, (label, times) in enumerate(series):
+            offset = (j - (len(series) - 1) / 2) * h
+            ax.barh([y + offset for y in ys], [t or 0.0 for t in times], height=h, label=label, color=colors[label])
+        if len(series) > 1:
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_yticks(ys)
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
         method = rows[0].timing_method if rows else ""
         ax.set_xlabel(f"median time per block (ms, {method})")
-        s = self.settings
-        ax.set_title(f"{s.get('model', '')} {s.get('input_shape', '')} {s.get('dtype', '')} on {s.get('device', '')}", fontsize=10)
+        title = self._title()
+        if self.settings.get("device") == "cpu" and any(r.fused_backend for r in self.rows):
+            title += "\nfused kernels not timed: on a CPU they run in Triton's interpreter (correctness only)"
+        ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
+        return fig
+
+    def write_chart(self, path) -> str:
+        """Save :meth:`chart` as a PNG."""
+        self.chart().savefig(path, dpi=110)
+        return os.fspath(path)
+
+    def roofline(self, label_top: int = 6):
+        """The roofline chart (a matplotlib ``Figure``), or None without measured ceilings.
+
+        Log-log: achieved FLOP/s of every block against its arithmetic intensity (FLOP/byte of its
+        minimal traffic), one marker per timed path, under the roof drawn from the measured copy
+        bandwidth and matmul throughput. Rows without FLOPs (pooling, BatchNorm alone) have no
+        place on a log scale and are left out.
+        """
+        from matplotlib.figure import Figure
+
+        ceil = self.machine_ceilings()
+        if ceil is None:
+            return None
+        rows = [r for r in self.blocks() + [r for r in self.rows if r.kind == "total"] if r.flops and r.min_bytes]
+        intensity = {id(r): r.flops / r.min_bytes for r in rows}
+        fig = Figure(figsize=(8.5, 6))
+        ax = fig.subplots()
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        intensities = list(intensity.values()) or [1.0]
+        lo = min(min(intensities), ceil.ridge) / 4
+        hi = max(max(intensities), ceil.ridge) * 4
+        xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+        ax.plot(xs, [ceil.attainable(x) for x in xs], color="black", lw=2, label="measured roof")
+        ax.axvline(ceil.ridge, color="gray", ls=":", lw=1)
+        ax.annotate(f"copy bandwidth {ceil.copy_gbps:.3g} GB/s", xy=(ceil.ridge / 8, ceil.attainable(ceil.ridge / 8)),
+                    fontsize=8, va="bottom", ha="right")
+        ax.annotate(f"matmul {ceil.matmul_flops / 1e9:.4g} GFLOP/s ({ceil.matmul_dtype})",
+                    xy=(ceil.ridge * 1.1, ceil.matmul_flops * 1.08), fontsize=8, va="bottom")
+        ax.annotate(f"ridge {ceil.ridge:.3g} FLOP/B", xy=(ceil.ridge, ceil.attainable(lo)), fontsize=7, color="gray",
+                    rotation=90, va="bottom", ha="right")
+        markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452")}
+        ys_all = [ceil.matmul_flops]
+        for p, label in PATHS:
+            points = [(intensity[id(r)], r.flops / (getattr(r, f"{p}_median_ms") * 1e-3), r) for r in rows
+                      if getattr(r, f"{p}_median_ms")]
+            if not points:
+                continue
+            marker, color = markers[p]
+            blocks = [(x, y) for x, y, r in points if r.kind != "total"]
+            totals = [(x, y) for x, y, r in points if r.kind == "total"]
+            if blocks:
+                ax.scatter([x for x, _ in blocks], [y for _, y in blocks], marker=marker, color=color, s=28,
+                           alpha=0.8, label=f"{label}, per block")
+            if totals:
+                ax.scatter([x for x, _ in totals], [y for _, y in totals], marker="*", color=color, s=160,
+                           edgecolor="black", label=f"{label}, whole model")
+            ys_all += [y for _, y, _ in points]
+        for r in self.slowest(label_top):  # name the blocks that take the most time
+            if id(r) in intensity and r.ref_median_ms:
+                ax.annotate(r.path, xy=(intensity[id(r)], r.flops / (r.ref_median_ms * 1e-3)), fontsize=7,
+                            xytext=(4, -8), textcoords="offset points", color="#4c72b0")
+        ax.set_ylim(min(min(ys_all), ceil.attainable(ceil.ridge / 8)) / 4, max(ys_all) * 3)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("arithmetic intensity (FLOP per byte of minimal traffic)")
+        ax.set_ylabel("achieved FLOP/s")
+        title = f"roofline: {self._title()}"
+        if ceil.device == "cpu":
+            title += "\nCPU roof and CPU timings; fused kernels are not timed on a CPU (interpreter)"
+        ax.set_title(title, fontsize=9)
+        ax.grid(which="both", alpha=0.2)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        return fig
+
+    def write_roofline(self, path) -> str | None:
+        """Save :meth:`roofline` as a PNG; None (nothing written) without measured ceilings."""
+        fig = self.roofline()
+        if fig is None:
+            return None
         fig.savefig(path, dpi=110)
         return os.fspath(path)
 
     def save(self, out_dir) -> dict[str, str]:
-        """Write ``profile.txt``, ``profile.csv``, ``profile.json`` and ``profile.png`` into ``out_dir``."""
+        """Write ``profile.txt``, ``profile.csv``, ``profile.json``, ``profile.png`` and (with
+        measured ceilings) ``roofline.png`` into ``out_dir``."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {
             "table": os.path.join(out_dir, "profile.txt"),
@@ -255,6 +442,9 @@ class Profile:
         self.write_csv(paths["csv"])
         self.write_json(paths["json"])
         self.write_chart(paths["chart"])
+        roof = self.write_roofline(os.path.join(out_dir, "roofline.png"))
+        if roof is not None:
+            paths["roofline"] = roof
         return paths
 
 
@@ -298,6 +488,14 @@ def _fmt(v, scale: float, digits: int) -> str:
 
 def _fmt_int(v) -> str:
     return "" if v is None else f"{v:,}"
+
+
+def _fmt_x(v) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
+def _fmt_pct(v) -> str:
+    return "" if v is None else (f"{v:.2g}%" if v < 10 else f"{v:.0f}%")
 
 
 def _short(text: str, width: int) -> str:
@@ -356,6 +554,14 @@ def state_bytes(module: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
+
+
+def moves_no_data(module: nn.Module) -> bool:
+    """True for modules that return their input or a view of it (no kernel runs): identities,
+    flattening, and dropout in eval mode."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return not module.training
+    return isinstance(module, (nn.Identity, nn.Flatten, nn.Unflatten))
 
 
 def leaf_flops(module: nn.Module, output) -> int:
@@ -443,7 +649,8 @@ def _record(model: nn.Module, example_input, rows, *, count: bool):
     def leaf_hook(unit):
         def hook(module, args, output):
             unit.flops += leaf_flops(module, output)
-            unit.eager_bytes += _nbytes(args) + _nbytes(output) + state_bytes(module)
+            if not moves_no_data(module):
+                unit.eager_bytes += _nbytes(args) + _nbytes(output) + state_bytes(module)
         return hook
 
     try:
@@ -536,6 +743,38 @@ def _check_outputs(actual, expected, dtype, length: int, what: str) -> tuple[flo
 # --------------------------------------------------------------------------------------------
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _time(fn, device, warmup: int, repeats: int, graph: bool, row: Row, what: str):
+    """Time ``fn`` (a CUDA graph replay with ``graph``); a failed capture retries without the graph
+    and says so in the row's note; any other failure goes to the note and returns None."""
+    try:
+        return timing.time_callable(fn, device, warmup=warmup, repeats=repeats, cuda_graph=graph)
+    except Exception as exc:
+        if not graph:
+            _add_note(row, f"{what} not timed: {_first_line(exc)}")
+            return None
+        _add_note(row, f"{what} timed without a CUDA graph (capture failed: {_first_line(exc)})")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    try:
+        return timing.time_callable(fn, device, warmup=warmup, repeats=repeats)
+    except Exception as exc:
+        _add_note(row, f"{what} not timed: {_first_line(exc)}")
+        return None
+
+
+def _peak(fn, device, row: Row, what: str) -> int | None:
+    try:
+        return timing.peak_memory_bytes(fn, device)
+    except Exception as exc:
+        _add_note(row, f"{what} peak memory not measured: {_first_line(exc)}")
+        return None
+
+
 def profile_model(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -547,6 +786,12 @@ def profile_model(
     check_input: torch.Tensor | None = None,
     settings: dict | None = None,
     progress=None,
+    compile=False,
+    compile_mode: str = "default",
+    cuda_graphs: bool = False,
+    ceilings=None,
+    trace=None,
+    trace_steps: int = 3,
 ) -> Profile:
     """Profile ``model`` on ``example_input`` block by block (see the module docstring).
 
@@ -554,13 +799,28 @@ def profile_model(
     device). ``check_input`` (default ``example_input``) is the input of the fused correctness
     pass; on a CPU, where the kernels run in Triton's interpreter, a smaller one keeps that pass
     short. ``progress`` is called with one line of text per step (``print`` to stderr, say).
+
+    ``compile``: ``True`` adds the torch.compile columns for every row and the whole model, or an
+    iterable of row paths (``TOTAL`` for the whole model) to compile only those. ``cuda_graphs``
+    (CUDA only) times every path as CUDA graph replays. ``ceilings``: a
+    :class:`fused.ceilings.Ceilings`, ``None`` to measure them now (without the cache file), or
+    ``False`` for no roofline columns. ``trace``: a file name for a torch.profiler Chrome trace of
+    ``trace_steps`` forward passes of each timed model.
     """
     say = progress or (lambda line: None)
     device = torch.device(device) if device is not None else example_input.device
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("cuda_graphs=True needs a CUDA device")
     model = model.to(device).eval()
     example_input = example_input.to(device)
     dtype = example_input.dtype
     notes: list[str] = []
+    graph = bool(cuda_graphs)
+
+    if ceilings is None:
+        say("measuring the machine's ceilings (copy bandwidth, matmul throughput)")
+        ceilings = _ceilings.measure(device, dtype, cache=False)
+    ceil = ceilings or None
 
     rows = find_rows(model)
     units, _ = _record(model, example_input, rows, count=True)
@@ -573,55 +833,124 @@ def profile_model(
     out_rows: list[Row] = []
     with torch.no_grad():
         # The whole model first: its warm-up also warms every block (allocator, conv algorithms).
-        whole = timing.time_callable(lambda: model(example_input), device, warmup=max(warmup, 1), repeats=repeats)
+        total = Row(kind="total", path=TOTAL, block_type=type(model).__name__, calls=1)
+        whole = _time(lambda: model(example_input), device, max(warmup, 1), repeats, graph, total, "reference")
+        if whole is None:
+            raise RuntimeError(f"the reference model could not be timed: {total.note}")
+        total.ref_peak_bytes = _peak(lambda: model(example_input), device, total, "reference")
         say(f"whole model: {whole.median_ms:.4g} ms")
         for i, u in enumerate(units, 1):
-            t = timing.time_callable(lambda u=u: _run_calls(u.module, u.calls), device, warmup=warmup, repeats=repeats)
             min_bytes = _nbytes(u.calls) + u.out_bytes + state_bytes(u.module)
-            out_rows.append(Row(
+            row = Row(
                 kind=u.kind, path=u.path, block_type=u.type, calls=len(u.calls),
                 input_shapes=_shapes(u.calls[0]), output_shapes=u.outputs[0] if u.outputs else "",
                 parameters=sum(p.numel() for p in u.module.parameters()),
                 flops=u.flops, min_bytes=min_bytes, eager_bytes=u.eager_bytes,
                 intensity=u.flops / min_bytes if min_bytes else None,
                 reduction_length=reduction_length(u.module),
-                ref_median_ms=t.median_ms, ref_min_ms=t.min_ms, ref_max_ms=t.max_ms, timing_method=t.method,
-            ))
-            say(f"[{i}/{len(units)}] {u.path} ({u.type}): {t.median_ms:.4g} ms")
+            )
+            run = (lambda u=u: _run_calls(u.module, u.calls))
+            t = _time(run, device, warmup, repeats, graph, row, "reference")
+            if t is not None:
+                row.ref_median_ms, row.ref_min_ms, row.ref_max_ms, row.timing_method = t.median_ms, t.min_ms, t.max_ms, t.method
+            row.ref_peak_bytes = _peak(run, device, row, "reference")
+            out_rows.append(row)
+            say(f"[{i}/{len(units)}] {u.path} ({u.type}): " + (f"{t.median_ms:.4g} ms" if t else "not timed"))
 
-    with torch.no_grad():
         model_output = model(example_input)
     total_min = _nbytes(example_input) + _nbytes(model_output) + state_bytes(model)
     total_flops = sum(u.flops for u in units)
-    outside_ms = whole.median_ms - sum(r.ref_median_ms for r in out_rows)
-    outside = Row(kind="outside", path=OUTSIDE, block_type="", ref_median_ms=outside_ms, timing_method=whole.method)
-    total = Row(
-        kind="total", path=TOTAL, block_type=type(model).__name__, calls=1,
-        input_shapes=_shapes(example_input), output_shapes=_shapes(model_output),
-        parameters=sum(p.numel() for p in model.parameters()), flops=total_flops, min_bytes=total_min,
-        eager_bytes=sum(u.eager_bytes for u in units), intensity=total_flops / total_min if total_min else None,
-        reduction_length=reduction_length(model),
-        ref_median_ms=whole.median_ms, ref_min_ms=whole.min_ms, ref_max_ms=whole.max_ms, timing_method=whole.method,
-    )
+    total.input_shapes, total.output_shapes = _shapes(example_input), _shapes(model_output)
+    total.parameters = sum(p.numel() for p in model.parameters())
+    total.flops, total.min_bytes = total_flops, total_min
+    total.eager_bytes = sum(u.eager_bytes for u in units)
+    total.intensity = total_flops / total_min if total_min else None
+    total.reduction_length = reduction_length(model)
+    total.ref_median_ms, total.ref_min_ms, total.ref_max_ms = whole.median_ms, whole.min_ms, whole.max_ms
+    total.timing_method = whole.method
+    del model_output
+
+    # -- torch.compile columns ------------------------------------------------------------
+    compiled_model = None
+    if compile:
+        wanted = None if compile is True else set(compile)
+        compiled_model = _compile_columns(model, example_input, units, out_rows, total, device, warmup, repeats,
+                                          compile_mode, graph, wanted, notes, say)
+
+    # -- fused columns ----------------------------------------------------------------------
+    fuse_report, fmodel = "", None
+    fuse = fuse_function() if fused else None
+    if fused and fuse is None:
+        notes.append("fused columns are empty: fused.fuse is not available in this checkout yet")
+    elif fuse is not None:
+        fuse_report, fmodel = _fused_columns(
+            fuse, model, example_input, check_input, rows, units, out_rows, total, device, dtype,
+            warmup, repeats, graph, notes, say,
+        )
+
+    # -- totals, bandwidth, roofline, speedups ----------------------------------------------
+    summed, outside = _summary_rows(out_rows, total, notes)
+    all_rows = out_rows + [summed, outside, total]
+    for r in all_rows:
+        _derive(r, ceil)
+
     notes.append(
-        f"'{OUTSIDE}' is the whole-model time minus the sum of the rows: work between modules "
+        f"'{SUM}' adds the rows up; '{OUTSIDE}' is the whole-model time minus that sum: work between modules "
         "(concatenations, reshapes, softmax) and Python overhead; timing noise can make it negative."
     )
     notes.append(
         "FLOPs are 2 x MACs of Conv2d and Linear layers only (elementwise ops are not counted); "
         "eager bytes count leaf modules only (functional ops such as torch.cat are not counted)."
     )
-
-    # -- fused columns ----------------------------------------------------------------------
-    fuse_report = ""
-    fuse = fuse_function() if fused else None
-    if fused and fuse is None:
-        notes.append("fused columns are empty: fused.fuse is not available in this checkout yet")
-    elif fuse is not None:
-        fuse_report = _fused_columns(
-            fuse, model, example_input, check_input, rows, units, out_rows, total, device, dtype,
-            warmup, repeats, notes, say,
+    if ceil is not None:
+        notes.append(
+            f"GB/s is effective bandwidth: the row's minimal bytes (min MB) over its time; %BW compares it with "
+            f"the measured copy bandwidth ({ceil.copy_gbps:.3g} GB/s, the memory roofline). 'bound' compares "
+            f"FLOP/B with the ridge point of the measured ceilings ({ceil.ridge:.3g} FLOP/B = matmul "
+            f"{ceil.matmul_flops / 1e9:.4g} GFLOP/s {ceil.matmul_dtype} / copy bandwidth): below it a block is memory-bound."
         )
+    if ceil is not None:
+        above = [r.path for r in out_rows + [total] for p, _ in PATHS
+                 if (getattr(r, f"{p}_bw_pct") or 0) > 110
+                 or (r.flops and getattr(r, f"{p}_median_ms") and r.flops / (getattr(r, f"{p}_median_ms") * 1e-3) > 1.1 * ceil.matmul_flops)]
+        if above:
+            notes.append(
+                f"{len(set(above))} row(s) ran above a measured ceiling ({', '.join(sorted(set(above))[:4])}"
+                f"{', ...' if len(set(above)) > 4 else ''}): a block whose data fits in the caches can beat the copy "
+                "bandwidth of a large buffer, and ceilings measured while the machine was busy are too low; "
+                "--remeasure on an idle machine measures them again"
+            )
+    if device.type != "cuda":
+        notes.append("peak memory is measured on CUDA only (torch.cuda.max_memory_allocated around one call); the "
+                     "CPU allocator keeps no peak statistic, so the peak columns are empty here.")
+    if compile and device.type == "cpu":
+        notes.append("torch.compile on the CPU uses Inductor's C++ backend: its times are CPU times, comparable with "
+                     "the reference column, not with a GPU. compile_seconds (CSV/JSON) is how long the first, "
+                     "compiling call took.")
+    elif not compile:
+        notes.append("torch.compile columns are empty: not requested (facefuse profile --compile, or compile=True).")
+    if graph:
+        notes.append("every path was timed as CUDA graph replays: launch overhead removed (torch.compile too, "
+                     "except in modes that capture their own graphs)")
+
+    # -- trace --------------------------------------------------------------------------------
+    if trace:
+        runs = {"reference": lambda: model(example_input)}
+        if compiled_model is not None:
+            runs["torch.compile"] = lambda: compiled_model(example_input)
+        if fmodel is not None and times_fused(device):
+            def fused_run():
+                with _fused_flag(True):
+                    return fmodel(example_input)
+            runs["fused"] = fused_run
+        say(f"tracing {trace_steps} forward passes of: {', '.join(runs)}")
+        trace_runs(runs, trace, device, steps=trace_steps)
+        notes.append(f"torch.profiler Chrome trace of {trace_steps} forward passes of {', '.join(runs)} written to "
+                     f"{os.fspath(trace)} (open it in chrome://tracing or ui.perfetto.dev)"
+                     + ("" if "fused" in runs or fmodel is None else
+                        "; the fused model is not traced on a CPU: in Triton's interpreter the trace shows Python, not kernels"))
+    if compile:
+        torch._dynamo.reset()  # free the compiled graphs
 
     environ = environment.describe(device)
     if device.type == "cpu" and hasattr(os, "getloadavg"):
@@ -633,15 +962,144 @@ def profile_model(
         "model": type(model).__name__,
         "input_shape": "x".join(str(d) for d in example_input.shape),
         "dtype": str(dtype).replace("torch.", ""),
+        "memory_format": "channels_last" if example_input.dim() == 4 and not example_input.is_contiguous()
+        and example_input.is_contiguous(memory_format=torch.channels_last) else "nchw",
         "device": device.type,
         "warmup": warmup,
         "repeats": repeats,
         "fused": fused,
+        "compile": bool(compile),
+        "compile_mode": compile_mode if compile else None,
+        "cuda_graphs": graph,
         "check_input_shape": "x".join(str(d) for d in (check_input if check_input is not None else example_input).shape),
         "torch_threads": torch.get_num_threads(),
+        "trace": os.fspath(trace) if trace else None,
     }
     all_settings.update(settings or {})
-    return Profile(out_rows + [outside, total], all_settings, environ, notes, fuse_report)
+    return Profile(all_rows, all_settings, environ, notes, fuse_report, ceil.to_dict() if ceil is not None else {})
+
+
+def _summary_rows(out_rows: list[Row], total: Row, notes: list[str]) -> tuple[Row, Row]:
+    """``(sum of blocks)`` and ``(outside blocks)``: the rows added up, and the model minus that sum."""
+    def add(column):
+        values = [getattr(r, column) for r in out_rows]
+        return sum(values) if values and all(v is not None for v in values) else None
+
+    summed = Row(kind="sum", path=SUM, block_type="", calls=len(out_rows), flops=add("flops"),
+                 min_bytes=add("min_bytes"), eager_bytes=add("eager_bytes"), parameters=add("parameters"),
+                 timing_method=total.timing_method)
+    if summed.flops is not None and summed.min_bytes:
+        summed.intensity = summed.flops / summed.min_bytes
+    outside = Row(kind="outside", path=OUTSIDE, block_type="", timing_method=total.timing_method)
+    for p, label in PATHS:
+        column = f"{p}_median_ms"
+        value = add(column)
+        setattr(summed, column, value)
+        if value is None and any(getattr(r, column) is not None for r in out_rows):
+            missing = [r.path for r in out_rows if getattr(r, column) is None]
+            notes.append(f"'{SUM}' has no {label} time: {len(missing)} row(s) were not timed on that path "
+                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+        if value is not None and getattr(total, column) is not None:
+            setattr(outside, column, getattr(total, column) - value)
+    return summed, outside
+
+
+def _derive(row: Row, ceil) -> None:
+    """Bandwidth, % of the copy roofline, bound and speedups of one row, from its times."""
+    for p, _ in PATHS:
+        ms = getattr(row, f"{p}_median_ms")
+        if row.kind != "outside" and row.min_bytes and ms and ms > 0:
+            gbps = row.min_bytes / (ms * 1e-3) / 1e9
+            setattr(row, f"{p}_gbps", gbps)
+            if ceil is not None:
+                setattr(row, f"{p}_bw_pct", 100.0 * gbps / ceil.copy_gbps)
+    if ceil is not None and row.kind != "outside" and row.intensity is not None:
+        row.bound = ceil.bound(row.intensity)
+    if row.kind == "outside":
+        return
+    ref, comp, fus = row.ref_median_ms, row.compile_median_ms, row.fused_median_ms
+    if ref and comp and comp > 0:
+        row.compile_speedup = ref / comp
+    if ref and fus and fus > 0:
+        row.speedup = ref / fus
+    if comp and fus and fus > 0:
+        row.speedup_vs_compile = comp / fus
+
+
+def _compile_columns(model, example_input, units, out_rows, total, device, warmup, repeats, mode, graph,
+                     wanted, notes, say):
+    """``torch.compile`` each wanted row's module (and the whole model), time it into the
+    ``compile_*`` columns; return the compiled whole model (None if not compiled)."""
+    rows_by_path = {r.path: r for r in out_rows}
+    targets = [(u.path, u.type, u.module, (lambda cm, u=u: _run_calls(cm, u.calls)), rows_by_path[u.path])
+               for u in units if wanted is None or u.path in wanted]
+    if wanted is None or TOTAL in wanted:
+        targets.append((TOTAL, "whole model", model, (lambda cm: cm(example_input)), total))
+    # max-autotune and reduce-overhead capture CUDA graphs of their own: do not nest ours
+    use_graph = graph and mode == "default"
+    compiled_model, streak, stop, seconds = None, 0, None, 0.0
+    say(f"torch.compile (mode {mode}) of {len(targets)} row(s); the first calls compile, which takes a while")
+    for i, (path, kind, module, call, row) in enumerate(targets, 1):
+        if stop:
+            _add_note(row, f"not compiled: {stop}")
+            continue
+        torch._dynamo.reset()  # a fresh cache per block: no recompile limit, no stale guards
+        start = time.perf_counter()
+        try:
+            compiled = torch.compile(module, mode=mode)
+            with torch.no_grad():
+                call(compiled)  # compile outside the timing
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as exc:  # recorded in the row, never raised
+            _add_note(row, f"torch.compile failed: {_first_line(exc)}")
+            say(f"[compile {i}/{len(targets)}] {path}: torch.compile FAILED ({_first_line(exc)})")
+            streak += 1
+            if streak >= 3:
+                stop = "torch.compile failed on three rows in a row (see their notes)"
+            continue
+        streak = 0
+        row.compile_seconds = time.perf_counter() - start
+        seconds += row.compile_seconds
+        with torch.no_grad():
+            t = _time(lambda: call(compiled), device, warmup, repeats, use_graph, row, "torch.compile")
+            row.compile_peak_bytes = _peak(lambda: call(compiled), device, row, "torch.compile")
+        if t is not None:
+            row.compile_median_ms = t.median_ms
+        if path == TOTAL:
+            compiled_model = compiled
+        say(f"[compile {i}/{len(targets)}] {path} ({kind}): " + (f"{t.median_ms:.4g} ms" if t else "not timed")
+            + f", compiled in {row.compile_seconds:.1f} s")
+    failed = [path for path, *_, row in targets if row.compile_median_ms is None]
+    if failed:
+        notes.append(f"torch.compile gave no time for {len(failed)} row(s) ({', '.join(failed[:4])}"
+                     f"{', ...' if len(failed) > 4 else ''}): the reason is in each row's note")
+    notes.append(f"torch.compile (mode {mode}): compiling took {seconds:.1f} s in all (first calls, not timed)")
+    return compiled_model
+
+
+def trace_runs(runs: dict, path=None, device="cpu", *, steps: int = 3):
+    """Run each callable of ``runs`` (label → callable) ``steps`` times under ``torch.profiler``
+    (CPU activities, plus CUDA on a GPU), each pass labelled with ``record_function``; write a
+    Chrome trace to ``path`` when given. Returns the profiler (``.key_averages().table(...)``)."""
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), torch_profile(activities=activities) as prof:
+        for label, fn in runs.items():
+            for i in range(steps):
+                with record_function(f"{label} forward #{i + 1}"):
+                    fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    if path:
+        folder = os.path.dirname(os.fspath(path))
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        prof.export_chrome_trace(os.fspath(path))
+    return prof
 
 
 def times_fused(device) -> bool:
@@ -649,22 +1107,21 @@ def times_fused(device) -> bool:
     return torch.device(device).type == "cuda" and not runtime.INTERPRETED
 
 
-def _time_fused(fn, device, warmup: int, repeats: int, row: Row) -> float | None:
-    """Time the fused path into ``row`` (median ms and speedup); a failure goes to its note."""
-    try:
-        with torch.no_grad(), _fused_flag(True):
-            t = timing.time_callable(fn, device, warmup=warmup, repeats=repeats)
-    except Exception as exc:
-        row.fused_note = "; ".join(filter(None, [row.fused_note, f"not timed: {type(exc).__name__}: {exc}".splitlines()[0]]))
-        return None
-    row.fused_median_ms = t.median_ms
-    row.speedup = row.ref_median_ms / t.median_ms if t.median_ms > 0 else None
-    return t.median_ms if row.speedup is not None else None
+def _time_fused(fn, device, warmup: int, repeats: int, graph: bool, row: Row) -> float | None:
+    """Time the fused path into ``row`` (median ms and peak memory); a failure goes to its note."""
+    with torch.no_grad(), _fused_flag(True):
+        t = _time(fn, device, warmup, repeats, graph, row, "fused")
+        if t is None:
+            row.fused_note = "; ".join(filter(None, [row.fused_note, "not timed (see note)"]))
+            return None
+        row.fused_median_ms = t.median_ms
+        row.fused_peak_bytes = _peak(fn, device, row, "fused")
+    return t.median_ms
 
 
 def _fused_columns(fuse, model, example_input, check_input, rows, units, out_rows, total, device, dtype,
-                   warmup, repeats, notes, say) -> str:
-    """Fill the fused columns of ``out_rows`` and ``total``; return the fuse report as text."""
+                   warmup, repeats, graph, notes, say):
+    """Fill the fused columns of ``out_rows`` and ``total``; return (the fuse report as text, the fused model)."""
     pkg = importlib.import_module("fused")
     fmodel = fuse(copy.deepcopy(model))
     report = getattr(fmodel, "fuse_report", None)
@@ -709,9 +1166,9 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
             row.fused_note = "; ".join(filter(None, [row.fused_note, message]))
         line = f"[fused {i}/{len(block_units)}] {u.path}: {row.fused_backend}, max |err| {err:.3g} ({'ok' if ok else 'OUT OF TOLERANCE'})"
         if on_gpu and ok:  # a wrong result gets no speedup
-            t = _time_fused(lambda: _run_calls(fmod, u.calls), device, warmup, repeats, row)
+            t = _time_fused(lambda fmod=fmod, u=u: _run_calls(fmod, u.calls), device, warmup, repeats, graph, row)
             if t is not None:
-                line += f", {t:.4g} ms ({row.speedup:.2f}x)"
+                line += f", {t:.4g} ms ({row.ref_median_ms / t:.2f}x)" if row.ref_median_ms else f", {t:.4g} ms"
         say(line)
 
     # The whole fused model, which includes fusions above block level (ArcFace's stem and head).
@@ -733,15 +1190,15 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
             failures.append(TOTAL)
         line = f"whole fused model: {total.fused_backend}, max |err| {err:.3g} ({'ok' if ok else 'OUT OF TOLERANCE'})"
         if on_gpu and ok:
-            t = _time_fused(lambda: fmodel(example_input), device, warmup, repeats, total)
+            t = _time_fused(lambda: fmodel(example_input), device, warmup, repeats, graph, total)
             if t is not None:
-                line += f", {t:.4g} ms ({total.speedup:.2f}x)"
+                line += f", {t:.4g} ms ({total.ref_median_ms / t:.2f}x)"
         say(line)
     if not on_gpu:
         notes.append(
             f"fused kernels ran in Triton's interpreter ({runtime.backend()}) on the CPU, once per block and once for the "
-            "whole model, for correctness only: interpreter timings are not speedups, so fused times and speedups are "
-            "left empty. Run on a CUDA GPU for those."
+            "whole model, for correctness only: interpreter timings are not speedups, so fused times, speedups, "
+            "GB/s and peak memory are left empty. Run on a CUDA GPU for those."
         )
     if check_input is not example_input:
         notes.append(
@@ -756,7 +1213,7 @@ def _fused_columns(fuse, model, example_input, check_input, rows, units, out_row
     )
     if failures:
         notes.append(f"{len(failures)} block(s) failed the fused check: {', '.join(failures)}")
-    return str(report) if report is not None else ""
+    return (str(report) if report is not None else ""), fmodel
 
 
 # --------------------------------------------------------------------------------------------
@@ -777,6 +1234,7 @@ DEFAULT_SIZE = {"cpu": 320, "cuda": 640}
 #: On a CPU the fused kernels run in Triton's interpreter; their correctness pass uses this side.
 CPU_CHECK_SIZE = 64
 DEFAULT_REPEATS = {"cpu": (2, 10), "cuda": (10, 100)}  # (warmup, repeats)
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def build_model(name: str, *, seed: int = 0, weights=None) -> nn.Module:
@@ -800,7 +1258,8 @@ def input_shape(name: str, size, batch: int) -> tuple[int, int, int, int]:
     h, w = size
     if name.startswith("arcface"):
         if (h, w) != (ARCFACE_SIZE, ARCFACE_SIZE):
-            raise ValueError(f"{name} takes {ARCFACE_SIZE}x{ARCFACE_SIZE} inputs only (its fc5 layer fixes the size), got {h}x{w}")
+            raise ValueError(f"{name} takes {ARCFACE_SIZE}x{ARCFACE_SIZE} inputs only (fc5 needs the 8x8 map that a "
+                             f"{ARCFACE_SIZE}x{ARCFACE_SIZE} face gives), got {h}x{w}")
         return (batch, 1, h, w)
     if h < 32 or w < 32:
         raise ValueError(f"{name} needs an input of at least 32x32 (three levels at strides 8, 16, 32), got {h}x{w}")
@@ -849,12 +1308,21 @@ def profile(
     weights=None,
     check_size=None,
     progress=None,
+    compile=False,
+    compile_mode: str = "default",
+    memory_format: str = "nchw",
+    cuda_graphs: bool = False,
+    ceilings=None,
+    trace=None,
 ) -> Profile:
     """Build ``model`` (a name in :data:`MODELS`) and profile it; what ``facefuse profile`` runs.
 
     ``size`` is ``(H, W)`` or one int (default: 320 on a CPU, 640 on a GPU; ArcFace 128).
     ``check_size`` is the input side of the fused correctness pass; on a CPU it defaults to
-    :data:`CPU_CHECK_SIZE` (the interpreter is slow), on a GPU to ``size``.
+    :data:`CPU_CHECK_SIZE` (the interpreter is slow), on a GPU to ``size``. ``memory_format`` is
+    ``"nchw"`` or ``"channels_last"`` (model and input). ``compile``, ``compile_mode``,
+    ``cuda_graphs``, ``ceilings`` and ``trace`` are passed to :func:`profile_model` (``compile``
+    is off by default here: compiling every block takes a minute or two on a small CPU).
     """
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -868,7 +1336,12 @@ def profile(
     repeats = rep_default if repeats is None else repeats
     if batch < 1 or repeats < 1 or warmup < 0:
         raise ValueError("batch and repeats must be at least 1 and warmup at least 0")
-    x = example_input(model, size, batch, dtype=torch_dtype, device=dev, seed=seed)
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; choose {' or '.join(MEMORY_FORMATS)}")
+    if cuda_graphs and dev.type != "cuda":
+        raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
+    layout = MEMORY_FORMATS[memory_format]
+    x = example_input(model, size, batch, dtype=torch_dtype, device=dev, seed=seed).contiguous(memory_format=layout)
     check = None
     if fused and not model.startswith("arcface"):
         if check_size is not None:
@@ -877,12 +1350,14 @@ def profile(
             check = (min(size[0], CPU_CHECK_SIZE), min(size[1], CPU_CHECK_SIZE))
         if check is not None and check != tuple(size):
             check_input = example_input(model, check, batch, dtype=torch_dtype, device=dev, seed=seed)
+            check_input = check_input.contiguous(memory_format=layout)
         else:
             check_input = None
     else:
         check_input = None
-    net = build_model(model, seed=seed, weights=weights).to(device=dev, dtype=torch_dtype)
+    net = build_model(model, seed=seed, weights=weights).to(device=dev, dtype=torch_dtype, memory_format=layout)
     settings = {
+        "memory_format": memory_format,
         "model": model,
         "model_description": MODELS[model],
         "size": list(size),
@@ -894,7 +1369,8 @@ def profile(
                            "so BatchNorm folding is exercised; not trained weights"),
     }
     prof = profile_model(net, x, warmup=warmup, repeats=repeats, fused=fused, device=dev,
-                         check_input=check_input, settings=settings, progress=progress)
+                         check_input=check_input, settings=settings, progress=progress, compile=compile,
+                         compile_mode=compile_mode, cuda_graphs=cuda_graphs, ceilings=ceilings, trace=trace)
     prof.notes.insert(0, settings["initialisation"])
     return prof
 

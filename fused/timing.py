@@ -81,5 +81,26 @@ def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_
     return _summary([s.elapsed_time(e) for s, e in zip(starts, ends)], method)
 
 
+def peak_memory_bytes(fn, device="cpu") -> int | None:
+    """Extra device memory one call of ``fn()`` needs at its peak, in bytes; None on a CPU.
+
+    On CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``) during one call,
+    after ``torch.cuda.reset_peak_memory_stats``, minus what was allocated before the call. It
+    counts the call's outputs and temporaries, not the model's weights already in memory. A CPU
+    allocator keeps no such statistic, so nothing is measured there (None), rather than guessed.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return max(int(peak), 0)
+
+
 def _summary(samples, method: str) -> Timing:
     return Timing(statistics.median(samples), min(samples), max(samples), len(samples), method)

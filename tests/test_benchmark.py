@@ -10,10 +10,17 @@ import torch
 import fused
 import reference as R
 from fused import benchmark as B
+from fused import profile as P
 from fused.cli import main
 
 HAS_FUSE = B._fuse() is not None
 ON_GPU = torch.cuda.is_available() and not fused.runtime.INTERPRETED
+
+
+@pytest.fixture(autouse=True)
+def ceilings_cache(tmp_path, monkeypatch):
+    """The command's measured ceilings go to a temporary cache, never to the real ~/.cache/facefuse."""
+    monkeypatch.setenv("FACEFUSE_CACHE", str(tmp_path / "cache"))
 
 
 def test_bandwidth_is_positive_and_cached():
@@ -111,6 +118,52 @@ def test_bench_command_on_cpu(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conv_bn 3->8 k3 s2 1x3x32x32" in out and "not speedups" in out
     assert (tmp_path / "bench.json").is_file() and (tmp_path / "bench.png").is_file()
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["ceilings"]["copy_gbps"] == data["bandwidth_gbps"] > 0 and data["ceilings"]["matmul_flops"] > 0
+    assert (tmp_path / "cache" / "ceilings.json").is_file()  # measured once, cached in $FACEFUSE_CACHE
+
+
+def _expand(models):
+    return {m for name in models for m in (B.RETINAFACE_MODELS if name == "retinaface" else (name,))}
+
+
+@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
+@pytest.mark.parametrize("name", list(P.MODELS))
+def test_families_cover_every_fused_block_type_of_each_model(name):
+    """Every block type that fused.fuse swaps in a model (as the profiler finds its blocks) is
+    benchmarked by a family drawn from that model: registering a fused module without its
+    family (one register_family line) fails here."""
+    model = P.build_model(name)
+    fused_types = {kind for _, _, kind, row in P.find_rows(model) if row == "block" and kind in fused.REGISTRY}
+    root = R.block_type(model) or type(model).__name__  # as fused.fuse names it
+    if root in fused.REGISTRY:
+        fused_types.add(root)  # also fused as a whole (ArcFace: stem and head fused above block level)
+    covered = {t for f in B.FAMILIES.values() if name in _expand(f.models) for t in f.block_types}
+    assert fused_types <= covered, f"{name}: no benchmark family for {sorted(fused_types - covered)}"
+
+
+def test_register_family_is_one_line(monkeypatch):
+    monkeypatch.setattr(B, "FAMILIES", dict(B.FAMILIES))
+    family = B.register_family("test_fpn", ("retinaface",), ("FPN",), "the FPN")
+    assert B.FAMILIES["test_fpn"] is family and family.block_types == ("FPN",)
+    assert ("test_fpn" in B.families()) == ("FPN" in fused.REGISTRY)
+
+
+@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
+def test_block_cases_take_list_inputs_and_several_outputs():
+    """The FPN takes a list of three maps and returns three: block_cases and run_cases handle it
+    like any block (its conv_bn blocks are fused, or the whole FPN once it has a fused module)."""
+    net = P.build_model("retinaface")
+    x = P.example_input("retinaface", (64, 64), 1)
+    [case] = B.block_cases("fpn", net, ("FPN",), x, batches=(1,))
+    assert isinstance(case.x, list) and case.shape == "1x64x8x8;1x128x4x4;1x256x2x2"
+    assert case.name == "FPN 64->64 k1 s1 1x64x8x8+1x128x4x4+1x256x2x2"
+    maps_in = 64 * 64 + 128 * 16 + 256 * 4
+    maps_out = 64 * (64 + 16 + 4)
+    assert case.bytes_moved == (maps_in + maps_out) * 4 + P.state_bytes(case.reference_fn)
+    [r] = B.run_cases([case], "cpu", warmup=0, repeats=1, compile_mode=None)
+    assert r["status"] == "ok", r["error"]
+    assert r["max_abs_error"] < 1e-4 and r["kernels"]  # Triton kernels ran (the FPN's own, or its conv_bn's)
 
 
 def test_recorded_results_are_readable(results, tmp_path, monkeypatch):

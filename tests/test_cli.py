@@ -1,5 +1,6 @@
 """The facefuse command: files written, bad arguments answered with exit status 2 and a message."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,26 +14,42 @@ from fused.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_CUDA = not torch.cuda.is_available() or fused.runtime.INTERPRETED
-TINY = ["--size", "48", "--repeats", "1", "--warmup", "0", "--quiet"]
+TINY = ["--size", "48", "--repeats", "1", "--warmup", "0", "--quiet", "--no-compile"]
 
 
-def test_profile_writes_its_files(tmp_path, capsys):
-    out = tmp_path / "prof"
-    assert main(["profile", *TINY, "--no-fused", "--device", "cpu", "--out", str(out)]) == 0
-    for name in ("profile.txt", "profile.csv", "profile.json", "profile.png"):
+@pytest.fixture(autouse=True)
+def ceilings_cache(tmp_path, monkeypatch):
+    """The measured ceilings go to a temporary cache, never to the real ~/.cache/facefuse."""
+    monkeypatch.setenv("FACEFUSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "ceilings.json"
+
+
+def test_profile_writes_its_files(tmp_path, capsys, ceilings_cache):
+    out, trace = tmp_path / "prof", tmp_path / "trace.json"
+    args = ["profile", *TINY, "--no-fused", "--device", "cpu", "--memory-format", "channels_last",
+            "--trace", str(trace), "--out", str(out)]
+    assert main(args) == 0
+    for name in ("profile.txt", "profile.csv", "profile.json", "profile.png", "roofline.png"):
         assert (out / name).is_file(), name
+    assert "traceEvents" in json.loads(trace.read_text())
     printed = capsys.readouterr().out
-    assert "body.stage1.0" in printed and str(out) in printed
-    assert "seeded initialisation" in printed
+    assert "body.stage1.0" in printed and str(out) in printed and str(trace) in printed
+    assert "seeded initialisation" in printed and "measured ceilings:" in printed
     rows = P.read_csv(out / "profile.csv")
-    assert rows[0]["input_shapes"] == "1x3x48x48"
+    assert rows[0]["input_shapes"] == "1x3x48x48" and rows[0]["ref_gbps"] > 0
+    data = json.loads((out / "profile.json").read_text())
+    assert data["settings"]["memory_format"] == "channels_last" and data["settings"]["compile"] is False
+    cached = json.loads(ceilings_cache.read_text())  # measured once, cached in $FACEFUSE_CACHE
+    [entry] = cached.values()
+    assert entry["copy_gbps"] == data["ceilings"]["copy_gbps"] > 0 and entry["matmul_flops"] > 0
 
 
 def test_profile_progress_goes_to_stderr(tmp_path, capsys):
-    args = ["profile", "--size", "32", "--repeats", "1", "--warmup", "0", "--no-fused", "--device", "cpu", "--out", str(tmp_path)]
+    args = ["profile", "--size", "32", "--repeats", "1", "--warmup", "0", "--no-fused", "--no-compile",
+            "--device", "cpu", "--out", str(tmp_path)]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "[1/27] body.stage1.0 (conv_bn)" in err and "whole model" in err
+    assert "[1/27] body.stage1.0 (conv_bn)" in err and "whole model" in err and "ceilings:" in err
 
 
 def test_profile_loads_weights(tmp_path, capsys):
@@ -52,14 +69,16 @@ def bad(args, capsys):
 
 def test_unknown_model(capsys):
     assert "invalid choice: 'yolo'" in bad(["profile", "--model", "yolo"], capsys)
+    assert "invalid choice: 'yolo'" in bad(["bench", "--model", "yolo", "--allow-cpu"], capsys)
 
 
-def test_arcface_takes_128_only(capsys):
-    err = bad(["profile", "--model", "arcface", "--size", "100"], capsys)
-    assert "128" in err and "--size" in err
+@pytest.mark.parametrize("size", ["100", "128x64", "256x256"])
+def test_arcface_takes_128_only(size, capsys):
+    err = bad(["profile", "--model", "arcface-se", "--size", size], capsys)
+    assert "128x128" in err and "--size" in err and "fc5" in err
 
 
-@pytest.mark.parametrize("size", ["64x", "abc", "0", "3x4x5", "-1"])
+@pytest.mark.parametrize("size", ["64x", "abc", "0", "3x4x5", "-1", "0x64", "64x0", "1.5"])
 def test_malformed_size(size, capsys):
     assert "size must be" in bad(["profile", "--size", size], capsys)
 
@@ -73,14 +92,31 @@ def test_cuda_without_cuda(capsys):
     assert "no CUDA device" in bad(["profile", "--device", "cuda"], capsys)
 
 
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+@pytest.mark.parametrize("args", [["--cuda-graphs"], ["--record"], ["--device", "cpu", "--cuda-graphs"]])
+def test_gpu_only_options_on_a_cpu(args, capsys):
+    err = bad(["profile", *args], capsys)
+    assert "CUDA" in err or "GPU" in err
+
+
 def test_half_on_cpu(capsys):
     assert "float32" in bad(["profile", "--device", "cpu", "--dtype", "float16"], capsys)
+
+
+def test_bad_dtype_and_memory_format(capsys):
+    assert "invalid choice: 'int8'" in bad(["profile", "--dtype", "int8"], capsys)
+    assert "invalid choice: 'nhwc'" in bad(["profile", "--memory-format", "nhwc"], capsys)
+    assert "invalid choice: 'fast'" in bad(["profile", "--compile-mode", "fast"], capsys)
 
 
 def test_bad_numbers_and_missing_weights(capsys, tmp_path):
     assert "positive integer" in bad(["profile", "--repeats", "0"], capsys)
     assert "positive integer" in bad(["profile", "--batch", "two"], capsys)
+    assert "positive integer, got '0'" in bad(["profile", "--batch", "0"], capsys)
+    assert "positive integer, got '-3'" in bad(["profile", "--batch", "-3"], capsys)
+    assert "non-negative integer" in bad(["profile", "--warmup", "-1"], capsys)
     assert "no file" in bad(["profile", "--weights", str(tmp_path / "missing.pth")], capsys)
+    assert "is a folder" in bad(["profile", "--device", "cpu", "--trace", str(tmp_path)], capsys)
 
 
 def test_mismatched_weights(tmp_path, capsys):
@@ -91,6 +127,21 @@ def test_mismatched_weights(tmp_path, capsys):
 
 def test_no_command(capsys):
     assert main([]) == 2
+
+
+def test_ceilings_command_caches(capsys, ceilings_cache):
+    assert main(["ceilings", "--device", "cpu"]) == 0
+    first = capsys.readouterr().out
+    assert "copy" in first and "GB/s" in first and "GFLOP/s" in first and str(ceilings_cache) in first
+    assert ceilings_cache.is_file()
+    assert main(["ceilings", "--device", "cpu"]) == 0  # the second call reads the cache
+    assert f"cached in {ceilings_cache}" in capsys.readouterr().out
+
+
+def test_results_command_prints_the_table(capsys):
+    assert main(["results"]) == 0
+    assert "Generated by `python -m fused.results --update-readme`" in capsys.readouterr().out
+    assert main(["results", "--check"]) == 0  # the README's table is what results/ generates
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
