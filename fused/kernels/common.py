@@ -27,6 +27,28 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     return y
 
 
+@triton.jit
+def pointwise_gemm(x_row, x_stride_c, weight_ptr, w_stride_k, w_stride_c, cols, row_ok, col_ok, C,
+                   INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The main loop of a 1x1 convolution: ``x[rows, :] @ w[:, cols]`` as an fp32 tile.
+
+    ``x_row`` points at channel 0 of each row's pixel; the weight is read as ``[K, C]`` by strides.
+    """
+    chans = tl.arange(0, BLOCK_C)
+    if USE_INT64:
+        chans = chans.to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + chans
+        c_ok = c < C
+        a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(weight_ptr + cols[None, :] * w_stride_k + c[:, None] * w_stride_c,
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
 _DUMMIES: dict = {}
 
 

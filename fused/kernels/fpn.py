@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import activate, interpreter_tile, needs_int64, new_output, resolve_activation, row_tile
+from .common import activate, interpreter_tile, needs_int64, new_output, pointwise_gemm, resolve_activation, row_tile
 
 
 @triton.jit
@@ -41,24 +41,16 @@ def _lateral_upsample_add_kernel(
         pid_m = pid_m.to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    chans = tl.arange(0, BLOCK_C)
     if USE_INT64:
         cols = cols.to(tl.int64)
-        chans = chans.to(tl.int64)
     row_ok, col_ok = rows < pixels, cols < K
     w_ = rows % W
     h_ = (rows // W) % H
     n = rows // (W * H)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_row = x_ptr + n * x_stride_n + h_ * x_stride_h + w_ * x_stride_w
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + chans
-        c_ok = c < C
-        a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        b = tl.load(weight_ptr + cols[None, :] * w_stride_k + c[:, None] * w_stride_c,
-                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+    acc = pointwise_gemm(x_row, x_stride_c, weight_ptr, w_stride_k, w_stride_c, cols, row_ok, col_ok, C,
+                         INPUT_PRECISION, USE_INT64, BLOCK_M, BLOCK_N, BLOCK_C)
 
     out_ok = row_ok[:, None] & col_ok[None, :]
     y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]

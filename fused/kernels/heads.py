@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import interpreter_tile, needs_int64, row_tile
+from .common import interpreter_tile, needs_int64, pointwise_gemm, row_tile
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
 #: groups never straddle two programs).
@@ -57,20 +57,12 @@ def _anchor_heads_kernel(
         pid_m = pid_m.to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # pixels (n, h, w), flattened
     cols = tl.arange(0, BLOCK_N)  # stacked head columns
-    chans = tl.arange(0, BLOCK_C)
     row_ok, col_ok = rows < pixels, cols < K
     pixel = rows % (H * W)
     n = rows // (H * W)
     x_row = x_ptr + n * x_stride_n + (pixel // W) * x_stride_h + (pixel % W) * x_stride_w
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + chans
-        c_ok = c < C
-        a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        b = tl.load(weight_ptr + cols[None, :] * w_stride_k + c[:, None] * w_stride_c,
-                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+    acc = pointwise_gemm(x_row, x_stride_c, weight_ptr, w_stride_k, w_stride_c, cols, row_ok, col_ok, C,
+                         INPUT_PRECISION, USE_INT64, BLOCK_M, BLOCK_N, BLOCK_C)
     y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
 
     if SOFTMAX0:  # softmax over each anchor's V0 logits: consecutive column groups of the first head
