@@ -9,8 +9,6 @@ pixel's nearest source position and writes the sum once
 
 from __future__ import annotations
 
-import torch
-
 import reference
 
 from .base import FusedModule, conv_weights
