@@ -197,12 +197,17 @@ def _progress(args):
 # --------------------------------------------------------------------------------------------
 
 
+def _device(args) -> torch.device:
+    """The device ``--device`` names, or a usage error (exit 2) saying why it is not available."""
+    try:
+        return prof.resolve_device(args.device)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+
+
 def run_profile(args) -> int:
     parser = args.parser
-    try:
-        device = prof.resolve_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
+    device = _device(args)
     dtype = prof.DTYPES[args.dtype]
     if device.type == "cpu" and dtype != torch.float32:
         parser.error(f"--dtype {args.dtype} on the CPU: CPU half-precision timings say nothing about a GPU; "
@@ -282,10 +287,7 @@ def run_bench(args) -> int:
     from . import benchmark
 
     parser = args.parser
-    try:
-        device = prof.resolve_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
+    device = _device(args)
     on_gpu = device.type == "cuda"
     if not on_gpu and not args.allow_cpu:
         parser.error(
@@ -367,11 +369,7 @@ def record_results(json_path, chart_path=None) -> str:
 def run_ceilings(args) -> int:
     from . import ceilings
 
-    parser = args.parser
-    try:
-        device = prof.resolve_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
+    device = _device(args)
     dtype = prof.DTYPES[args.dtype] if args.dtype else None
     found = ceilings.measure(device, dtype, remeasure=args.remeasure)
     print(found)
