@@ -87,6 +87,18 @@ def test_results_files_carry_the_environment(results, tmp_path):
         assert f.read(4) == b"\x89PNG"
 
 
+def test_write_results_only_writes(results, tmp_path, monkeypatch):
+    """Writing results measures nothing: the bandwidth it records is the one run_cases used."""
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("write_results measured the copy bandwidth")
+
+    monkeypatch.setattr(M.ceilings, "copy_bandwidth", no_measuring)
+    monkeypatch.setattr(B, "copy_bandwidth", no_measuring)
+    paths = B.write_results(results, tmp_path, device="cpu")
+    data = json.loads(open(paths["json"]).read())
+    assert data["bandwidth_gbps"] == results[0]["roofline_gbps"] > 0 and data["ceilings"] is None
+
+
 def test_compile_failure_is_recorded_not_raised():
     [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode="no-such-mode")
     assert r["status"] == "ok" and r["compile_ms"] is None and r["compile_error"]
