@@ -211,7 +211,8 @@ def fused_columns(model, example_input, check_input, rows, units, out_rows, tota
             continue
         reason = skipped.get(u.path) if u.path not in swapped else None
         row.fused_backend, row.fused_kernels, row.fused_note = describe_run(rec, reason)
-        err, message = compare(actual, expected, dtype=tol_dtype, reduction_length=reduction_length(u.module), what=u.path)
+        err, message = compare(actual, expected, dtype=tol_dtype, reduction_length=reduction_length(u.module),
+                               what=u.path)
         ok = message is None
         row.fused_max_abs_error, row.fused_within_tolerance = err, ok
         if not ok:

@@ -309,9 +309,10 @@ def profile(
     a bad one): ``size`` is ``(H, W)`` or one int (default: 320 on a CPU, 640 on a GPU; ArcFace
     128); ``check_size`` is the input side of the fused correctness pass (default on a CPU:
     :data:`~fused.measure.models.CPU_CHECK_SIZE`, the interpreter is slow; on a GPU: ``size``).
-    ``memory_format`` is ``"nchw"`` or ``"channels_last"`` (model and input). ``compile``, ``compile_mode``,
-    ``cuda_graphs``, ``ceilings`` and ``trace`` are passed to :func:`profile_model` (``compile``
-    is off by default here: compiling every block takes a minute or two on a small CPU).
+    ``memory_format`` is ``"nchw"`` or ``"channels_last"`` (model and input). ``compile``,
+    ``compile_mode``, ``cuda_graphs``, ``ceilings`` and ``trace`` are passed to
+    :func:`profile_model` (``compile`` is off by default here: compiling every block takes a
+    minute or two on a small CPU).
     """
     opts = profile_options(model, size=size, batch=batch, dtype=dtype, device=device, warmup=warmup,
                            repeats=repeats, fused=fused, check_size=check_size, memory_format=memory_format,

@@ -103,6 +103,19 @@ def test_half_on_cpu(capsys):
     assert "float32" in bad(["profile", "--device", "cpu", "--dtype", "float16"], capsys)
 
 
+@pytest.mark.parametrize("api, args", [
+    (dict(dtype="float16", device="cpu"), ["--dtype", "float16", "--device", "cpu"]),
+    (dict(model="arcface", size=100, device="cpu"), ["--model", "arcface", "--size", "100", "--device", "cpu"]),
+    (dict(check_size=16, device="cpu"), ["--check-size", "16", "--device", "cpu"]),
+    (dict(device="cpu", cuda_graphs=True), ["--device", "cpu", "--cuda-graphs"]),
+])
+def test_profile_and_the_command_check_options_alike(api, args, capsys):
+    """One check, in fused.measure.models.profile_options, with one message for profile() and the CLI."""
+    with pytest.raises(ValueError) as raised:
+        M.profiler.profile(**api)
+    assert str(raised.value) and str(raised.value) in bad(["profile", *args], capsys)
+
+
 def test_bad_dtype_and_memory_format(capsys):
     assert "invalid choice: 'int8'" in bad(["profile", "--dtype", "int8"], capsys)
     assert "invalid choice: 'nhwc'" in bad(["profile", "--memory-format", "nhwc"], capsys)

@@ -34,7 +34,8 @@ def kernel_and_fused_modules() -> list[Path]:
 def test_kernels_and_fused_modules_import_nothing_from_measure():
     files = kernel_and_fused_modules()
     assert any(p.name == "conv2d.py" for p in files) and any(p.name == "fuse.py" for p in files)
-    offenders = {p.name: m for p in files for m in imported_modules(p) if m == "fused.measure" or m.startswith("fused.measure.")}
+    offenders = {p.name: m for p in files for m in imported_modules(p)
+                 if m == "fused.measure" or m.startswith("fused.measure.")}
     assert not offenders, offenders
 
 
