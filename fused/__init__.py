@@ -1,4 +1,4 @@
-"""Triton fused kernels for the reference blocks, the switch that swaps them in, and profiling.
+"""Triton fused kernels for the reference blocks and the switch that swaps them in (measurement: fused.measure).
 
     import fused
     model = fused.fuse(reference.retinaface())   # swap every supported block, in place

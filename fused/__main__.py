@@ -1,7 +1,7 @@
-"""``python -m fused`` is the ``facefuse`` command."""
+"""``python -m fused`` is the ``facefuse`` command (:mod:`fused.measure.cli`)."""
 
 import sys
 
-from .cli import main
+from .measure.cli import main
 
 sys.exit(main())

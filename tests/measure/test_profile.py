@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 import fused
+import fused.measure as M
 import reference as R
-from fused import profile as P
-from fused.ceilings import Ceilings
+from fused.measure.ceilings import Ceilings
 
-HAS_FUSE = P.fuse_function() is not None
 ON_GPU = torch.cuda.is_available() and not fused.runtime.INTERPRETED
 F32 = 4  # bytes per float32
 
@@ -36,7 +35,7 @@ def retinaface_64():
 @pytest.fixture(scope="module")
 def retina_profile():
     model, x = retinaface_64()
-    return P.profile_model(model, x, warmup=1, repeats=2, fused=False, device="cpu", ceilings=FAKE_CEILINGS)
+    return M.profiler.profile_model(model, x, warmup=1, repeats=2, fused=False, device="cpu", ceilings=FAKE_CEILINGS)
 
 
 def header(prof) -> str:
@@ -56,7 +55,7 @@ def test_one_row_per_block(retina_profile):
     assert types["body.stage2.3"] == "conv_dw"
     assert (types["fpn"], types["ssh2"], types["ClassHead.1"]) == ("FPN", "SSH", "ClassHead")
     assert [r.kind for r in retina_profile.rows[-3:]] == ["sum", "outside", "total"]
-    assert [r.path for r in retina_profile.rows[-3:]] == [P.SUM, P.OUTSIDE, P.TOTAL]
+    assert [r.path for r in retina_profile.rows[-3:]] == [M.rows.SUM, M.rows.OUTSIDE, M.rows.TOTAL]
 
 
 def test_every_conv_belongs_to_exactly_one_row(retina_profile):
@@ -89,7 +88,7 @@ def test_flops_and_bytes_by_hand(retina_profile):
     assert head.output_shapes == "1x128x2"
     assert head.min_bytes == (64 * 8 * 8 + 128 * 2 + 4 * 64 + 4) * F32
 
-    total = retina_profile.row(P.TOTAL)
+    total = retina_profile.row(M.rows.TOTAL)
     assert total.flops == sum(r.flops for r in retina_profile.blocks())
     model, _ = retinaface_64()
     assert total.parameters == sum(p.numel() for p in model.parameters())
@@ -110,7 +109,7 @@ def test_bandwidth_roofline_and_bound_columns(retina_profile):
         assert r.ref_gbps == pytest.approx(gbps)
         assert r.ref_bw_pct == pytest.approx(100 * gbps / 10.0)  # FAKE_CEILINGS: 10 GB/s
         assert r.bound == ("memory" if r.intensity < 10.0 else "compute")  # ridge 100e9 / 10e9 = 10 FLOP/B
-    outside = retina_profile.row(P.OUTSIDE)
+    outside = retina_profile.row(M.rows.OUTSIDE)
     assert outside.ref_gbps is None and outside.bound == ""
     assert retina_profile.machine_ceilings() == FAKE_CEILINGS
     assert retina_profile.slowest(3)[0].ref_median_ms == max(r.ref_median_ms for r in retina_profile.blocks())
@@ -129,14 +128,14 @@ def test_no_speedups_on_cpu(retina_profile):
 
 def test_files_round_trip(retina_profile, tmp_path):
     paths = retina_profile.save(tmp_path / "out")
-    rows = P.read_csv(paths["csv"])
+    rows = M.rows.read_csv(paths["csv"])
     assert len(rows) == len(RETINAFACE_BLOCKS) + 3
     assert [r["kind"] for r in rows].count("block") == len(RETINAFACE_BLOCKS)
     assert [r["kind"] for r in rows][-3:] == ["sum", "outside", "total"]
     assert rows == [dataclasses.asdict(r) for r in retina_profile.rows]
-    assert list(rows[0]) == P.COLUMNS and {"ref_gbps", "ref_bw_pct", "compile_median_ms", "fused_peak_bytes"} <= set(P.COLUMNS)
+    assert list(rows[0]) == M.rows.COLUMNS and {"ref_gbps", "ref_bw_pct", "compile_median_ms", "fused_peak_bytes"} <= set(M.rows.COLUMNS)
 
-    back = P.Profile.read_json(paths["json"])
+    back = M.rows.Profile.read_json(paths["json"])
     assert back.rows == retina_profile.rows
     assert back.machine_ceilings() == FAKE_CEILINGS
     data = json.loads(open(paths["json"]).read())
@@ -148,13 +147,13 @@ def test_files_round_trip(retina_profile, tmp_path):
         with open(paths[chart], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = open(paths["table"]).read()
-    assert "body.stage1.0" in table and P.TOTAL in table
+    assert "body.stage1.0" in table and M.rows.TOTAL in table
 
 
 def test_arcface_rows_cover_stem_blocks_and_head():
     model = R.randomize_batchnorm(R.arcface(seed=0))
     x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
-    prof = P.profile_model(model, x, warmup=0, repeats=1, fused=False)
+    prof = M.profiler.profile_model(model, x, warmup=0, repeats=1, fused=False)
     paths = [r.path for r in prof.blocks()]
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     assert paths == ["conv1", "bn1", "prelu", "maxpool", *blocks, "bn4", "dropout", "fc5", "bn5"]
@@ -168,26 +167,17 @@ def test_arcface_rows_cover_stem_blocks_and_head():
             assert len(covering_rows(prof, name)) == 1, name
 
 
-def test_fused_columns_empty_with_a_note_without_fuse(monkeypatch):
-    monkeypatch.setattr(P, "fuse_function", lambda: None)
-    model, x = retinaface_64()
-    prof = P.profile_model(model, x, warmup=0, repeats=1, fused=True)
-    assert all(r.fused_backend == "" and r.fused_max_abs_error is None for r in prof.rows)
-    assert any("fused.fuse is not available" in n for n in prof.notes)
-
-
-@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
 def test_fused_columns():
     # A small model of RetinaFace's blocks keeps the interpreter pass short: conv_bn and conv_dw
     # (fused), SSH (not fused itself, its conv_bn blocks are), ClassHead (not fused).
     model = R.randomize_batchnorm(nn.Sequential(R.conv_bn(3, 8, 2, 0.1), R.conv_dw(8, 16, 1), R.SSH(16, 16), R.ClassHead(16, 2)))
     x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     check = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    prof = P.profile_model(model.eval(), x, warmup=0, repeats=1, fused=True, check_input=None if ON_GPU else check)
+    prof = M.profiler.profile_model(model.eval(), x, warmup=0, repeats=1, fused=True, check_input=None if ON_GPU else check)
     assert [r.path for r in prof.blocks()] == ["0", "1", "2", "3"]
     rows = {r.path: r for r in prof.rows}
     backend = fused.runtime.backend()
-    for r in prof.blocks() + [rows[P.TOTAL]]:
+    for r in prof.blocks() + [rows[M.rows.TOTAL]]:
         assert r.fused_within_tolerance is True, (r.path, r.fused_note)
         assert 0 <= r.fused_max_abs_error < 1e-4
     assert rows["0"].fused_backend == backend and "conv2d_bias_act" in rows["0"].fused_kernels
@@ -199,7 +189,7 @@ def test_fused_columns():
     else:
         assert rows["2"].fused_backend == f"{backend} (inner blocks)" and "not fused" in rows["2"].fused_note
     assert rows["3"].fused_backend == (backend if "ClassHead" in fused.REGISTRY else "reference (not fused)")
-    assert rows[P.TOTAL].fused_backend == backend
+    assert rows[M.rows.TOTAL].fused_backend == backend
     assert prof.fuse_report  # fused.fuse's report, as text
     if not ON_GPU:
         assert all(r.fused_median_ms is None and r.speedup is None for r in prof.rows)
@@ -211,18 +201,14 @@ def test_fused_columns():
 
 
 def test_fused_check_catches_a_wrong_block(monkeypatch):
-    if not HAS_FUSE:
-        pytest.skip("fused.fuse is not in this checkout yet")
-    real_fuse = P.fuse_function()
-
     def broken_fuse(model):
-        model = real_fuse(model)
+        model = fused.fuse(model)
         model[0][1].running_mean.add_(1.0)  # the fused copy's BN statistics no longer match
         return model
 
-    monkeypatch.setattr(P, "fuse_function", lambda: broken_fuse)
+    monkeypatch.setattr(M.columns, "fuse", broken_fuse)
     model = R.randomize_batchnorm(nn.Sequential(R.conv_bn(3, 8, 2, 0.1), R.ClassHead(8, 2))).eval()
-    prof = P.profile_model(model, torch.randn(1, 3, 12, 12), warmup=0, repeats=1, fused=True)
+    prof = M.profiler.profile_model(model, torch.randn(1, 3, 12, 12), warmup=0, repeats=1, fused=True)
     assert prof.row("0").fused_within_tolerance is False
     assert "out of tolerance" in prof.row("0").fused_note
     assert prof.row("1").fused_within_tolerance is True
@@ -230,34 +216,33 @@ def test_fused_check_catches_a_wrong_block(monkeypatch):
 
 
 def test_parse_size_and_inputs():
-    assert P.parse_size("320") == (320, 320)
-    assert P.parse_size("480x640") == (480, 640)
+    assert M.models.parse_size("320") == (320, 320)
+    assert M.models.parse_size("480x640") == (480, 640)
     for bad in ("", "x", "64x", "abc", "0", "1x2x3", "-5"):
         with pytest.raises(ValueError):
-            P.parse_size(bad)
+            M.models.parse_size(bad)
     with pytest.raises(ValueError, match="128"):
-        P.input_shape("arcface", (100, 100), 1)
-    assert P.input_shape("arcface-se", (128, 128), 2) == (2, 1, 128, 128)
-    assert P.input_shape("retinaface", (64, 96), 1) == (1, 3, 64, 96)
+        M.models.input_shape("arcface", (100, 100), 1)
+    assert M.models.input_shape("arcface-se", (128, 128), 2) == (2, 1, 128, 128)
+    assert M.models.input_shape("retinaface", (64, 96), 1) == (1, 3, 64, 96)
 
 
-@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
 def test_gpu_only_code_path_runs(monkeypatch, tmp_path):
     """Exercise the fused-timing branch (GPU only) on this machine; these interpreter timings are
     thrown away, never reported."""
-    monkeypatch.setattr(P, "times_fused", lambda device: True)
+    monkeypatch.setattr(fused.measure.timing, "times_fused", lambda device: True)
     model = R.randomize_batchnorm(nn.Sequential(R.conv_bn(3, 8, 2, 0.1), R.ClassHead(8, 2))).eval()
-    prof = P.profile_model(model, torch.randn(1, 3, 8, 8), warmup=0, repeats=1, fused=True)
-    for path in ("0", "1", P.TOTAL):
+    prof = M.profiler.profile_model(model, torch.randn(1, 3, 8, 8), warmup=0, repeats=1, fused=True)
+    for path in ("0", "1", M.rows.TOTAL):
         r = prof.row(path)
         assert r.fused_median_ms > 0 and r.speedup > 0
     assert "speedup" in header(prof)
     r = prof.row("0")
     assert r.fused_gbps == pytest.approx(r.min_bytes / (r.fused_median_ms * 1e-3) / 1e9)
     assert r.speedup == pytest.approx(r.ref_median_ms / r.fused_median_ms) and r.speedup_vs_compile is None
-    assert prof.row(P.SUM).fused_median_ms == pytest.approx(sum(b.fused_median_ms for b in prof.blocks()))
+    assert prof.row(M.rows.SUM).fused_median_ms == pytest.approx(sum(b.fused_median_ms for b in prof.blocks()))
     paths = prof.save(tmp_path)  # the chart with reference and fused bars side by side
-    assert P.read_csv(paths["csv"])[0]["speedup"] == prof.row("0").speedup
+    assert M.rows.read_csv(paths["csv"])[0]["speedup"] == prof.row("0").speedup
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,12 +250,12 @@ def test_gpu_only_code_path_runs(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(P.MODELS))
+@pytest.mark.parametrize("name", list(M.models.MODELS))
 def test_rows_cover_every_block_of_each_model(name):
     """find_rows (what the profile times) gives every outermost block once and covers every conv
     and linear layer exactly once, for each model `facefuse profile --model` knows."""
-    model = P.build_model(name)
-    rows = P.find_rows(model)
+    model = M.models.build_model(name)
+    rows = M.blocks.find_rows(model)
     paths = [p for p, _, _, _ in rows]
     assert len(paths) == len(set(paths))
     for path, module, kind, row_kind in rows:
@@ -294,7 +279,7 @@ def test_rows_cover_every_block_of_each_model(name):
 def test_flops_and_bytes_of_a_small_conv_bn_by_hand():
     # conv_bn(3 -> 8, stride 2) on 1x3x16x16: output 1x8x8x8
     block = R.randomize_batchnorm(R.conv_bn(3, 8, 2, 0.1)).eval()
-    prof = P.profile_model(nn.Sequential(block), torch.randn(1, 3, 16, 16), warmup=0, repeats=1, fused=False,
+    prof = M.profiler.profile_model(nn.Sequential(block), torch.randn(1, 3, 16, 16), warmup=0, repeats=1, fused=False,
                            ceilings=FAKE_CEILINGS)
     r = prof.row("0")
     assert r.flops == 2 * 8 * 3 * 3 * 3 * 8 * 8 == 27648  # 2 x C_out x C_in x kh x kw x H_out x W_out
@@ -306,7 +291,7 @@ def test_flops_and_bytes_of_a_small_conv_bn_by_hand():
 
     # SEBlock(64) on 1x64x8x8: two Linear layers, 64 -> 4 -> 64, on the pooled vector
     se = R.randomize_batchnorm(R.SEBlock(64)).eval()
-    prof = P.profile_model(nn.Sequential(se), torch.randn(1, 64, 8, 8), warmup=0, repeats=1, fused=False,
+    prof = M.profiler.profile_model(nn.Sequential(se), torch.randn(1, 64, 8, 8), warmup=0, repeats=1, fused=False,
                            ceilings=FAKE_CEILINGS)
     r = prof.row("0")
     assert r.flops == 2 * 4 * 64 + 2 * 64 * 4
@@ -324,14 +309,14 @@ def test_compile_columns_trace_and_round_trip(tmp_path, monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(module, backend="eager"))
     trace = tmp_path / "t" / "trace.json"
-    prof = P.profile_model(tiny_model(), torch.randn(1, 3, 8, 8), warmup=0, repeats=2, fused=False,
-                           compile=["0", P.TOTAL], ceilings=FAKE_CEILINGS, trace=trace, trace_steps=1)
-    compiled, skipped, total = prof.row("0"), prof.row("1"), prof.row(P.TOTAL)
+    prof = M.profiler.profile_model(tiny_model(), torch.randn(1, 3, 8, 8), warmup=0, repeats=2, fused=False,
+                           compile=["0", M.rows.TOTAL], ceilings=FAKE_CEILINGS, trace=trace, trace_steps=1)
+    compiled, skipped, total = prof.row("0"), prof.row("1"), prof.row(M.rows.TOTAL)
     for r in (compiled, total):
         assert r.compile_median_ms > 0 and r.compile_seconds > 0, r.note
         assert r.compile_speedup == pytest.approx(r.ref_median_ms / r.compile_median_ms)
         assert r.compile_bw_pct == pytest.approx(100 * r.min_bytes / (r.compile_median_ms * 1e-3) / 1e9 / 10.0)
-    assert skipped.compile_median_ms is None and prof.row(P.SUM).compile_median_ms is None
+    assert skipped.compile_median_ms is None and prof.row(M.rows.SUM).compile_median_ms is None
     assert any("has no torch.compile time" in n for n in prof.notes)
     assert "compile ms" in header(prof)
     events = json.loads(trace.read_text())["traceEvents"]
@@ -340,8 +325,8 @@ def test_compile_columns_trace_and_round_trip(tmp_path, monkeypatch):
     assert prof.settings["trace"] == str(trace) and prof.settings["compile"] is True
 
     paths = prof.save(tmp_path / "out")
-    assert P.read_csv(paths["csv"]) == [dataclasses.asdict(r) for r in prof.rows]
-    assert P.Profile.read_json(paths["json"]).rows == prof.rows
+    assert M.rows.read_csv(paths["csv"]) == [dataclasses.asdict(r) for r in prof.rows]
+    assert M.rows.Profile.read_json(paths["json"]).rows == prof.rows
     assert "torch.compile" in str(prof.chart().axes[0].get_legend_handles_labels()[1])
 
 
@@ -351,39 +336,39 @@ def test_compile_failure_is_recorded_not_raised(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = R.randomize_batchnorm(nn.Sequential(*[R.conv_bn(3 if i == 0 else 8, 8, 1) for i in range(4)])).eval()
-    prof = P.profile_model(model, torch.randn(1, 3, 6, 6), warmup=0, repeats=1, fused=False, compile=True,
+    prof = M.profiler.profile_model(model, torch.randn(1, 3, 6, 6), warmup=0, repeats=1, fused=False, compile=True,
                            ceilings=False)
     notes = [prof.row(p).note for p in ("0", "1", "2")]
     assert all(n == "torch.compile failed: RuntimeError: no C++ compiler here" for n in notes)
-    assert "three rows in a row" in prof.row("3").note and "three rows in a row" in prof.row(P.TOTAL).note
+    assert "three rows in a row" in prof.row("3").note and "three rows in a row" in prof.row(M.rows.TOTAL).note
     assert all(r.compile_median_ms is None for r in prof.rows)
     assert all(r.ref_median_ms is not None for r in prof.blocks())  # the rest of the profile is intact
     assert not prof.ceilings and prof.roofline() is None and all(r.ref_bw_pct is None for r in prof.rows)
 
 
 def test_profile_options_and_errors():
-    prof = P.profile("retinaface", size=32, warmup=0, repeats=1, fused=False, device="cpu",
+    prof = M.profiler.profile("retinaface", size=32, warmup=0, repeats=1, fused=False, device="cpu",
                      memory_format="channels_last", ceilings=FAKE_CEILINGS)
     assert prof.settings["memory_format"] == "channels_last" and prof.settings["cuda_graphs"] is False
     assert "channels_last" in prof.table().splitlines()[0]
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
-        P.profile("retinaface", size=32, device="cpu", cuda_graphs=True)
+        M.profiler.profile("retinaface", size=32, device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        P.profile_model(tiny_model(), torch.randn(1, 3, 8, 8), device="cpu", cuda_graphs=True)
+        M.profiler.profile_model(tiny_model(), torch.randn(1, 3, 8, 8), device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="memory format"):
-        P.profile("retinaface", size=32, device="cpu", memory_format="nhwc")
+        M.profiler.profile("retinaface", size=32, device="cpu", memory_format="nhwc")
 
 
 def test_cuda_graph_capture_failure_falls_back_and_says_so():
-    row = P.Row(kind="block", path="x", block_type="t")
-    t = P._time(lambda: None, "cpu", 0, 2, True, row, "reference")  # no CUDA here: the capture fails
+    row = M.rows.Row(kind="block", path="x", block_type="t")
+    t = M.columns.time_row(lambda: None, "cpu", 0, 2, True, row, "reference")  # no CUDA here: the capture fails
     assert t is not None and t.runs == 2 and t.method == "wall-clock"
     assert "reference timed without a CUDA graph (capture failed" in row.note
-    assert fused.timing.peak_memory_bytes(lambda: torch.ones(10), "cpu") is None  # not measured on a CPU
+    assert fused.measure.timing.peak_memory_bytes(lambda: torch.ones(10), "cpu") is None  # not measured on a CPU
 
 
 def test_ceilings_are_measured_then_cached(tmp_path, monkeypatch):
-    from fused import ceilings as C
+    from fused.measure import ceilings as C
 
     monkeypatch.setenv("FACEFUSE_CACHE", str(tmp_path / "cache"))
     assert C.cache_path() == tmp_path / "cache" / "ceilings.json"
@@ -411,8 +396,8 @@ def test_modules_that_return_their_input_move_no_bytes():
     import torch.nn as nn
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(), nn.ReLU(inplace=True)).eval()
-    rows = P.find_rows(model)
-    units, _ = P._record(model, torch.randn(2, 4), rows, count=True)
+    rows = M.blocks.find_rows(model)
+    units, _ = M.blocks.record(model, torch.randn(2, 4), rows, count=True)
     by_type = {u.type: u.eager_bytes for u in units}
     assert by_type["Dropout"] == 0 and by_type["ReLU"] == 2 * 2 * 4 * 4
-    assert P.moves_no_data(nn.Dropout().train()) is False
+    assert M.tensors.moves_no_data(nn.Dropout().train()) is False

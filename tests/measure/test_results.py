@@ -2,14 +2,16 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from fused import benchmark as B
-from fused import profile as P
-from fused import results
-from fused.ceilings import Ceilings
+import fused.measure as M
+from fused.measure import benchmark as B
+from fused.measure import results
+from fused.measure.ceilings import Ceilings
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 GPU_ENV = {"device": "cuda", "gpu": "NVIDIA Test GPU 80GB", "driver": "555.42", "torch": "2.11.0",
            "triton": "3.6.0", "cuda": "12.8", "date": "2025-06-01T12:00:00+00:00"}
 
@@ -43,18 +45,18 @@ def synthetic_bench(folder):
 def synthetic_profile(folder):
     """A profile JSON in the real format (Profile.write_json) with GPU numbers put in by hand."""
     rows = [
-        P.Row(kind="block", path="body.stage1.0", block_type="conv_bn", flops=10, min_bytes=100, ref_median_ms=0.5,
+        M.rows.Row(kind="block", path="body.stage1.0", block_type="conv_bn", flops=10, min_bytes=100, ref_median_ms=0.5,
               compile_median_ms=0.25, fused_median_ms=0.1, speedup=5.0, speedup_vs_compile=2.5, fused_gbps=1.0,
               fused_bw_pct=0.025, fused_peak_bytes=2_000_000),
-        P.Row(kind="block", path="ssh1", block_type="SSH", ref_median_ms=0.9, fused_median_ms=0.3, speedup=3.0),
-        P.Row(kind="sum", path=P.SUM, block_type="", ref_median_ms=1.4, fused_median_ms=0.4, speedup=3.5),
-        P.Row(kind="outside", path=P.OUTSIDE, block_type="", ref_median_ms=0.1),
-        P.Row(kind="total", path=P.TOTAL, block_type="RetinaFace", ref_median_ms=1.5, fused_median_ms=0.45,
+        M.rows.Row(kind="block", path="ssh1", block_type="SSH", ref_median_ms=0.9, fused_median_ms=0.3, speedup=3.0),
+        M.rows.Row(kind="sum", path=M.rows.SUM, block_type="", ref_median_ms=1.4, fused_median_ms=0.4, speedup=3.5),
+        M.rows.Row(kind="outside", path=M.rows.OUTSIDE, block_type="", ref_median_ms=0.1),
+        M.rows.Row(kind="total", path=M.rows.TOTAL, block_type="RetinaFace", ref_median_ms=1.5, fused_median_ms=0.45,
               speedup=1.5 / 0.45),
     ]
     ceil = Ceilings("cuda", "NVIDIA Test GPU 80GB", "2.11.0", 4000.0, 900e12, "float16", 8192, 2**29, "cuda-event",
                     GPU_ENV["date"])
-    prof = P.Profile(rows, {"model": "retinaface", "input_shape": "1x3x640x640", "dtype": "float16",
+    prof = M.rows.Profile(rows, {"model": "retinaface", "input_shape": "1x3x640x640", "dtype": "float16",
                             "memory_format": "nchw", "cuda_graphs": True}, dict(GPU_ENV), [], "", ceil.to_dict())
     paths = prof.save(folder / "prof")
     return paths
@@ -62,9 +64,29 @@ def synthetic_profile(folder):
 
 def test_readme_table_is_generated_from_the_repository_results():
     """The README's block between the markers is exactly what results_table() makes of results/;
-    `python -m fused.results --update-readme` rewrites it after a recording."""
-    assert results.readme_block() == results.results_table()
-    assert results.main(["--check"]) == 0
+    `python -m fused.measure.results --update-readme` rewrites it after a recording."""
+    assert results.readme_block(ROOT / "README.md") == results.results_table(ROOT / "results")
+    assert results.main(["--check", "--readme", str(ROOT / "README.md"), "--results-dir", str(ROOT / "results")]) == 0
+
+
+def test_files_are_found_from_the_current_directory(tmp_path, monkeypatch, capsys):
+    """The README is ./README.md and results/ is the project folder's (this directory or a parent),
+    never a path relative to the installed package; without a README the error says what to do."""
+    project = tmp_path / "project"
+    (project / "results").mkdir(parents=True)
+    (project / "lessons").mkdir()
+    readme = project / "README.md"
+    readme.write_text(f"# p\n{results.START}\nold\n{results.END}\n")
+    bench = synthetic_bench(tmp_path)
+    monkeypatch.chdir(project)
+    recorded = results.record(bench["json"])
+    assert Path(recorded[0]).parent == project / "results"
+    assert results.main(["--update-readme"]) == 0
+    assert results.readme_block(readme) == results.results_table(project / "results") != "old"
+    monkeypatch.chdir(project / "lessons")  # a lesson's working directory finds the same recordings
+    assert results.recorded("conv_bn")[0]["_file"] == Path(recorded[0]).name
+    assert results.main(["--check"]) == 2  # but the README is the current directory's only
+    assert "no README.md in the current directory" in capsys.readouterr().err
 
 
 def test_empty_results_say_so(tmp_path, capsys):
@@ -97,7 +119,7 @@ def test_table_from_synthetic_results(tmp_path, capsys):
     # the profile: its slowest blocks first, then the totals
     assert "`facefuse profile --model retinaface`, input 1x3x640x640 float16 nchw, CUDA graphs on" in table
     order = [next(i for i, line in enumerate(lines) if line.startswith(f"| {path} |"))
-             for path in ("ssh1", "body.stage1.0", P.SUM, P.TOTAL)]
+             for path in ("ssh1", "body.stage1.0", M.rows.SUM, M.rows.TOTAL)]
     assert order == sorted(order)
     assert "| body.stage1.0 | conv_bn | 0.5 | 0.25 | 0.1 | 5.00 | 2.50 | 1 | 0 | 2 |" in lines
     assert "-roofline.png" in table

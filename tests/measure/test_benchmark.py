@@ -8,12 +8,11 @@ import pytest
 import torch
 
 import fused
+import fused.measure as M
 import reference as R
-from fused import benchmark as B
-from fused import profile as P
-from fused.cli import main
+from fused.measure import benchmark as B
+from fused.measure.cli import main
 
-HAS_FUSE = B._fuse() is not None
 ON_GPU = torch.cuda.is_available() and not fused.runtime.INTERPRETED
 
 
@@ -43,8 +42,6 @@ def small_case(make_fused=None, name="conv_bn 4->8"):
 
 @pytest.fixture(scope="module")
 def results():
-    if not HAS_FUSE:
-        pytest.skip("fused.fuse is not in this checkout yet")
     good = small_case()
     wrong = small_case(lambda block: (lambda x: block(x) * 1.01), name="deliberately wrong")
     unfused = small_case(lambda block: block, name="reference only")  # right answer, but no kernel ran
@@ -90,16 +87,25 @@ def test_results_files_carry_the_environment(results, tmp_path):
         assert f.read(4) == b"\x89PNG"
 
 
+def test_write_results_only_writes(results, tmp_path, monkeypatch):
+    """Writing results measures nothing: the bandwidth it records is the one run_cases used."""
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("write_results measured the copy bandwidth")
+
+    monkeypatch.setattr(M.ceilings, "copy_bandwidth", no_measuring)
+    monkeypatch.setattr(B, "copy_bandwidth", no_measuring)
+    paths = B.write_results(results, tmp_path, device="cpu")
+    data = json.loads(open(paths["json"]).read())
+    assert data["bandwidth_gbps"] == results[0]["roofline_gbps"] > 0 and data["ceilings"] is None
+
+
 def test_compile_failure_is_recorded_not_raised():
-    if not HAS_FUSE:
-        pytest.skip("fused.fuse is not in this checkout yet")
     [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode="no-such-mode")
     assert r["status"] == "ok" and r["compile_ms"] is None and r["compile_error"]
 
 
-@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
 def test_conv_bn_cases():
-    cases = B.conv_bn_cases(size=32, batches=(1, 2), dtype=torch.float32, device="cpu")
+    cases = B.family_cases("conv_bn", size=32, batches=(1, 2), dtype=torch.float32, device="cpu")
     assert "conv_bn" in B.families()
     assert len({c.name for c in cases}) == len(cases)  # one case per distinct block, weight and input shape
     assert {c.info["block_type"] for c in cases} == {"conv_bn", "conv_bn_no_relu", "conv_bn1X1"}
@@ -110,7 +116,7 @@ def test_conv_bn_cases():
     assert any(c.shape == "2x3x32x32" for c in cases)
 
 
-@pytest.mark.skipif(not HAS_FUSE or ON_GPU, reason="the CPU path of the command")
+@pytest.mark.skipif(ON_GPU, reason="the CPU path of the command")
 def test_bench_command_on_cpu(tmp_path, capsys):
     args = ["bench", "--allow-cpu", "--family", "conv_bn", "--size", "32", "--compile-mode", "none",
             "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path)]
@@ -124,17 +130,16 @@ def test_bench_command_on_cpu(tmp_path, capsys):
 
 
 def _expand(models):
-    return {m for name in models for m in (B.RETINAFACE_MODELS if name == "retinaface" else (name,))}
+    return {m for name in models for m in (M.models.RETINAFACE_MODELS if name == "retinaface" else (name,))}
 
 
-@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
-@pytest.mark.parametrize("name", list(P.MODELS))
+@pytest.mark.parametrize("name", list(M.models.MODELS))
 def test_families_cover_every_fused_block_type_of_each_model(name):
     """Every block type that fused.fuse swaps in a model (as the profiler finds its blocks) is
     benchmarked by a family drawn from that model: registering a fused module without its
     family (one register_family line) fails here."""
-    model = P.build_model(name)
-    fused_types = {kind for _, _, kind, row in P.find_rows(model) if row == "block" and kind in fused.REGISTRY}
+    model = M.models.build_model(name)
+    fused_types = {kind for _, _, kind, row in M.blocks.find_rows(model) if row == "block" and kind in fused.REGISTRY}
     root = R.block_type(model) or type(model).__name__  # as fused.fuse names it
     if root in fused.REGISTRY:
         fused_types.add(root)  # also fused as a whole (ArcFace: stem and head fused above block level)
@@ -149,28 +154,27 @@ def test_register_family_is_one_line(monkeypatch):
     assert ("test_fpn" in B.families()) == ("FPN" in fused.REGISTRY)
 
 
-@pytest.mark.skipif(not HAS_FUSE, reason="fused.fuse is not in this checkout yet")
 def test_block_cases_take_list_inputs_and_several_outputs():
     """The FPN takes a list of three maps and returns three: block_cases and run_cases handle it
     like any block (its conv_bn blocks are fused, or the whole FPN once it has a fused module)."""
-    net = P.build_model("retinaface")
-    x = P.example_input("retinaface", (64, 64), 1)
+    net = M.models.build_model("retinaface")
+    x = M.models.example_input("retinaface", (64, 64), 1)
     [case] = B.block_cases("fpn", net, ("FPN",), x, batches=(1,))
     assert isinstance(case.x, list) and case.shape == "1x64x8x8;1x128x4x4;1x256x2x2"
     assert case.name == "FPN 64->64 k1 s1 1x64x8x8+1x128x4x4+1x256x2x2"
     maps_in = 64 * 64 + 128 * 16 + 256 * 4
     maps_out = 64 * (64 + 16 + 4)
-    assert case.bytes_moved == (maps_in + maps_out) * 4 + P.state_bytes(case.reference_fn)
+    assert case.bytes_moved == (maps_in + maps_out) * 4 + M.tensors.state_bytes(case.reference_fn)
     [r] = B.run_cases([case], "cpu", warmup=0, repeats=1, compile_mode=None)
     assert r["status"] == "ok", r["error"]
     assert r["max_abs_error"] < 1e-4 and r["kernels"]  # Triton kernels ran (the FPN's own, or its conv_bn's)
 
 
 def test_recorded_results_are_readable(results, tmp_path, monkeypatch):
-    from fused import cli
-    from fused import results as recorded
+    from fused.measure import cli
+    from fused.measure import results as recorded
 
-    monkeypatch.setattr(recorded, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)  # recordings go to results/ of the project folder: here, the current directory
     paths = B.write_results(results, tmp_path / "out", device="cpu")
     dest = cli.record_results(paths["json"])
     assert dest.startswith(str(tmp_path / "results")) and dest.endswith(".json")
@@ -181,11 +185,7 @@ def test_recorded_results_are_readable(results, tmp_path, monkeypatch):
 def test_gpu_only_code_path_runs(monkeypatch, tmp_path):
     """Exercise the fused-timing branch (GPU only) on this machine; the interpreter timings are
     thrown away, never reported."""
-    if not HAS_FUSE:
-        pytest.skip("fused.fuse is not in this checkout yet")
-    from fused import profile as P
-
-    monkeypatch.setattr(P, "times_fused", lambda device: True)
+    monkeypatch.setattr(fused.measure.timing, "times_fused", lambda device: True)
     [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode=None)
     assert r["status"] == "ok" and r["fused_ms"] > 0 and r["fused_cl_ms"] > 0
     assert r["fused_best_layout"] in ("nchw", "channels_last")

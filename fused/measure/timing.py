@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import runtime
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -26,6 +28,17 @@ class Timing:
 
     def __str__(self) -> str:
         return f"{self.median_ms:.4g} ms (median of {self.runs}, {self.method})"
+
+
+def times_fused(device) -> bool:
+    """True where fused timings mean something: a CUDA device with compiled (not interpreted) kernels."""
+    return torch.device(device).type == "cuda" and not runtime.INTERPRETED
+
+
+def first_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``: how a failed measurement is recorded in a note."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def timing_method(device) -> str:

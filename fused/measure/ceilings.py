@@ -11,7 +11,7 @@ exact part, clocks and driver, so facefuse measures both where it runs and never
   dtype, float16 by default; 1024 in float32 on a CPU), counted as ``2 n^3`` FLOP per second.
   This is what a well-tiled compute-bound kernel can hope to reach.
 
-Both are timed with :func:`fused.timing.time_callable` (CUDA events on a GPU, the wall clock on a
+Both are timed with :func:`fused.measure.timing.time_callable` (CUDA events on a GPU, the wall clock on a
 CPU; warm-up first) and the *fastest* run counts: a ceiling is the best the machine can do, and on a
 shared machine the other runs measure the neighbours too. A CPU measurement takes about a second.
 
@@ -21,7 +21,7 @@ matmul, the dtype (and on a CPU the number of torch threads). ``remeasure=True``
 profile --remeasure``) measures again and overwrites the entry; ``cache=False`` measures without
 reading or writing the file (still memoised for the process)::
 
-    from fused import ceilings
+    from fused.measure import ceilings
     c = ceilings.measure("cpu")
     print(c)                 # copy 11.2 GB/s, matmul 198 GFLOP/s (float32), ridge 17.7 FLOP/B, ...
     c.attainable(2.0)        # FLOP/s the roofline allows at 2 FLOP per byte
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from . import timing
+from .environment import cpu_name
 
 #: Environment variable naming the cache folder (default ``~/.cache/facefuse``).
 CACHE_ENV = "FACEFUSE_CACHE"
@@ -165,9 +166,7 @@ def device_name(device) -> str:
     device = _device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from .environment import _cpu_name
-
-    return f"{_cpu_name() or 'CPU'} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 import torch
 import triton
 
-from . import runtime
+from .. import runtime
 
 
 def _driver_version() -> str | None:
@@ -24,7 +24,7 @@ def _driver_version() -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -48,7 +48,7 @@ def describe(device=None) -> dict:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "triton_backend": runtime.backend(),

@@ -6,7 +6,8 @@
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
 
-Bad arguments give a usage message and exit status 2, never a traceback.
+Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
+entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 
 import torch
 
-from . import profile as prof
+from . import models
+from .models import DTYPES, profile_options
 
 PROFILE_DEFAULT_OUT = "facefuse-profile"
 BENCH_DEFAULT_OUT = "facefuse-bench"
@@ -25,7 +27,7 @@ BENCH_DEFAULT_OUT = "facefuse-bench"
 
 def _size(text: str):
     try:
-        return prof.parse_size(text)
+        return models.parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -49,15 +51,7 @@ _positive = _integer_at_least(1, "positive")
 _non_negative = _integer_at_least(0, "non-negative")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="facefuse",
-        description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
-                    "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="{profile,bench,ceilings,results}")
-    sub.required = True
-
+def add_profile(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "profile", help="time, FLOPs and bytes of every block of a model; fused correctness per block",
         description="Profile a model block by block: reference eager time and torch.compile time (median "
@@ -68,19 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "On a CPU the fused kernels run in Triton's interpreter for correctness only, and fused "
                     "times and speedups stay empty.",
     )
-    p.add_argument("--model", choices=list(prof.MODELS), default="retinaface",
+    p.add_argument("--model", choices=list(models.MODELS), default="retinaface",
                    help="retinaface = mobile0.25; arcface = IR-18 without SE (default: retinaface)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW|N",
-                   help=f"input size (default: {prof.DEFAULT_SIZE['cpu']} on a CPU, {prof.DEFAULT_SIZE['cuda']} "
-                        f"on a GPU; ArcFace takes {prof.ARCFACE_SIZE} only)")
+                   help=f"input size (default: {models.DEFAULT_SIZE['cpu']} on a CPU, {models.DEFAULT_SIZE['cuda']} "
+                        f"on a GPU; ArcFace takes {models.ARCFACE_SIZE} only)")
     p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
-    p.add_argument("--dtype", choices=list(prof.DTYPES), default="float32",
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="model and input dtype (default: float32; half precision needs --device cuda)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto = cuda when available, else cpu (default: auto)")
     p.add_argument("--repeats", type=_positive, default=None, help="timed runs per block (default: 10 on CPU, 100 on GPU)")
     p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs per block (default: 2 on CPU, 10 on GPU)")
-    p.add_argument("--memory-format", choices=list(prof.MEMORY_FORMATS), default="nchw",
+    p.add_argument("--memory-format", choices=list(models.MEMORY_FORMATS), default="nchw",
                    help="layout of the model and input (default: nchw)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time every path as CUDA graph replays, which removes launch overhead (CUDA only)")
@@ -102,13 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fused", action="store_true", help="reference columns only: skip fusing and the fused checks")
     p.add_argument("--check-size", type=_size, default=None, metavar="HxW|N",
                    help=f"input size of the fused correctness pass (default: the profiled size on a GPU, "
-                        f"{prof.CPU_CHECK_SIZE} on a CPU where the kernels run in Triton's slow interpreter)")
+                        f"{models.CPU_CHECK_SIZE} on a CPU where the kernels run in Triton's slow interpreter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the input (default: 0)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="released weights to load (default: seeded initialisation with randomized BatchNorm)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=run_profile, parser=p)
+    return p
 
+
+def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench", help="benchmark fused kernels against eager PyTorch and torch.compile (CUDA)",
         description="For each case of a kernel family: correctness against float64 first, then eager NCHW, "
@@ -123,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "retinaface = mobile0.25; all = both backbones). ArcFace families always use IR-18 at 128x128")
     b.add_argument("--size", type=_positive, default=None, metavar="N", help="RetinaFace input side (default: 640 on GPU, 64 on CPU)")
     b.add_argument("--batch", type=_positive, nargs="+", default=None, metavar="N", help="batch sizes (default: 1 16 on GPU, 1 on CPU)")
-    b.add_argument("--dtype", choices=list(prof.DTYPES), default=None, help="default: float16 on GPU, float32 on CPU")
+    b.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: float16 on GPU, float32 on CPU")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--repeats", type=_positive, default=None, help="timed runs (default: 100 on GPU, 10 on CPU)")
     b.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs (default: 10 on GPU, 2 on CPU)")
@@ -139,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--remeasure", action="store_true", help="measure the machine's ceilings again (not from the cache)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    b.set_defaults(func=run_bench, parser=b)
+    return b
 
+
+def add_ceilings(sub) -> argparse.ArgumentParser:
     c = sub.add_parser(
         "ceilings", help="measure (or show the cached) copy bandwidth and matmul throughput of this machine",
         description="The two roofs of the roofline, measured on this machine: copy bandwidth (GB/s) and "
@@ -148,20 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "~/.cache/facefuse/ceilings.json), keyed by device name, torch version and dtype.",
     )
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    c.add_argument("--dtype", choices=list(prof.DTYPES), default=None,
+    c.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="matmul dtype (default: float16 on GPU; always float32 on CPU)")
     c.add_argument("--remeasure", action="store_true", help="measure again and overwrite the cached entry")
-    c.set_defaults(func=run_ceilings, parser=c)
+    return c
 
-    from . import results
 
+def add_results(sub) -> argparse.ArgumentParser:
     r = sub.add_parser(
         "results", help="print the recorded GPU results as markdown, or regenerate the README's table",
         description="The README's results table is generated from results/*.json by this command "
-                    "(same as python -m fused.results).",
+                    "(same as python -m fused.measure.results).",
     )
+    from . import results
+
     results.add_arguments(r)
-    r.set_defaults(func=run_results, parser=r)
+    return r
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facefuse",
+        description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
+                    "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    sub.required = True
+    for add, run in COMMANDS.values():
+        command = add(sub)
+        command.set_defaults(func=run, parser=command)
     return parser
 
 
@@ -200,39 +213,28 @@ def _progress(args):
 def _device(args) -> torch.device:
     """The device ``--device`` names, or a usage error (exit 2) saying why it is not available."""
     try:
-        return prof.resolve_device(args.device)
+        return models.resolve_device(args.device)
     except ValueError as exc:
         args.parser.error(str(exc))
 
 
 def run_profile(args) -> int:
     parser = args.parser
-    device = _device(args)
-    dtype = prof.DTYPES[args.dtype]
-    if device.type == "cpu" and dtype != torch.float32:
-        parser.error(f"--dtype {args.dtype} on the CPU: CPU half-precision timings say nothing about a GPU; "
-                     "use --dtype float32 on the CPU, or --device cuda")
-    size = args.size or prof.default_size(args.model, device)
-    try:
-        prof.input_shape(args.model, size, args.batch)
+    try:  # the checks profile() makes, made first so that a bad option is a usage error
+        opts = profile_options(args.model, size=args.size, batch=args.batch, dtype=args.dtype, device=args.device,
+                               warmup=args.warmup, repeats=args.repeats, fused=not args.no_fused,
+                               check_size=args.check_size, memory_format=args.memory_format,
+                               cuda_graphs=args.cuda_graphs, weights=args.weights)
     except ValueError as exc:
-        parser.error(f"--size: {exc}")
-    if args.check_size is not None:
-        try:
-            prof.input_shape(args.model, args.check_size, args.batch)
-        except ValueError as exc:
-            parser.error(f"--check-size: {exc}")
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error("--cuda-graphs needs a CUDA device (CUDA graphs capture GPU kernel launches)")
+        parser.error(str(exc))
+    device, dtype = opts.device, opts.dtype
     if args.record and device.type != "cuda":
         parser.error("--record keeps GPU results only; a CPU profile has no fused timings to record")
     if args.trace is not None and (os.path.isdir(args.trace) or args.trace.endswith(os.sep)):
         parser.error(f"--trace: {args.trace!r} is a folder; give a file name such as trace.json")
-    if args.weights is not None and not os.path.isfile(args.weights):
-        parser.error(f"--weights: no file at {args.weights!r}")
     if args.weights is not None:
         try:  # load once here so a mismatch is a usage error, not a traceback
-            prof.build_model(args.model, seed=args.seed, weights=args.weights)
+            models.build_model(args.model, seed=args.seed, weights=args.weights)
         except Exception as exc:  # WeightsMismatchError, unpickling errors, ...
             lines = [line if len(line) <= 240 else line[:237] + "..." for line in str(exc).splitlines()[:8]]
             parser.error(f"--weights {args.weights}: " + "\n".join(lines))
@@ -240,7 +242,7 @@ def run_profile(args) -> int:
     say = _progress(args)
     if say:
         on_gpu = device.type == "cuda"
-        shape = "x".join(map(str, prof.input_shape(args.model, size, args.batch)))
+        shape = "x".join(map(str, models.input_shape(args.model, opts.size, args.batch)))
         say(f"facefuse profile: {args.model} {shape} {args.dtype} on {device.type}"
             + ("" if args.weights else " (seeded initialisation with randomized BatchNorm, not trained weights)"))
         if not args.no_fused and not on_gpu:
@@ -252,8 +254,10 @@ def run_profile(args) -> int:
         if args.compile and not on_gpu:
             say("torch.compile compiles every block with Inductor's C++ backend: a minute or two on a small CPU "
                 "the first time (Inductor caches its work, so reruns are faster); --no-compile skips it")
-    result = prof.profile(
-        args.model, size=size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
+    from .profiler import profile
+
+    result = profile(
+        args.model, size=opts.size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
         repeats=args.repeats, fused=not args.no_fused, seed=args.seed, weights=args.weights,
         check_size=args.check_size, progress=say, compile=args.compile, compile_mode=args.compile_mode,
         memory_format=args.memory_format, cuda_graphs=args.cuda_graphs,
@@ -274,7 +278,7 @@ def run_profile(args) -> int:
         from . import results
 
         recorded = results.record(paths["json"], {".png": paths["chart"], "-roofline.png": paths.get("roofline")})
-        print("recorded " + ", ".join(recorded) + "\nnow run `python -m fused.results --update-readme`")
+        print("recorded " + ", ".join(recorded) + "\nnow run `python -m fused.measure.results --update-readme`")
     return 0
 
 
@@ -299,10 +303,8 @@ def run_bench(args) -> int:
     wanted = available if args.family == "all" else [args.family]
     missing = [f for f in wanted if f not in available]
     if missing:
-        parser.error(f"--family {args.family}: its fused modules are not in this checkout yet")
-    if not wanted:
-        parser.error("no kernel family has fused modules in this checkout yet (fused.fuse is missing)")
-    dtype = prof.DTYPES[args.dtype] if args.dtype else (torch.float16 if on_gpu else torch.float32)
+        parser.error(f"--family {args.family}: its block types have no fused module in fused.REGISTRY")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if on_gpu else torch.float32)
     if not on_gpu and dtype != torch.float32:
         parser.error(f"--dtype {args.dtype} on the CPU: use float32 there")
     size = args.size or (640 if on_gpu else 64)
@@ -348,7 +350,7 @@ def run_bench(args) -> int:
     print(f"\nwrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
     if args.record:
         print(f"recorded {record_results(paths['json'], paths['chart'])}\n"
-              "now run `python -m fused.results --update-readme`")
+              "now run `python -m fused.measure.results --update-readme`")
     failed = [r for r in results if r["status"] == "failed"]
     return 1 if failed else 0
 
@@ -370,7 +372,7 @@ def run_ceilings(args) -> int:
     from . import ceilings
 
     device = _device(args)
-    dtype = prof.DTYPES[args.dtype] if args.dtype else None
+    dtype = DTYPES[args.dtype] if args.dtype else None
     found = ceilings.measure(device, dtype, remeasure=args.remeasure)
     print(found)
     print(f"cache: {ceilings.cache_path()} (key {ceilings.cache_key(device, dtype if device.type == 'cuda' else None)!r})")
@@ -412,6 +414,14 @@ def format_results(results: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+
+#: name → (adds the subcommand's parser to the subparsers, runs it with the parsed arguments).
+COMMANDS = {
+    "profile": (add_profile, run_profile),
+    "bench": (add_bench, run_bench),
+    "ceilings": (add_ceilings, run_ceilings),
+    "results": (add_results, run_results),
+}
 
 
 def main(argv=None) -> int:

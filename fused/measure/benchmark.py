@@ -1,7 +1,7 @@
 """The GPU benchmark every kernel family shares: correctness first, then every baseline side by side.
 
-    from fused import benchmark
-    cases = benchmark.conv_bn_cases(size=640, batches=(1, 16), dtype=torch.float16, device="cuda")
+    from fused.measure import benchmark
+    cases = benchmark.family_cases("conv_bn", size=640, batches=(1, 16), dtype=torch.float16, device="cuda")
     results = benchmark.run_cases(cases, "cuda")
     benchmark.write_results(results, "facefuse-bench", device="cuda")
 
@@ -13,12 +13,12 @@ For every :class:`BenchCase`, :func:`run_cases`
 2. times, in one run and on one input: eager PyTorch (NCHW), eager PyTorch channels_last,
    ``torch.compile(mode="max-autotune")`` of the eager reference (a compile failure is recorded,
    not raised), and the fused path on NCHW and on channels_last input, each with
-   :func:`fused.timing.time_callable` (warm-up, median; optionally CUDA graphs);
+   :func:`fused.measure.timing.time_callable` (warm-up, median; optionally CUDA graphs);
 3. reports each time, the speedup of the best fused layout over each baseline, the bytes the case
    must move, the achieved GB/s and the percentage of the machine's measured copy bandwidth
    (:func:`measure_bandwidth`, the memory roofline).
 
-Results go to CSV and JSON with :func:`fused.environment.describe` (GPU, driver, versions, date)
+Results go to CSV and JSON with :func:`fused.measure.environment.describe` (GPU, driver, versions, date)
 and a PNG of the speedups. On a CPU the fused kernels run in Triton's interpreter: its timings
 are not speedups, so fused times stay empty there (correctness and baselines still run).
 
@@ -30,7 +30,7 @@ FPN's)::
 
     register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules")
 
-A family whose block types are not registered in ``fused.REGISTRY`` yet is left out by
+A family whose block types are not all registered in ``fused.REGISTRY`` is left out by
 :func:`families`.
 """
 
@@ -49,11 +49,15 @@ from torch import nn
 
 import reference
 
-from . import ceilings as _ceilings
+from ..flag import enabled
+from ..fuse import REGISTRY, fuse
+from ..record import recording
+from ..tolerance import reduction_length
 from . import environment, timing
-from . import profile as _profile
-from .profile import _double, _map, _nbytes, _shapes, _tensors, leaf_flops, reduction_length, state_bytes
-from .tolerance import assert_close, max_error
+from .ceilings import copy_bandwidth
+from .models import ARCFACE_SIZE, MODELS, build_model, example_input
+from .tensors import compare, double, leaf_flops, map_tensors, nbytes, shapes, state_bytes, tensors
+from .timing import first_line
 
 # --------------------------------------------------------------------------------------------
 # Memory roofline
@@ -61,13 +65,13 @@ from .tolerance import assert_close, max_error
 
 
 def measure_bandwidth(device, *, nbytes: int | None = None, repeats: int = 20) -> float:
-    """Copy bandwidth of ``device`` in GB/s, memoised per process (:func:`fused.ceilings.copy_bandwidth`).
+    """Copy bandwidth of ``device`` in GB/s, memoised per process (:func:`fused.measure.ceilings.copy_bandwidth`).
 
     A ``dst.copy_(src)`` of a large buffer (512 MiB on a GPU, 64 MiB on a CPU) timed with
-    :func:`fused.timing.time_callable`; what a memory-bound kernel can hope to reach.
-    :func:`fused.ceilings.measure` adds the matmul roof and caches both on disk.
+    :func:`fused.measure.timing.time_callable`; what a memory-bound kernel can hope to reach.
+    :func:`fused.measure.ceilings.measure` adds the matmul roof and caches both on disk.
     """
-    return _ceilings.copy_bandwidth(device, nbytes=nbytes, repeats=repeats)
+    return copy_bandwidth(device, nbytes=nbytes, repeats=repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +104,7 @@ class BenchCase:
 
 
 def _float64_reference(case: BenchCase, x=None):
-    x = _double(case.x if x is None else x)
+    x = double(case.x if x is None else x)
     if case.reference64_fn is not None:
         return case.reference64_fn(x)
     if isinstance(case.reference_fn, nn.Module):
@@ -110,11 +114,11 @@ def _float64_reference(case: BenchCase, x=None):
 
 def _channels_last(x):
     """``x`` (a tensor or nested tensors) with every 4-d tensor in channels_last."""
-    return _map(x, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+    return map_tensors(x, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
 
 def _dtype(x) -> torch.dtype:
-    return next(_tensors(x)).dtype
+    return next(tensors(x)).dtype
 
 
 def block_cases(
@@ -135,9 +139,6 @@ def block_cases(
     The fused module is :func:`fused.fuse` of a copy of the block; the reference is the block.
     ``tag`` is appended to the case names (to tell apart the same block of two models).
     """
-    fuse = _fuse()
-    if fuse is None:
-        return []
     model = model.eval()
     wanted = set(block_types)
     found: dict[tuple, tuple[str, nn.Module, str, object]] = {}
@@ -147,11 +148,11 @@ def block_cases(
         def pre(mod, args):
             if len(args) != 1:
                 return  # a case calls fn(x): blocks with one positional argument only
-            shapes = tuple(tuple(t.shape[1:]) for t in _tensors(args[0]))
+            shapes = tuple(tuple(t.shape[1:]) for t in tensors(args[0]))
             weights = tuple(tuple(p.shape) for p in module.parameters())
             strides = tuple(m.stride for m in module.modules() if isinstance(m, nn.Conv2d))
             key = (kind, shapes, weights, strides)
-            found.setdefault(key, (path, module, kind, _map(args[0], lambda t: t.detach()[:1].clone())))
+            found.setdefault(key, (path, module, kind, map_tensors(args[0], lambda t: t.detach()[:1].clone())))
         return pre
 
     for path, module in model.named_modules():
@@ -171,12 +172,12 @@ def block_cases(
     for (kind, _, _, _), (path, block, _, template) in found.items():
         fused_block = fuse(copy.deepcopy(block))
         for batch in batches:
-            x = _map(template, lambda t: torch.randn((batch, *t.shape[1:]), generator=g).to(device=device, dtype=dtype))
+            x = map_tensors(template, lambda t: torch.randn((batch, *t.shape[1:]), generator=g).to(device=device, dtype=dtype))
             flops, out_bytes = _count(block, x)
             convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
             desc = (f"{convs[0].in_channels}->{convs[-1].out_channels} k{convs[0].kernel_size[0]} s{max(c.stride[0] for c in convs)}"
                     if convs else "")
-            shape = _shapes(x)
+            shape = shapes(x)
             cases.append(BenchCase(
                 name=" ".join(filter(None, [kind, desc, shape.replace(";", "+"), tag])),
                 family=family,
@@ -184,7 +185,7 @@ def block_cases(
                 fused_fn=fused_block,
                 reference_fn=block,
                 x=x,
-                bytes_moved=_nbytes(x) + out_bytes + state_bytes(block),
+                bytes_moved=nbytes(x) + out_bytes + state_bytes(block),
                 flops=flops,
                 reduction_length=reduction_length(block),
                 info={"block_type": kind, "example_path": path, "batch": batch, "model_tag": tag},
@@ -203,33 +204,16 @@ def _count(block: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     finally:
         for h in handles:
             h.remove()
-    return total[0], _nbytes(out)
-
-
-def _fuse():
-    from .profile import fuse_function
-
-    return fuse_function()
-
-
-def _registered(block_types) -> bool:
-    import fused as pkg
-
-    registry = getattr(pkg, "REGISTRY", {})
-    return all(t in registry for t in block_types)
+    return total[0], nbytes(out)
 
 
 CONV_BN_TYPES = ("conv_bn", "conv_bn_no_relu", "conv_bn1X1")
-
-#: The RetinaFace variants and ArcFace models cases come from (names of :data:`fused.profile.MODELS`).
-RETINAFACE_MODELS = ("retinaface", "retinaface-resnet50")
-ARCFACE_SIZE = 128
 
 
 @dataclass(frozen=True)
 class Family:
     """A kernel family: the block types it benchmarks, in which models (names of
-    :data:`fused.profile.MODELS`). ``"retinaface"`` in ``models`` stands for the RetinaFace
+    :data:`fused.measure.models.MODELS`). ``"retinaface"`` in ``models`` stands for the RetinaFace
     variant(s) ``facefuse bench --model`` selects (default mobile0.25); any other name is fixed."""
 
     name: str
@@ -268,9 +252,9 @@ register_family("retinaface_model", ("retinaface",), ("RetinaFace",),
 
 def _model_and_input(model_name: str, size: int, dtype, device, seed: int):
     """A seeded model (BatchNorm statistics randomised) and a batch-1 input at its real size."""
-    net = _profile.build_model(model_name, seed=seed).to(device=device, dtype=dtype)
+    net = build_model(model_name, seed=seed).to(device=device, dtype=dtype)
     side = ARCFACE_SIZE if model_name.startswith("arcface") else size
-    x = _profile.example_input(model_name, (side, side), 1, dtype=dtype, device=device, seed=seed)
+    x = example_input(model_name, (side, side), 1, dtype=dtype, device=device, seed=seed)
     return net, x
 
 
@@ -291,7 +275,7 @@ def family_cases(family: str | Family, *, retinaface=("retinaface",), size: int 
     ``size`` the RetinaFace input side (ArcFace is always 128x128).
     """
     family = FAMILIES[family] if isinstance(family, str) else family
-    models = [m for m in _models_of(family, tuple(retinaface)) if m in _profile.MODELS]
+    models = [m for m in _models_of(family, tuple(retinaface)) if m in MODELS]
     cases = []
     for model_name in models:
         net, x = _model_and_input(model_name, size, dtype, device, seed)
@@ -300,42 +284,9 @@ def family_cases(family: str | Family, *, retinaface=("retinaface",), size: int 
     return cases
 
 
-def _retinaface_name(model_name: str) -> str:
-    return "retinaface-resnet50" if model_name in ("resnet50", "retinaface-resnet50") else "retinaface"
-
-
-def conv_bn_cases(model_name: str = "mobile0.25", size: int = 640, batches=(1, 16), dtype=torch.float16,
-                  device="cuda", seed: int = 0) -> list[BenchCase]:
-    """RetinaFace's conv → BN → activation blocks (conv_bn, conv_bn_no_relu, conv_bn1X1) at ``size``
-    (``model_name``: ``"mobile0.25"`` or ``"resnet50"``)."""
-    return family_cases("conv_bn", retinaface=(_retinaface_name(model_name),), size=size, batches=batches,
-                        dtype=dtype, device=device, seed=seed)
-
-
-def conv_dw_cases(model_name: str = "mobile0.25", size: int = 640, batches=(1, 16), dtype=torch.float16,
-                  device="cuda", seed: int = 0) -> list[BenchCase]:
-    """MobileNetV1's depthwise-separable blocks (conv_dw) of RetinaFace mobile0.25 at ``size``
-    (``model_name`` is ignored: only the mobile0.25 backbone has conv_dw blocks)."""
-    return family_cases("conv_dw", size=size, batches=batches, dtype=dtype, device=device, seed=seed)
-
-
-def squeeze_excite_cases(model_name: str = "arcface-se", size: int = 128, batches=(1, 64), dtype=torch.float16,
-                         device="cuda", seed: int = 0) -> list[BenchCase]:
-    """The SEBlocks of ResNetArcFace IR-18 with squeeze-excite (input 128x128)."""
-    return family_cases("squeeze_excite", batches=batches, dtype=dtype, device=device, seed=seed)
-
-
-def irblock_cases(model_name: str = "arcface", size: int = 128, batches=(1, 64), dtype=torch.float16,
-                  device="cuda", seed: int = 0) -> list[BenchCase]:
-    """The IRBlocks of ResNetArcFace IR-18, with and without squeeze-excite (input 128x128)."""
-    return family_cases("irblock", batches=batches, dtype=dtype, device=device, seed=seed)
-
-
 def families() -> list[str]:
     """The families whose fused modules exist in this checkout."""
-    if _fuse() is None:
-        return []
-    return [name for name, family in FAMILIES.items() if _registered(family.block_types)]
+    return [name for name, family in FAMILIES.items() if all(t in REGISTRY for t in family.block_types)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,38 +318,12 @@ def eager_gpu_kernels(fn, device) -> str | None:
     return "; ".join(sorted(names)) or None
 
 
-def _enabled(flag: bool):
-    import fused as pkg
-
-    if hasattr(pkg, "enabled"):
-        return pkg.enabled(flag)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def _check(case: BenchCase, x, expected) -> tuple[float, str | None, list[str], list[str]]:
     """Run the fused path on ``x``: (max error, failure message or None, kernels, fallbacks).
     Outputs may be one tensor or several (a list or tuple): every one is checked."""
-    import fused as pkg
-
-    with torch.no_grad(), _enabled(True), pkg.recording() as rec:
+    with torch.no_grad(), enabled(True), recording() as rec:
         actual = case.fused_fn(x)
-    got, want = list(_tensors(actual)), list(_tensors(expected))
-    err, message = 0.0, None
-    if len(got) != len(want):
-        err, message = math.inf, f"{case.name}: {len(got)} output tensors, expected {len(want)}"
-    for a, e in zip(got, want):
-        err = max(err, max_error(a, e) if a.shape == e.shape else math.inf)
-        try:
-            assert_close(a, e, reduction_length=case.reduction_length, what=case.name)
-        except AssertionError as exc:
-            message = message or str(exc).splitlines()[0]
+    err, message = compare(actual, expected, reduction_length=case.reduction_length, what=case.name)
     fallbacks = [f"{block or '?'}: {reason}" for block, reason in rec.fallbacks()]
     return err, message, sorted(rec.kernels()), fallbacks
 
@@ -424,7 +349,7 @@ def run_cases(
     """
     say = progress or (lambda line: None)
     device = torch.device(device)
-    on_gpu = _profile.times_fused(device)
+    on_gpu = timing.times_fused(device)
     time_fused = on_gpu if time_fused is None else (time_fused and on_gpu)
     bandwidth = ceilings.copy_gbps if ceilings is not None else measure_bandwidth(device)
     results = []
@@ -434,7 +359,7 @@ def run_cases(
                  device=device.type, bytes_moved=case.bytes_moved, flops=case.flops,
                  reduction_length=case.reduction_length, roofline_gbps=bandwidth)
         results.append(r)
-        x = _map(case.x, lambda t: t.to(device))
+        x = map_tensors(case.x, lambda t: t.to(device))
         x_cl = _channels_last(x)
         # 1. correctness first, in both layouts
         try:
@@ -443,7 +368,7 @@ def run_cases(
             err, message, kernels, fallbacks = _check(case, x, expected)
             err_cl, message_cl, kernels_cl, fallbacks_cl = _check(case, x_cl, expected)
         except Exception as exc:  # a crashing kernel is a failed case, not a crashed benchmark
-            r.update(status="failed", error=_first_line(exc))
+            r.update(status="failed", error=first_line(exc))
             say(f"[{i}/{len(cases)}] {case.name}: FAILED ({r['error']})")
             continue
         r.update(max_abs_error=err, max_abs_error_cl=err_cl, kernels=", ".join(sorted(set(kernels) | set(kernels_cl))))
@@ -467,29 +392,29 @@ def run_cases(
                     t = timing.time_callable(fn, device, warmup=warmup, repeats=repeats,
                                              cuda_graph=graph and device.type == "cuda")
             except Exception as exc:
-                notes.append(f"{column[:-3]} not timed: {_first_line(exc)}")
+                notes.append(f"{column[:-3]} not timed: {first_line(exc)}")
                 return
             r[column] = t.median_ms
             r["timing_method"] = r["timing_method"] or t.method
 
         ref = case.reference_fn
         ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last) if isinstance(ref, nn.Module) else ref
-        with _enabled(False):
+        with enabled(False):
             timed("eager_ms", lambda: ref(x))
             timed("eager_cl_ms", lambda: ref_cl(x_cl))
             try:  # which kernels eager PyTorch chose in each layout (they differ for depthwise)
                 r["eager_kernels"] = eager_gpu_kernels(lambda: ref(x), device)
                 r["eager_cl_kernels"] = eager_gpu_kernels(lambda: ref_cl(x_cl), device)
             except Exception as exc:
-                notes.append(f"eager kernels not recorded: {_first_line(exc)}")
+                notes.append(f"eager kernels not recorded: {first_line(exc)}")
         if compile_mode:
             try:
                 torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
                 compiled = torch.compile(copy.deepcopy(ref) if isinstance(ref, nn.Module) else ref, mode=compile_mode)
-                with torch.no_grad(), _enabled(False):
+                with torch.no_grad(), enabled(False):
                     compiled(x)  # compile (and autotune) outside the timing
             except Exception as exc:
-                r["compile_error"] = _first_line(exc)
+                r["compile_error"] = first_line(exc)
                 notes.append("torch.compile failed")
             else:
                 # max-autotune and reduce-overhead capture their own CUDA graphs: do not nest ours
@@ -497,7 +422,7 @@ def run_cases(
                 if cuda_graphs and compile_mode != "default":
                     notes.append(f"compile timed with CUDA events (mode {compile_mode} uses its own CUDA graphs)")
         if time_fused:
-            with _enabled(True):
+            with enabled(True):
                 timed("fused_ms", lambda: case.fused_fn(x))
                 timed("fused_cl_ms", lambda: case.fused_fn(x_cl))
             layouts = [(name, r[c]) for name, c in (("nchw", "fused_ms"), ("channels_last", "fused_cl_ms")) if r[c]]
@@ -529,7 +454,11 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
                   notes: list[str] | None = None, ceilings=None) -> dict[str, str]:
     """Write ``bench.csv``, ``bench.json`` (with the environment and the measured ceilings) and
     ``bench.png`` into ``out_dir``. This JSON is the format of the recorded results in ``results/``
-    that :mod:`fused.results` reads."""
+    that :mod:`fused.measure.results` reads.
+
+    It only writes: the copy bandwidth it records is that of ``ceilings`` when given, else the one
+    :func:`run_cases` used (each result's ``roofline_gbps``), else None; nothing is measured here.
+    """
     os.makedirs(out_dir, exist_ok=True)
     device = torch.device(device)
     env = environment.describe(device)
@@ -543,10 +472,11 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
             row = {k: ("" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in COLUMNS}
             row.update({k: env.get(k) or "" for k in env_columns})
             writer.writerow(row)
+    used = next((r["roofline_gbps"] for r in results if r.get("roofline_gbps")), None)
     payload = {
         "families": sorted({r["family"] for r in results}),
         "environment": env,
-        "bandwidth_gbps": ceilings.copy_gbps if ceilings is not None else measure_bandwidth(device),
+        "bandwidth_gbps": ceilings.copy_gbps if ceilings is not None else used,
         "ceilings": ceilings.to_dict() if ceilings is not None else None,
         "settings": settings or {},
         "notes": list(notes or []),
@@ -556,37 +486,7 @@ def write_results(results: list[dict], out_dir, *, device, settings: dict | None
     with open(paths["json"], "w") as f:
         json.dump(payload, f, indent=2, default=str, allow_nan=False)
         f.write("\n")
-    _plot(results, paths["chart"], env)
+    from . import charts  # matplotlib loads only to draw
+
+    charts.bench_chart(results, paths["chart"], env)
     return paths
-
-
-def _plot(results: list[dict], path: str, env: dict) -> None:
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
-
-    timed = [r for r in results if r.get("status") == "ok"]
-    has_speedups = any(r.get("speedup_eager") is not None for r in timed)
-    fig = Figure(figsize=(max(6.0, 0.6 * len(timed) + 2), 4.5))
-    ax = fig.subplots()
-    xs = list(range(len(timed)))
-    if has_speedups:
-        keys = [("speedup_eager", "vs eager NCHW"), ("speedup_eager_cl", "vs eager channels_last"),
-                ("speedup_compile", "vs torch.compile")]
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_ylabel("speedup of the fused kernel (x)")
-    else:
-        keys = [("eager_ms", "eager NCHW"), ("eager_cl_ms", "eager channels_last"), ("compile_ms", "torch.compile")]
-        ax.set_ylabel("median time (ms)")
-    w = 0.8 / len(keys)
-    for j, (key, label) in enumerate(keys):
-        ax.bar([x + (j - (len(keys) - 1) / 2) * w for x in xs], [r.get(key) or 0.0 for r in timed], width=w, label=label)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([r["case"] for r in timed], rotation=60, ha="right", fontsize=6)
-    where = env.get("gpu") or env.get("cpu") or env.get("device")
-    title = f"facefuse bench on {where}"
-    if not has_speedups:
-        title += " (no fused timings: interpreter timings are not speedups)"
-    ax.set_title(title, fontsize=9)
-    if timed:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)

@@ -1,0 +1,83 @@
+"""What the lessons share: the operators a call dispatches, a function's source lines, kernel
+launches, and a few callables timed side by side.
+
+    from fused.teaching import ListOps, show_lines, time_each, watch_launches
+
+    with torch.inference_mode(), ListOps() as listed:
+        block(x)
+    print(" -> ".join(listed.ops))                     # convolution -> _native_batch_norm_legit_no_training -> ...
+
+    show_lines(kernels.conv2d.conv2d_bias_act, "# Block sizes", "grid = (")
+
+    with watch_launches(conv_kernels, "_conv2d_bias_act_kernel") as launches:
+        fused_block(x)
+    grid, blocks = launches[0]                         # the grid and the BLOCK_* sizes of the first launch
+
+    times = time_each({"eager": lambda: block(x), "fused": lambda: fused_block(x)}, device)
+
+Nothing in the kernels or the fused modules imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .measure import timing
+
+
+class ListOps(TorchDispatchMode):
+    """Inside ``with ListOps() as listed:``, records the name of every PyTorch (ATen) operator that
+    runs, in order, in ``listed.ops``. (``fused.recording(torch_ops=True)`` counts them instead.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def show_lines(fn, start: str, stop: str) -> None:
+    """Print the source of ``fn`` (a function, or a ``@triton.jit`` kernel) from the first line
+    containing ``start`` to the next line containing ``stop``; all of it when ``start`` is not found
+    (the source has changed since the lesson was written)."""
+    lines = inspect.getsource(getattr(fn, "fn", fn)).splitlines()
+    first = next((i for i, line in enumerate(lines) if start in line), None)
+    if first is None:
+        print("\n".join(lines))
+        return
+    last = next((i for i in range(first + 1, len(lines)) if stop in lines[i]), len(lines) - 1)
+    print("\n".join(lines[first:last + 1]))
+
+
+@contextlib.contextmanager
+def watch_launches(module, name: str):
+    """Inside the ``with`` body, replace the ``@triton.jit`` kernel ``module.<name>`` with a stand-in
+    that records each launch's grid and ``BLOCK_*`` sizes, then launches the real kernel. Yields the
+    list of ``(grid, {"BLOCK_M": ..., ...})``, one per launch; the kernel is put back on exit."""
+    kernel = getattr(module, name)
+    launches: list[tuple] = []
+
+    class Watch:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                launches.append((grid, {k: v for k, v in meta.items() if k.startswith("BLOCK")}))
+                return kernel[grid](*args, **meta)
+            return launch
+
+    setattr(module, name, Watch())
+    try:
+        yield launches
+    finally:
+        setattr(module, name, kernel)
+
+
+def time_each(fns: dict, device, **options) -> dict[str, timing.Timing]:
+    """Time each callable of ``fns`` (label → callable) one after the other with
+    :func:`fused.measure.timing.time_callable` (``options``: ``warmup``, ``repeats``,
+    ``cuda_graph``); returns label → :class:`~fused.measure.timing.Timing`."""
+    return {label: timing.time_callable(fn, device, **options) for label, fn in fns.items()}

@@ -1,0 +1,75 @@
+"""Measurement lives apart from the kernels: nothing in fused/kernels or the fused modules imports
+fused.measure, and reading or writing a profile's table does not load matplotlib."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import fused
+
+FUSED = Path(fused.__file__).resolve().parent
+#: fused/ files that are tools on top of the package, not kernels or fused modules.
+TOOLS = {"__main__.py", "teaching.py"}
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module ``path`` imports, resolved to absolute names (``fused.measure.timing``)."""
+    package = ".".join(path.relative_to(FUSED.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found += [module] + [f"{module}.{a.name}" for a in node.names]
+    return found
+
+
+def kernel_and_fused_modules() -> list[Path]:
+    return [p for p in sorted(FUSED.glob("*.py")) if p.name not in TOOLS] + sorted((FUSED / "kernels").glob("*.py"))
+
+
+def test_kernels_and_fused_modules_import_nothing_from_measure():
+    files = kernel_and_fused_modules()
+    assert any(p.name == "conv2d.py" for p in files) and any(p.name == "fuse.py" for p in files)
+    offenders = {p.name: m for p in files for m in imported_modules(p)
+                 if m == "fused.measure" or m.startswith("fused.measure.")}
+    assert not offenders, offenders
+
+
+def test_importing_fused_and_its_kernels_loads_no_measurement():
+    code = (
+        "import sys, importlib, pathlib, fused\n"
+        "root = pathlib.Path(fused.__file__).parent\n"
+        "for p in sorted(root.glob('*.py')) + sorted((root / 'kernels').glob('*.py')):\n"
+        "    if p.stem not in ('__init__', '__main__', 'teaching'):\n"
+        "        importlib.import_module('fused.' + ('kernels.' if p.parent.name == 'kernels' else '') + p.stem)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fused.measure') or m.startswith('matplotlib')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=FUSED.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_profile_files_without_matplotlib(tmp_path):
+    """Only charts.py imports matplotlib, and only when a chart is drawn."""
+    code = (
+        "import sys, fused.measure as M\n"
+        "prof = M.Profile([M.Row(kind='total', path=M.TOTAL, block_type='m', ref_median_ms=1.0)], {'model': 'm'})\n"
+        f"prof.write_json({str(tmp_path / 'p.json')!r}); prof.write_csv({str(tmp_path / 'p.csv')!r}); prof.table()\n"
+        "assert not any(m.startswith('matplotlib') for m in sys.modules), 'matplotlib loaded'\n"
+        "prof.chart()\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=FUSED.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for path in FUSED.rglob("*.py"):
+        if path.name != "charts.py":
+            assert not any(m.startswith("matplotlib") for m in imported_modules(path)), path
+
+
+def test_no_module_is_over_700_lines():
+    for path in [*FUSED.rglob("*.py"), *(FUSED.parent / "reference").glob("*.py")]:
+        assert len(path.read_text().splitlines()) <= 700, path

@@ -1,0 +1,42 @@
+"""fused.teaching: the helpers the lessons share."""
+
+import torch
+
+import fused
+import reference as R
+from fused.kernels import conv2d as conv_kernels
+from fused.teaching import ListOps, show_lines, time_each, watch_launches
+
+
+def test_list_ops_in_order():
+    block = R.conv_bn(4, 8, 1, leaky=0.1).eval()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.inference_mode(), ListOps() as listed:
+        block(x)
+    assert listed.ops == ["conv2d", "batch_norm", "leaky_relu_"]  # what lesson 01 shows
+
+
+def test_show_lines(capsys):
+    show_lines(show_lines, "lines = inspect", "print(")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].strip().startswith("lines = inspect") and out[-1].strip().startswith("print(")
+    show_lines(show_lines, "no such line", "x")  # the whole source when `start` is missing
+    assert capsys.readouterr().out.startswith("def show_lines(")
+
+
+def test_watch_launches_records_and_restores():
+    kernel = conv_kernels._conv2d_bias_act_kernel
+    fused_block = fused.fuse(R.randomize_batchnorm(R.conv_bn(3, 8, 2, leaky=0.1)).eval())
+    x = torch.randn(1, 3, 12, 12)
+    with watch_launches(conv_kernels, "_conv2d_bias_act_kernel") as launches, torch.inference_mode():
+        out = fused_block(x)
+    assert conv_kernels._conv2d_bias_act_kernel is kernel
+    [(grid, blocks)] = launches
+    assert len(grid) >= 1 and {"BLOCK_M", "BLOCK_N"} <= set(blocks)
+    with torch.no_grad(), fused.enabled(False):
+        fused.assert_close(out, fused_block.double()(x.double()), reduction_length=27)
+
+
+def test_time_each():
+    times = time_each({"a": lambda: None, "b": lambda: torch.ones(3)}, "cpu", warmup=0, repeats=2)
+    assert list(times) == ["a", "b"] and all(t.runs == 2 and t.method == "wall-clock" for t in times.values())
