@@ -1,7 +1,9 @@
 """The detection pipeline: priors, box coding, NMS, input preparation, postprocessing, detect()."""
 
+import importlib
 import math
 import struct
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from reference.detection import Detections, detect, postprocess, prepare_images
 from reference.nms import batched_nms, box_iou, nms
 from reference.priors import priors
 from reference.retinaface import MIN_SIZES, STEPS
+
+nms_module = importlib.import_module("reference.nms")  # `reference.nms` the attribute is the function
 
 # -- priors -----------------------------------------------------------------------------------
 
@@ -159,6 +163,60 @@ def test_nms_matches_naive_greedy(boxes, data, threshold, dtype):
     keep = nms(b, s, threshold)
     assert keep.dtype == torch.long
     assert keep.tolist() == naive_nms(b.tolist(), s.tolist(), threshold, rnd)
+
+
+@given(
+    boxes=st.lists(GRID_BOX, max_size=40),
+    data=st.data(),
+    threshold=THRESHOLDS,
+    pairs=st.integers(1, 60),
+)
+def test_nms_in_small_chunks_matches_naive_greedy(boxes, data, threshold, pairs):
+    # Chunks of a few rows (one row when pairs < K): suppression must carry across chunks.
+    scores = data.draw(st.lists(st.sampled_from([0.1, 0.5, 0.9, 0.25]), min_size=len(boxes), max_size=len(boxes)))
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    s = torch.tensor(scores, dtype=torch.float32)
+    with mock.patch.object(nms_module, "PAIRS_PER_CHUNK", pairs):
+        keep = nms(b, s, threshold)
+    assert keep.tolist() == naive_nms(b.tolist(), s.tolist(), threshold, to_float32)
+
+
+def full_matrix_nms(boxes, scores, threshold):
+    """Greedy NMS over the whole IoU matrix at once (what nms did before it was chunked)."""
+    order = torch.sort(scores, stable=True, descending=True).indices
+    over = (box_iou(boxes[order], boxes[order]).double() > threshold).numpy()
+    suppressed, kept = np.zeros(len(order), dtype=bool), []
+    for rank in range(len(order)):
+        if not suppressed[rank]:
+            kept.append(rank)
+            suppressed[rank + 1:] |= over[rank, rank + 1:]
+    return order[kept]
+
+
+@pytest.mark.parametrize("count, pairs", [(3000, None), (300, 8)])
+def test_nms_memory_is_bounded(monkeypatch, count, pairs):
+    # Clustered boxes, like a detector's candidates: many overlap, many are suppressed.
+    g = torch.Generator().manual_seed(count)
+    centres = (torch.rand(30, 2, generator=g) * 600)[torch.randint(0, 30, (count,), generator=g)]
+    centres = centres + torch.randn(count, 2, generator=g) * 8
+    size = torch.rand(count, 1, generator=g) * 40 + 20
+    boxes, scores = torch.cat([centres - size / 2, centres + size / 2], 1), torch.rand(count, generator=g)
+    if pairs is not None:
+        monkeypatch.setattr(nms_module, "PAIRS_PER_CHUNK", pairs)
+    sizes = []
+
+    def recording_box_iou(a, b):
+        sizes.append((len(a), len(b)))
+        return box_iou(a, b)
+
+    monkeypatch.setattr(nms_module, "box_iou", recording_box_iou)
+    assert torch.equal(nms(boxes, scores, 0.4), full_matrix_nms(boxes, scores, 0.4))
+    assert sizes and all(rows * cols <= max(nms_module.PAIRS_PER_CHUNK, cols) for rows, cols in sizes)
+
+
+def test_nms_rejects_a_nan_threshold():
+    with pytest.raises(ValueError, match="iou_threshold is NaN"):
+        nms(torch.zeros(3, 4), torch.zeros(3), math.nan)
 
 
 def test_nms_compares_float32_iou_as_double():
