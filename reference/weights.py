@@ -197,8 +197,9 @@ def _value_problem(own: torch.Tensor, value) -> str | None:
 def load_weights(model: nn.Module, path_or_state_dict) -> nn.Module:
     """Load weights into ``model`` strictly and return it; a failed load leaves ``model`` unchanged.
 
-    ``path_or_state_dict`` as in :func:`read_state_dict`. Every key, type (a tensor of a dtype
-    that converts without loss), and shape is checked before anything is copied; a mismatch raises
+    ``path_or_state_dict`` as in :func:`read_state_dict`. Every key, value (a tensor: floating
+    point or integer for a floating-point entry, integer for an integer one) and shape is checked
+    before anything is copied; a mismatch raises
     :class:`WeightsMismatchError` naming every missing, unexpected, misshapen and mistyped key. If
     copying still fails, the previous values are put back before the error propagates.
     """
@@ -220,6 +221,9 @@ def load_weights(model: nn.Module, path_or_state_dict) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except BaseException:
-        model.load_state_dict(backup, strict=True)
+        # Copied straight back (no load hooks to fail again); ``own`` shares the model's storage.
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(backup[k])
         raise
     return model
