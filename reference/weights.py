@@ -123,6 +123,8 @@ def _load_file(path_or_file):
             "code. If the file holds a whole pickled model from a source you trust, load it once with "
             "torch.load(path, weights_only=False) and save model.state_dict() instead",
         ) from exc
+    except MemoryError:
+        raise
     except Exception as exc:
         what = "a zip archive" if head.startswith(_ZIP_MAGIC) else "a pickle"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -161,9 +163,8 @@ def read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        problem = f"expected a state_dict (a mapping of names to tensors), got {type(state).__name__}"
         if source is None:
-            raise TypeError(problem)
+            raise TypeError(f"expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
         raise WeightFileError(source, f"holds a {type(state).__name__}, not a state_dict (a mapping of names to "
                               "tensors); save model.state_dict() instead")
     prefix = "module."
