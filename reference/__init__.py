@@ -23,14 +23,14 @@ from .resnet50 import ResNet50
 from .retinaface import RetinaFace, num_priors
 from .squeeze_excite import SEBlock
 from .ssh import SSH
-from .weights import WeightsMismatchError, load_weights, read_state_dict
+from .weights import WeightFileError, WeightsMismatchError, load_weights, read_state_dict
 
 __all__ = [
     "conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_dw", "SSH", "FPN", "MobileNetV1",
     "ClassHead", "BboxHead", "LandmarkHead", "make_class_head", "make_bbox_head", "make_landmark_head",
     "conv3x3", "BasicBlock", "IRBlock", "Bottleneck", "SEBlock", "ResNetArcFace", "make_layer",
     "ResNet50", "RetinaFace", "num_priors", "retinaface", "arcface", "randomize_batchnorm",
-    "load_weights", "read_state_dict", "WeightsMismatchError", "block_type",
+    "load_weights", "read_state_dict", "WeightsMismatchError", "WeightFileError", "block_type",
     "priors", "decode_boxes", "encode_boxes", "decode_landmarks", "encode_landmarks",
     "box_iou", "nms", "batched_nms", "to_rgb", "prepare_images", "Detections", "postprocess", "detect",
     "crop_faces", "arcface_input", "embed", "cosine_similarity",

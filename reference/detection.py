@@ -7,6 +7,8 @@ unchanged.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +88,29 @@ def _check_outputs(loc, conf, landms, height: int, width: int) -> None:
 
 
 def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` as an int if it is a positive integer (Python or NumPy), else raise ValueError."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return count
+
+
+def _check_fraction(value, name: str) -> float:
+    """``value`` as a float if it is a number in [0, 1] (not NaN), else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        hint = f"; for {value}% give {value / 100}" if isinstance(value, numbers.Real) and 1 < value <= 100 else ""
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}{hint}")
+    return float(value)
+
+
+def _check_limits(conf, iou, top_k, keep_top_k, names: tuple[str, str]) -> tuple[float, float, int, int]:
+    return (
+        _check_fraction(conf, names[0]), _check_fraction(iou, names[1]),
+        _check_count(top_k, "top_k"), _check_count(keep_top_k, "keep_top_k"),
+    )
 
 
 def _select(boxes, scores, landmarks, conf_threshold: float, iou_threshold: float, top_k: int, keep_top_k: int) -> Detections:
@@ -116,10 +138,13 @@ def postprocess(
     ``loc [N, P, 4]``, ``conf [N, P, 2]`` (softmaxed; column 1 is "face") and ``landms [N, P, 10]``
     are decoded against the priors in float32 (half outputs are upcast), scaled to pixels; faces
     scoring above ``conf_threshold`` are kept, the ``top_k`` best go through NMS at
-    ``iou_threshold`` and the ``keep_top_k`` best survivors are returned.
+    ``iou_threshold`` and the ``keep_top_k`` best survivors are returned. Both thresholds must be
+    numbers in [0, 1], ``top_k`` and ``keep_top_k`` positive ints.
     """
+    conf_threshold, iou_threshold, top_k, keep_top_k = _check_limits(
+        conf_threshold, iou_threshold, top_k, keep_top_k, ("conf_threshold", "iou_threshold")
+    )
     _check_outputs(loc, conf, landms, height, width)
-    top_k, keep_top_k = _check_count(top_k, "top_k"), _check_count(keep_top_k, "keep_top_k")
     dtype = torch.promote_types(loc.dtype, torch.float32)
     anchors = priors(height, width, device=loc.device, dtype=dtype)
     scale = torch.tensor([width, height], dtype=dtype, device=loc.device)
@@ -127,7 +152,7 @@ def postprocess(
     landmarks = decode_landmarks(landms.to(dtype), anchors).unflatten(-1, (5, 2)) * scale
     scores = conf[..., 1].to(dtype)
     return [
-        _select(*per_image, float(conf_threshold), iou_threshold, top_k, keep_top_k)
+        _select(*per_image, conf_threshold, iou_threshold, top_k, keep_top_k)
         for per_image in zip(boxes, scores, landmarks)
     ]
 
@@ -144,10 +169,14 @@ def detect(
 ) -> list[Detections]:
     """Detect faces: one :class:`Detections` per image (``images`` as in :func:`prepare_images`).
 
-    The input is built on the model's device and in its dtype (those of its first parameter) and
-    the model runs under ``torch.inference_mode()``; the returned tensors are ordinary tensors.
-    ``model`` must be a RetinaFace in phase ``"test"`` and eval mode.
+    ``conf`` (score threshold) and ``iou`` (NMS overlap threshold) are numbers in [0, 1];
+    ``top_k`` (candidates entering NMS) and ``keep_top_k`` (faces returned) positive ints; all are
+    checked before the model runs. The input is built on the model's device and in its dtype
+    (those of its first parameter) and the model runs under ``torch.inference_mode()``; the
+    returned tensors are ordinary tensors. ``model`` must be a RetinaFace in phase ``"test"`` and
+    eval mode.
     """
+    conf, iou, top_k, keep_top_k = _check_limits(conf, iou, top_k, keep_top_k, ("conf", "iou"))
     phase = getattr(model, "phase", None)
     if phase != "test":
         raise ValueError(

@@ -7,14 +7,16 @@ Accepted images, values 0..255:
 * a torch tensor ``[3, H, W]``, or ``[N, 3, H, W]`` for a batch.
 
 Arrays and tensors must be ``uint8`` or floating point; other dtypes (bool, complex, wider
-integers) are refused rather than guessed at, since their value range is ambiguous. NaN and inf
-pass through untouched. PIL is never imported here: an object is a PIL image only if the caller
+integers) are refused rather than guessed at, since their value range is ambiguous. A float image
+whose values are all at most 1 (but not all zero) warns: it was most likely scaled to 0..1, which
+the models misread. NaN and inf pass through untouched. PIL is never imported here: an object is a PIL image only if the caller
 has imported PIL already.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -69,6 +71,23 @@ def _as_chw_tensor(image) -> tuple[torch.Tensor, bool]:
     raise TypeError(f"expected a NumPy array, a PIL image or a torch tensor, got {type(image).__name__}")
 
 
+_UNIT_RANGE_WARNING = (
+    "a float image has no value above 1, but images are expected in 0..255: a 0..1 image is almost "
+    "black to the models (detection finds no faces); multiply it by 255 (image * 255) or pass uint8"
+)
+
+
+def warn_if_unit_range(image: torch.Tensor) -> None:
+    """Warn (``UserWarning``) if float ``image``'s largest value is above 0 and at most 1.
+
+    Such an image was most likely scaled to 0..1, which the models silently misread. An all-zero
+    (black) image, whose meaning is the same in both ranges, does not warn; NaN is ignored.
+    """
+    peak = float(torch.nan_to_num(image, nan=0.0).amax()) if image.numel() else 0.0
+    if 0 < peak <= 1:
+        warnings.warn(_UNIT_RANGE_WARNING, UserWarning, stacklevel=3)
+
+
 def to_rgb(image, *, channel_order: str = "bgr", device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One image, or a ``[N, 3, H, W]`` tensor batch, as a float RGB tensor of the same rank, values 0..255.
 
@@ -81,6 +100,8 @@ def to_rgb(image, *, channel_order: str = "bgr", device=None, dtype: torch.dtype
     chw, is_rgb = _as_chw_tensor(image)
     if chw.shape[-2] == 0 or chw.shape[-1] == 0:
         raise ValueError(f"empty image: height {chw.shape[-2]}, width {chw.shape[-1]}")
+    if chw.is_floating_point():
+        warn_if_unit_range(chw)
     chw = chw.to(device=device).to(dtype)
     if not is_rgb and channel_order == "bgr":
         chw = chw.flip(-3)

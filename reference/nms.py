@@ -13,11 +13,15 @@ threshold >= 0 it neither suppresses nor is suppressed.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-#: Rows of the IoU matrix computed at once in :func:`nms` (bounds memory for many boxes).
-_ROWS_PER_CHUNK = 1024
+#: Box pairs whose IoU :func:`nms` computes at once: ``max(1, PAIRS_PER_CHUNK // K)`` rows of the
+#: ``K x K`` matrix at a time, so memory stays ``O(PAIRS_PER_CHUNK + K)`` for any ``K`` (at most
+#: about 80 MB of temporaries for float32 boxes, 150 MB for float64).
+PAIRS_PER_CHUNK = 1 << 21
 
 
 def _check_boxes(boxes, name: str = "boxes") -> None:
@@ -45,6 +49,8 @@ def _check_per_box(values, boxes: torch.Tensor, name: str, floating: bool) -> No
 def _threshold(iou_threshold) -> float:
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
         raise TypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+    if math.isnan(iou_threshold):
+        raise ValueError("iou_threshold is NaN, which would suppress nothing; give a number such as 0.4")
     return float(iou_threshold)
 
 
@@ -66,8 +72,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """Greedy NMS: indices (int64, on ``boxes.device``) of the kept boxes, by decreasing score.
 
     Same result as ``torchvision.ops.nms`` (see the module docstring). The IoU-above-threshold
-    matrix of the score-sorted boxes is computed on the boxes' device and copied to the CPU once;
-    the greedy pass then walks it row by row without further device syncs.
+    matrix of the score-sorted boxes is never held whole: it is computed on the boxes' device a
+    chunk of rows at a time (:data:`PAIRS_PER_CHUNK` pairs), skipping the rows of boxes already
+    suppressed, and each chunk is copied to the CPU once for the greedy pass over its rows.
+    ``iou_threshold`` may be any number but NaN (which would silently suppress nothing).
     """
     _check_boxes(boxes)
     _check_per_box(scores, boxes, "scores", floating=True)
@@ -76,18 +84,23 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, stable=True, descending=True).indices
     ranked = boxes[order]
-    # The kernel promotes the float IoU to double before comparing: 0.4f > 0.4 is true.
-    over = torch.cat([
-        box_iou(ranked[start:start + _ROWS_PER_CHUNK], ranked).double() > threshold
-        for start in range(0, len(ranked), _ROWS_PER_CHUNK)
-    ]).cpu().numpy()
-    suppressed = np.zeros(len(ranked), dtype=bool)
+    count = len(ranked)
+    rows_per_chunk = max(1, PAIRS_PER_CHUNK // count)
+    suppressed = np.zeros(count, dtype=bool)
     kept = []
-    for rank in range(len(ranked)):
-        if suppressed[rank]:
+    for start in range(0, count, rows_per_chunk):
+        # Only the rows no kept box of an earlier chunk suppressed, against the boxes from start on.
+        rows = np.flatnonzero(~suppressed[start:start + rows_per_chunk]) + start
+        if len(rows) == 0:
             continue
-        kept.append(rank)
-        suppressed[rank + 1:] |= over[rank, rank + 1:]
+        candidates = ranked[torch.from_numpy(rows).to(boxes.device)]
+        # The kernel promotes the float IoU to double before comparing: 0.4f > 0.4 is true.
+        over = (box_iou(candidates, ranked[start:]).double() > threshold).cpu().numpy()
+        for row, rank in enumerate(rows):
+            if suppressed[rank]:
+                continue
+            kept.append(rank)
+            suppressed[rank + 1:] |= over[row, rank + 1 - start:]
     return order[torch.tensor(kept, dtype=torch.long, device=boxes.device)]
 
 

@@ -1,7 +1,10 @@
 """The detection pipeline: priors, box coding, NMS, input preparation, postprocessing, detect()."""
 
+import importlib
 import math
 import struct
+import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from reference.detection import Detections, detect, postprocess, prepare_images
 from reference.nms import batched_nms, box_iou, nms
 from reference.priors import priors
 from reference.retinaface import MIN_SIZES, STEPS
+
+nms_module = importlib.import_module("reference.nms")  # `reference.nms` the attribute is the function
 
 # -- priors -----------------------------------------------------------------------------------
 
@@ -159,6 +164,60 @@ def test_nms_matches_naive_greedy(boxes, data, threshold, dtype):
     keep = nms(b, s, threshold)
     assert keep.dtype == torch.long
     assert keep.tolist() == naive_nms(b.tolist(), s.tolist(), threshold, rnd)
+
+
+@given(
+    boxes=st.lists(GRID_BOX, max_size=40),
+    data=st.data(),
+    threshold=THRESHOLDS,
+    pairs=st.integers(1, 60),
+)
+def test_nms_in_small_chunks_matches_naive_greedy(boxes, data, threshold, pairs):
+    # Chunks of a few rows (one row when pairs < K): suppression must carry across chunks.
+    scores = data.draw(st.lists(st.sampled_from([0.1, 0.5, 0.9, 0.25]), min_size=len(boxes), max_size=len(boxes)))
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    s = torch.tensor(scores, dtype=torch.float32)
+    with mock.patch.object(nms_module, "PAIRS_PER_CHUNK", pairs):
+        keep = nms(b, s, threshold)
+    assert keep.tolist() == naive_nms(b.tolist(), s.tolist(), threshold, to_float32)
+
+
+def full_matrix_nms(boxes, scores, threshold):
+    """Greedy NMS over the whole IoU matrix at once (what nms did before it was chunked)."""
+    order = torch.sort(scores, stable=True, descending=True).indices
+    over = (box_iou(boxes[order], boxes[order]).double() > threshold).numpy()
+    suppressed, kept = np.zeros(len(order), dtype=bool), []
+    for rank in range(len(order)):
+        if not suppressed[rank]:
+            kept.append(rank)
+            suppressed[rank + 1:] |= over[rank, rank + 1:]
+    return order[kept]
+
+
+@pytest.mark.parametrize("count, pairs", [(3000, None), (300, 8)])
+def test_nms_memory_is_bounded(monkeypatch, count, pairs):
+    # Clustered boxes, like a detector's candidates: many overlap, many are suppressed.
+    g = torch.Generator().manual_seed(count)
+    centres = (torch.rand(30, 2, generator=g) * 600)[torch.randint(0, 30, (count,), generator=g)]
+    centres = centres + torch.randn(count, 2, generator=g) * 8
+    size = torch.rand(count, 1, generator=g) * 40 + 20
+    boxes, scores = torch.cat([centres - size / 2, centres + size / 2], 1), torch.rand(count, generator=g)
+    if pairs is not None:
+        monkeypatch.setattr(nms_module, "PAIRS_PER_CHUNK", pairs)
+    sizes = []
+
+    def recording_box_iou(a, b):
+        sizes.append((len(a), len(b)))
+        return box_iou(a, b)
+
+    monkeypatch.setattr(nms_module, "box_iou", recording_box_iou)
+    assert torch.equal(nms(boxes, scores, 0.4), full_matrix_nms(boxes, scores, 0.4))
+    assert sizes and all(rows * cols <= max(nms_module.PAIRS_PER_CHUNK, cols) for rows, cols in sizes)
+
+
+def test_nms_rejects_a_nan_threshold():
+    with pytest.raises(ValueError, match="iou_threshold is NaN"):
+        nms(torch.zeros(3, 4), torch.zeros(3), math.nan)
 
 
 def test_nms_compares_float32_iou_as_double():
@@ -393,6 +452,80 @@ def test_detect_rejects_train_phase_and_training_mode(detector):
         detect(reference.RetinaFace("mobile0.25", phase="train").eval(), image)
     with pytest.raises(ValueError, match=r"training mode; call model.eval\(\)"):
         detect(reference.RetinaFace("mobile0.25"), image)
+
+
+class MustNotRun(torch.nn.Module):
+    """A RetinaFace stand-in (phase "test", eval mode, one parameter) whose forward fails the test."""
+
+    phase = "test"
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.eval()
+
+    def forward(self, x):
+        raise AssertionError("the model ran although the arguments were bad")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"conf": math.nan}, r"conf must be a number in \[0, 1\], got nan"),
+        ({"conf": -0.1}, r"conf must be a number in \[0, 1\]"),
+        ({"conf": 80}, r"conf must be a number in \[0, 1\], got 80; for 80% give 0.8"),
+        ({"conf": "0.8"}, "conf must be a number"),
+        ({"conf": True}, "conf must be a number"),
+        ({"iou": math.nan}, r"iou must be a number in \[0, 1\], got nan"),
+        ({"iou": 1.5}, "iou must be a number"),
+        ({"iou": None}, "iou must be a number"),
+        ({"top_k": 0}, "top_k must be a positive int, got 0"),
+        ({"top_k": 10.0}, "top_k must be a positive int"),
+        ({"top_k": True}, "top_k must be a positive int"),
+        ({"keep_top_k": -1}, "keep_top_k must be a positive int"),
+        ({"keep_top_k": None}, "keep_top_k must be a positive int"),
+    ],
+)
+def test_detect_checks_its_arguments_before_the_model_runs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        detect(MustNotRun(), random_image(0, 32, 32), **kwargs)
+
+
+def test_postprocess_checks_thresholds_and_takes_numpy_numbers():
+    loc, conf, landms = fake_outputs(64, 64, {i: 0.9 for i in range(0, 128, 2)})
+    with pytest.raises(ValueError, match=r"iou_threshold must be a number in \[0, 1\], got nan"):
+        postprocess(loc, conf, landms, 64, 64, iou_threshold=math.nan)
+    with pytest.raises(ValueError, match=r"conf_threshold must be a number in \[0, 1\], got 1.5"):
+        postprocess(loc, conf, landms, 64, 64, conf_threshold=1.5)
+    (dets,) = postprocess(loc, conf, landms, 64, 64, conf_threshold=np.float32(0.5), iou_threshold=np.float64(1.0),
+                          top_k=np.int64(3), keep_top_k=np.int32(2))
+    assert len(dets) == 2
+
+
+@pytest.mark.parametrize("scale", [1 / 255, 1 / 256])
+def test_a_float_image_in_0_to_1_warns(scale):
+    image = random_image(0).astype(np.float32) * scale
+    with pytest.warns(UserWarning, match=r"expected in 0\.\.255.*multiply it by 255"):
+        prepare_images(image)
+    with pytest.warns(UserWarning, match="expected in 0..255"):
+        reference.arcface_input([torch.from_numpy(image).permute(2, 0, 1)])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        random_image(0),  # uint8, even if dark
+        np.ones((4, 4, 3), np.uint8),
+        random_image(0).astype(np.float32),
+        np.zeros((4, 4, 3), np.float32),  # black reads the same in both ranges
+        np.full((4, 4, 3), np.nan, np.float32),
+        np.full((4, 4, 3), 1.5, np.float32),
+    ],
+)
+def test_images_in_0_to_255_do_not_warn(image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_images(image)
 
 
 def matched(a: Detections, b: Detections) -> Detections:

@@ -1,7 +1,11 @@
 """The reference modules: exact state_dicts, shapes, block semantics, weights, bad input."""
 
+import io
+import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -248,7 +252,7 @@ def test_weights_mismatch_lists_missing_unexpected_and_misshapen_keys():
 def test_weights_are_loaded_with_weights_only(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(1), "obj": object()}, path)
-    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported"):
+    with pytest.raises(R.WeightFileError, match=r"evil.pth': holds more than tensors.*weights_only=True is deliberate"):
         R.load_weights(R.SEBlock(16), path)
 
 
@@ -257,6 +261,127 @@ def test_weights_missing_file_and_non_mapping():
         R.load_weights(R.SEBlock(16), "/nonexistent/weights.pth")
     with pytest.raises(TypeError, match="state_dict"):
         R.load_weights(R.SEBlock(16), [1, 2, 3])
+
+
+def state_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(model, before):
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([1.0, 2.0], "builtins.list, not a torch.Tensor"),
+        (np.zeros((16,), np.float32), "numpy.ndarray, not a torch.Tensor; convert it with torch.from_numpy"),
+        (torch.zeros(16, dtype=torch.complex64), "complex64 cannot be copied into the model's torch.float32"),
+        (torch.zeros(16, dtype=torch.bool), "bool cannot be copied"),
+        (torch.empty(16, device="meta"), "expected an ordinary dense tensor"),
+    ],
+)
+def test_failed_load_leaves_the_model_unchanged_and_names_the_key(bad, match):
+    # The last key: before the fix the four keys ahead of it were copied, then the load raised.
+    model = R.SEBlock(16)
+    before = state_of(model)
+    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    state["fc.2.bias"] = bad
+    with pytest.raises(R.WeightsMismatchError, match="wrong value for fc.2.bias: .*" + re.escape(match)):
+        R.load_weights(model, state)
+    assert_state_equal(model, before)
+
+
+def test_float_into_an_integer_buffer_is_refused_and_ints_into_floats_are_exact():
+    model = R.retinaface()
+    before = state_of(model)
+    state = dict(before)
+    key = "body.stage1.0.1.num_batches_tracked"
+    state[key] = torch.tensor(2.5)
+    with pytest.raises(R.WeightsMismatchError, match=f"wrong value for {key}: dtype torch.float32 cannot"):
+        R.load_weights(model, state)
+    assert_state_equal(model, before)
+    state = dict(before, **{"fpn.output1.0.weight": torch.ones_like(before["fpn.output1.0.weight"], dtype=torch.int64)})
+    assert bool((R.load_weights(model, state).fpn.output1[0].weight == 1).all())
+
+
+def test_a_load_that_fails_while_copying_is_undone():
+    model = R.SEBlock(16)
+    before = state_of(model)
+
+    def refuse(module, incompatible_keys):
+        raise RuntimeError("a hook refused the weights")
+
+    model.register_load_state_dict_post_hook(refuse)
+    with pytest.raises(RuntimeError, match="a hook refused"):
+        R.load_weights(model, {k: torch.randn_like(v) for k, v in before.items()})
+    assert_state_equal(model, before)
+
+
+def test_non_string_keys_are_reported_not_crashed_on():
+    model = R.SEBlock(16)
+    state = dict(model.state_dict())
+    state[0] = torch.zeros(1)
+    with pytest.raises(R.WeightsMismatchError, match=r"unexpected keys \(1\): 0"):
+        R.load_weights(model, state)
+
+
+def saved_bytes(model):
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "contents, match",
+    [
+        (lambda: saved_bytes(R.SEBlock(16))[:300], "is truncated or damaged: it starts as a zip archive written by torch.save"),
+        (lambda: b"", r"is empty \(0 bytes\).*fetch it again"),
+        (lambda: b"hello weights\n", r"is a text file \(it begins 'hello weights'\), not a torch.save file"),
+        (lambda: b"<!DOCTYPE html><html>Not Found</html>", "is a text file .*error page"),
+        (lambda: b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n", "is a Git LFS pointer.*git lfs pull"),
+        (lambda: (40).to_bytes(8, "little") + b'{"w": {"dtype": "F32"}}', r"is not a torch.save file; it looks like a .safetensors file.*safetensors\.torch\.load_file"),
+        (lambda: bytes(range(256)), "is not a torch.save file"),
+    ],
+)
+def test_bad_weight_files_name_the_file_and_the_problem(tmp_path, contents, match):
+    path = tmp_path / "w.pth"
+    path.write_bytes(contents())
+    model = R.SEBlock(16)
+    before = state_of(model)
+    with pytest.raises(R.WeightFileError, match=re.escape(repr(str(path))) + ": " + match) as err:
+        R.load_weights(model, path)
+    assert isinstance(err.value, ValueError) and err.value.source == repr(str(path))
+    assert_state_equal(model, before)
+    with pytest.raises(R.WeightFileError, match="<BytesIO>: " + match):  # the same from an open file
+        R.read_state_dict(io.BytesIO(path.read_bytes()))
+
+
+def test_weight_file_that_is_a_folder_a_tensor_or_bytes(tmp_path):
+    with pytest.raises(R.WeightFileError, match="is a folder, not a file"):
+        R.load_weights(R.SEBlock(16), tmp_path)
+    path = tmp_path / "t.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(R.WeightFileError, match=r"t.pth': holds a Tensor, not a state_dict.*model.state_dict\(\)"):
+        R.load_weights(R.SEBlock(16), path)
+    with pytest.raises(TypeError, match=r"bytes .*os.fsdecode\(path\).*io.BytesIO\(contents\)"):
+        R.load_weights(R.SEBlock(16), os.fsencode(str(path)))
+
+
+def test_weights_load_from_an_open_file():
+    src = R.SEBlock(16)
+    dst = R.load_weights(R.SEBlock(16), io.BytesIO(saved_bytes(src)))
+    assert torch.equal(dst.fc[2].bias, src.fc[2].bias)
+
+
+def test_weights_mismatch_from_a_file_names_the_file(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(R.SEBlock(32).state_dict(), path)
+    with pytest.raises(R.WeightsMismatchError, match=re.escape(f"weights from {str(path)!r} do not match the model")):
+        R.load_weights(R.SEBlock(16), path)
 
 
 # --- bad input -----------------------------------------------------------------------------------
