@@ -5,6 +5,7 @@
     facefuse bench --family conv_bn        # on a CUDA GPU
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
+    facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
 
 Bad arguments give a usage message and exit status 2, never a traceback.
 """
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
                     "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{profile,bench,ceilings,results}")
+    sub = parser.add_subparsers(dest="command", metavar="{profile,bench,ceilings,results,gpu-check}")
     sub.required = True
 
     p = sub.add_parser(
@@ -162,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     results.add_arguments(r)
     r.set_defaults(func=run_results, parser=r)
+
+    from .measure import gpu_check
+
+    g = sub.add_parser("gpu-check", help="on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the "
+                                         "README table in resumable steps, with a summary of every target",
+                       description=gpu_check.__doc__.split("\n\n")[0])
+    gpu_check.add_arguments(g)
+    g.set_defaults(func=lambda args: gpu_check.run(args, args.parser), parser=g)
     return parser
 
 

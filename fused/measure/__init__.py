@@ -1,0 +1,1 @@
+"""Measuring the kernels: profiling, benchmarks, machine ceilings, recorded results, the GPU check."""
