@@ -269,3 +269,21 @@ def test_a_bundle_past_the_limit_leaves_traces_out(tmp_path):
     assert left == ["out/profile/trace.json"]
     with tarfile.open(tmp_path / "b.tar.gz") as tar:
         assert "out/summary.md" in tar.getnames() and "out/profile/trace.json" not in tar.getnames()
+
+
+def test_the_readme_step_restores_recorded_results_and_always_runs(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "results").mkdir(parents=True)
+    (project / "README.md").write_text("readme")
+    monkeypatch.setattr(G, "ROOT", project)
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "conv_bn-h100.json").write_text("{}")  # recorded by an earlier call
+    count = tmp_path / "count"
+    step = G.Step("readme", "readme", "readme", [sys.executable, "-c", f"open({str(count)!r}, 'a').write('x')"],
+                  timeout=60, estimate=1, cuda=False, out="readme/README.md")
+    assert G.run_plan([step], out, machine())[0]["status"] == "passed"
+    assert (project / "results" / "conv_bn-h100.json").exists()
+    assert (out / "readme" / "README.md").read_text() == "readme"
+    G.run_plan([step], out, machine(), resume=True)
+    assert count.read_text() == "xx"

@@ -26,7 +26,7 @@ targets' measurements first); ``--budget`` is the wall-clock time of the whole c
 estimate does not fit in what is left is not started, and a step cut short by the budget is
 marked ``interrupted`` and runs again on ``--resume``. ``--resume`` keeps every step whose
 result file says it finished (passed, failed or timed out; ``--retry`` runs failed and timed-out
-steps again). ``--from`` seeds the output folder from an earlier run's folder or bundle, so a
+steps again), except the ``readme`` step, which is cheap and always runs. ``--from`` seeds the output folder from an earlier run's folder or bundle, so a
 fresh machine picks up where the last call stopped. ``--bundle FILE.tar.gz`` packs the output
 folder into one file after every step.
 
@@ -387,6 +387,7 @@ def _collect(step: Step, out: Path) -> tuple[str | None, str]:
     proc = subprocess.run([*argv, "--collect-only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout.strip().splitlines()
     last = next((line for line in reversed(text) if "collected" in line or "selected" in line or "error" in line.lower()), "")
+    last = last.strip("= ")
     if proc.returncode != 0:
         return f"pytest --collect-only exited {proc.returncode}: {last or proc.stderr.strip()[-300:]}", last
     return None, last
@@ -560,7 +561,7 @@ def run_plan(steps: list[Step], out: Path, machine: Machine, *, resume: bool = F
     states = []
     for step in steps:
         previous = load_state(out, step.name)
-        if resume and previous and previous.get("status") in FINISHED and not (
+        if resume and step.kind != "readme" and previous and previous.get("status") in FINISHED and not (
                 retry and previous["status"] in ("failed", "timeout")):
             say(f"{step.name}: kept from an earlier run ({previous['status']})")
             states.append(previous)
@@ -620,6 +621,9 @@ def make_bundle(out: Path, bundle: str, limit: int = BUNDLE_LIMIT) -> list[str]:
         pack(lambda info: not info.name.endswith("trace.json") and info.size <= 2 * 2**20)
         print(f"gpu-check: the bundle would pass {limit // 2**20} MiB; left out: {', '.join(left_out)}", file=sys.stderr)
     tmp.replace(bundle_path)
+    summary = Path(out) / "summary.md"
+    if summary.exists():  # readable without unpacking
+        shutil.copyfile(summary, bundle_path.with_name(bundle_path.name.split(".")[0] + "-summary.md"))
     return left_out
 
 
