@@ -129,7 +129,7 @@ def test_timeouts_and_the_call_budget(tmp_path):
     assert states[2]["duration_s"] < 30
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stages"]["tests"] == "failed"
-    assert "Not run yet: big, cut" in (tmp_path / "summary.md").read_text()
+    assert "Not run yet: 2 tests steps (big, cut)" in (tmp_path / "summary.md").read_text()
     again = G.run_plan(steps, tmp_path, machine(), resume=True, budget=4)
     assert again[0]["status"] == "timeout" and again[0]["duration_s"] == states[0]["duration_s"]  # kept
     assert again[2]["status"] == "interrupted" and again[2]["started"] != states[2]["started"]  # ran again

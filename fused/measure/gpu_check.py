@@ -269,18 +269,18 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
 
     if "sanitizer" in stages:
         tool = machine.tools.get("compute-sanitizer") or "compute-sanitizer"
-        for name, extra, why in (
-            ("memcheck", [], "out-of-bounds and misaligned accesses of every kernel family; "
+        for name, why in (
+            ("memcheck", "out-of-bounds and misaligned accesses of every kernel family; "
                              "PYTORCH_NO_CUDA_MEMORY_CACHING=1 gives every tensor its own allocation, so an "
                              "overrun is not hidden inside a cached block"),
-            ("racecheck", [], "shared-memory hazards: every family stages tl.dot tiles (and reductions) through shared "
+            ("racecheck", "shared-memory hazards: every family stages tl.dot tiles (and reductions) through shared "
                               "memory; no kernel uses atomics (see fused/measure/sanitize_run.py). racecheck may not "
                               "model Hopper's asynchronous (wgmma, TMA) shared-memory accesses: read a reported hazard "
                               "in the log before calling it a bug"),
         ):
             steps.append(Step(
                 f"sanitizer-{name}", "sanitizer", "sanitizer",
-                [tool, "--tool", name, "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "100", *extra,
+                [tool, "--tool", name, "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "100",
                  py, "-m", "fused.measure.sanitize_run", "--out", str(out / "sanitizer" / f"{name}.json")],
                 timeout=MAX_STEP_SECONDS, estimate=180,
                 env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "TRITON_INTERPRET": None},
@@ -1018,9 +1018,16 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {t['target']} | {t['status']} | {_fmt(t['worst'])} | {_fmt(t['geomean'])} | "
                      f"{t['rows_met']}/{t['rows']} | {(t['worst_case'] or '').replace('|', '/')} | "
                      f"{'; '.join(t['notes']).replace('|', '/')} |")
-    left = [s["name"] for s in summary["steps"] if s.get("status") in ("not run", "interrupted")]
+    left = [s for s in summary["steps"] if s.get("status") in ("not run", "interrupted")]
     if left and not summary["dry_run"]:
-        lines += ["", f"Not run yet: {', '.join(left)}. Run again with `--resume` (or `--from` this folder or its bundle)."]
+        stages = {}
+        for s in left:
+            stages.setdefault(s["stage"], []).append(s["name"])
+        lines += ["", "Not run yet: " + "; ".join(f"{len(names)} {stage} step{'s' if len(names) > 1 else ''} "
+                                                   f"({', '.join(names) if len(names) <= 3 else names[0] + ', ...'})"
+                                                   for stage, names in stages.items())
+                  + ". Run again with `--resume` (or `--from` this folder or its bundle) and "
+                  + f"`--stages {','.join(stages)}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -1085,6 +1092,8 @@ def run(args, parser=None) -> int:
     if args.bundle and not args.bundle.endswith((".tar.gz", ".tgz")):
         return fail("--bundle: give a file name ending in .tar.gz")
     out = Path(args.out).resolve()
+    if args.bundle and out in Path(args.bundle).resolve().parents:
+        return fail("--bundle: put the bundle outside --out (it packs --out)")
     say = lambda line: print(f"gpu-check: {line}", file=sys.stderr, flush=True)  # noqa: E731
     if args.seed:
         try:
