@@ -287,3 +287,13 @@ def test_the_readme_step_restores_recorded_results_and_always_runs(tmp_path, mon
     assert (out / "readme" / "README.md").read_text() == "readme"
     G.run_plan([step], out, machine(), resume=True)
     assert count.read_text() == "xx"
+
+
+def test_sanitizer_driver_runs_a_family_in_both_layouts(capsys):
+    import torch
+
+    found = sanitize_run.run_family("squeeze_excite", dtype=torch.float32, device="cpu")  # the interpreter here
+    assert found["cases"] > 0 and found["fallbacks"] == []
+    assert {"se_squeeze_partial", "se_excite", "se_scale_residual_act"} <= set(found["kernels"])
+    out = capsys.readouterr().out
+    assert "[sanitize] begin squeeze_excite" in out and G.parse_sanitizer_log(out)["families_ended"]
