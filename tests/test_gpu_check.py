@@ -124,13 +124,13 @@ def test_resume_keeps_finished_steps_and_retry_reruns_failures(tmp_path):
 def test_timeouts_and_the_call_budget(tmp_path):
     sleep = "import time; time.sleep(60)"
     steps = [script("slow", sleep, timeout=1), script("big", "pass", estimate=1000), script("cut", sleep, timeout=60)]
-    states = G.run_plan(steps, tmp_path, machine(), budget=4)
+    states = G.run_plan(steps, tmp_path, machine(), budget=6)
     assert [s["status"] for s in states] == ["timeout", "not run", "interrupted"]
     assert states[2]["duration_s"] < 30
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stages"]["tests"] == "failed"
     assert "Not run yet: 2 tests steps (big, cut)" in (tmp_path / "summary.md").read_text()
-    again = G.run_plan(steps, tmp_path, machine(), resume=True, budget=4)
+    again = G.run_plan(steps, tmp_path, machine(), resume=True, budget=6)
     assert again[0]["status"] == "timeout" and again[0]["duration_s"] == states[0]["duration_s"]  # kept
     assert again[2]["status"] == "interrupted" and again[2]["started"] != states[2]["started"]  # ran again
 
