@@ -497,6 +497,8 @@ def run_step(step: Step, out: Path, *, timeout: int, budget_limited: bool) -> di
     log = out / "logs" / f"{step.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     (out / step.out).parent.mkdir(parents=True, exist_ok=True)
+    if step.kind in ("bench", "profile"):  # their --out (and --trace) folder
+        (out / step.out).mkdir(parents=True, exist_ok=True)
     results_dir = ROOT / "results"
     before = _results_snapshot(results_dir)
     if step.kind == "readme":
