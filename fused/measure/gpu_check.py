@@ -1119,7 +1119,8 @@ def run(args, parser=None) -> int:
         _write_json(out / "plan.json", {"machine": dataclasses.asdict(machine), "steps": [
             {**dataclasses.asdict(s), "command": s.command(), "check": checks[s.name]} for s in steps]})
         summary = write_summary(out, steps, machine, dry_run=True, checks=checks)
-        text = summary_markdown(summary)
+        text = summary_markdown(summary) + "\n## Commands\n\n" + "\n".join(
+            f"- `{s.name}` (timeout {s.timeout} s, about {s.estimate} s): `{s.command()}`" for s in steps) + "\n"
         (out / "plan.md").write_text(text)
         print(text)
         problems = sum(len(c["problems"]) for c in checks.values())
