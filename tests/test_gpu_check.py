@@ -241,9 +241,18 @@ def test_summary_reads_targets_from_the_bench_outputs(tmp_path):
     bench = tmp_path / "bench" / "bench-conv_dw-mobile0.25-b1"
     bench.mkdir(parents=True)
     (bench / "bench.json").write_text(json.dumps(payload([row("conv_dw", "conv_dw", 1, 3.5, 3.2, 1.6)], model="retinaface")))
+    profile = tmp_path / "profile" / "profile-retinaface-b1-graphs"
+    profile.mkdir(parents=True)
+    (profile / "profile.json").write_text(json.dumps({
+        "kind": "facefuse-profile", "settings": {"model": "retinaface", "batch": 1, "cuda_graphs": True},
+        "rows": [{"kind": "block", "path": "body"},
+                 {"kind": "total", "path": "(model)", "ref_median_ms": 2.0, "compile_median_ms": 1.5,
+                  "fused_median_ms": 0.8, "speedup": 2.5, "speedup_vs_compile": 1.875, "fused_within_tolerance": True}]}))
     summary = G.write_summary(tmp_path, G.plan(tmp_path, machine(), ("bench",)), machine())
     assert target(summary["targets"], "conv_dw-compile")["status"] == "met"
-    assert "| fused conv_dw >= 1.5x torch.compile | met | 1.60 |" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "| fused conv_dw >= 1.5x torch.compile | met | 1.60 |" in text
+    assert "| profile-retinaface-b1-graphs | 2 | 1.5 | 0.8 | 2.50 | 1.88 | yes |" in text
 
 
 def test_plan_order_puts_the_interpreter_run_after_the_sanitizer(tmp_path):

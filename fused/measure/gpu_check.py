@@ -918,6 +918,23 @@ def evaluate_targets(rows: list[dict], targets=TARGETS) -> list[dict]:
     return results
 
 
+def profile_models(out: Path) -> list[dict]:
+    """The whole-model row of every profile step's JSON: times and speedups, with its settings."""
+    found = []
+    for path in sorted((Path(out) / "profile").glob("*/profile.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        settings = data.get("settings", {})
+        total = next((r for r in data.get("rows", []) if r.get("kind") == "total"), {})
+        found.append({"step": path.parent.name, "model": settings.get("model"), "batch": settings.get("batch"),
+                      "cuda_graphs": settings.get("cuda_graphs"), "compile_mode": settings.get("compile_mode"),
+                      **{k: total.get(k) for k in ("ref_median_ms", "compile_median_ms", "fused_median_ms",
+                                                   "speedup", "speedup_vs_compile", "fused_within_tolerance")}})
+    return found
+
+
 def bench_payloads(out: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted((Path(out) / "bench").glob("*/bench.json")):
@@ -972,6 +989,7 @@ def summarize(out: Path, steps: list[Step], machine: Machine, *, dry_run: bool =
         "stages": stages,
         "steps": states,
         "targets": evaluate_targets(rows),
+        "profiles": profile_models(out),
         "target_mapping": {t.key: ({"family": t.family, "baseline": t.baseline, "models": t.models, "batches": t.batches,
                                     "memory_bound_only": t.memory_bound} if t.family else {"unmeasured": t.unmeasured})
                            for t in TARGETS},
@@ -1020,6 +1038,14 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {t['target']} | {t['status']} | {_fmt(t['worst'])} | {_fmt(t['geomean'])} | "
                      f"{t['rows_met']}/{t['rows']} | {(t['worst_case'] or '').replace('|', '/')} | "
                      f"{'; '.join(t['notes']).replace('|', '/')} |")
+    if summary.get("profiles"):
+        lines += ["", "## Whole models (facefuse profile, the `(model)` row)", "",
+                  "| step | eager ms | torch.compile ms | fused ms | x eager | x compile | within tolerance |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['step']} | {_fmt(p['ref_median_ms'], '.4g')} | {_fmt(p['compile_median_ms'], '.4g')} | "
+                  f"{_fmt(p['fused_median_ms'], '.4g')} | {_fmt(p['speedup'])} | {_fmt(p['speedup_vs_compile'])} | "
+                  f"{'' if p['fused_within_tolerance'] is None else ('yes' if p['fused_within_tolerance'] else 'NO')} |"
+                  for p in summary["profiles"]]
     left = [s for s in summary["steps"] if s.get("status") in ("not run", "interrupted")]
     if left and not summary["dry_run"]:
         stages = {}
