@@ -56,7 +56,7 @@ def test_dry_run_reports_a_command_the_cli_rejects(tmp_path):
 
 def test_the_cuda_test_selection_collects(tmp_path):
     step = next(s for s in G.plan(tmp_path, machine()) if s.name == "tests-cuda")
-    problem, collected = G._collect(step, tmp_path)
+    problem, collected = G.collect(step, tmp_path)
     assert problem is None and "deselected" in collected
 
 
