@@ -56,8 +56,11 @@ def test_dry_run_reports_a_command_the_cli_rejects(tmp_path):
 
 def test_the_cuda_test_selection_collects(tmp_path):
     step = next(s for s in G.plan(tmp_path, machine()) if s.name == "tests-cuda")
-    problem, collected = G.collect(step, tmp_path)
+    problem, collected = G.collect_tests(step, tmp_path)
     assert problem is None and "deselected" in collected
+    models = next(s for s in G.plan(tmp_path, machine()) if s.name == "tests-cuda-models")
+    check = G.check_plan([models], tmp_path, machine())["tests-cuda-models"]  # what the dry run does
+    assert check["problems"] == [] and any(i.startswith("collects: ") and "tests collected" in i for i in check["info"])
 
 
 def test_cuda_selection_keeps_device_and_gpu_tests_only():

@@ -372,7 +372,7 @@ def step_env(step: Step, out: Path) -> dict[str, str]:
     return env
 
 
-def collect(step: Step, out: Path) -> tuple[str | None, str]:
+def collect_tests(step: Step, out: Path) -> tuple[str | None, str]:
     """``pytest --collect-only`` of a pytest step: (problem or None, what was collected)."""
     argv, skip = [], 0
     for i, a in enumerate(step.argv):
@@ -415,7 +415,7 @@ def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool 
             if problem:
                 problems.append(f"the CLI rejects the command: {problem}")
         elif step.kind == "pytest" and collect:
-            problem, collected = collect(step, out)
+            problem, collected = collect_tests(step, out)
             if problem:
                 problems.append(problem)
             else:
