@@ -5,6 +5,7 @@
     facefuse bench --family conv_bn        # on a CUDA GPU
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
+    facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
 
 Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
 entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
@@ -162,6 +163,22 @@ def add_results(sub) -> argparse.ArgumentParser:
 
     results.add_arguments(r)
     return r
+
+
+def add_gpu_check(sub) -> argparse.ArgumentParser:
+    from . import gpu_check
+
+    g = sub.add_parser("gpu-check", help="on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the "
+                                         "README table in resumable steps, with a summary of every target",
+                       description=gpu_check.__doc__.split("\n\n")[0])
+    gpu_check.add_arguments(g)
+    return g
+
+
+def run_gpu_check(args) -> int:
+    from . import gpu_check
+
+    return gpu_check.run(args, args.parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,6 +438,7 @@ COMMANDS = {
     "bench": (add_bench, run_bench),
     "ceilings": (add_ceilings, run_ceilings),
     "results": (add_results, run_results),
+    "gpu-check": (add_gpu_check, run_gpu_check),
 }
 
 
