@@ -15,15 +15,22 @@ INT32_MAX = 2**31 - 1
 
 @triton.jit
 def activate(y, slope, ACTIVATION: tl.constexpr):
-    """Apply the activation to an fp32 tile.
+    """Apply the activation to an fp32 tile, with PyTorch's NaN and Inf semantics.
 
     ``slope`` is a scalar (LeakyReLU) or a tile broadcastable to ``y`` (PReLU, one slope per
     output channel or one shared); it is ignored for identity and ReLU.
+
+    The formulas are PyTorch's own: ReLU is ``y < 0 ? 0 : y`` (NaN stays NaN, -inf gives 0) and
+    LeakyReLU/PReLU are ``y > 0 ? y : y * slope`` (so a slope of 0 turns -inf into NaN, and a
+    NaN slope turns 0 into NaN, as in PyTorch). Only comparisons and ``tl.where`` are used, never
+    ``tl.maximum``: an ordered comparison with NaN is false both in the interpreter (numpy) and
+    on the GPU (PTX ``setp``), whereas max drops or keeps NaN depending on the backend (PTX
+    ``max.f32`` returns the other operand). So NaN and Inf land in the same places on both.
     """
     if ACTIVATION == 1:
-        y = tl.maximum(y, 0.0)
+        y = tl.where(y < 0, 0.0, y)
     elif ACTIVATION == 2 or ACTIVATION == 3:
-        y = tl.where(y >= 0, y, y * slope)
+        y = tl.where(y > 0, y, y * slope)
     return y
 
 
