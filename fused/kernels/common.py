@@ -22,10 +22,11 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
 
     The formulas are PyTorch's own: ReLU is ``y < 0 ? 0 : y`` (NaN stays NaN, -inf gives 0) and
     LeakyReLU/PReLU are ``y > 0 ? y : y * slope`` (so a slope of 0 turns -inf into NaN, and a
-    NaN slope turns 0 into NaN, as in PyTorch). Only comparisons and ``tl.where`` are used, never
-    ``tl.maximum``: an ordered comparison with NaN is false both in the interpreter (numpy) and
-    on the GPU (PTX ``setp``), whereas max drops or keeps NaN depending on the backend (PTX
-    ``max.f32`` returns the other operand). So NaN and Inf land in the same places on both.
+    NaN slope turns 0 into NaN, as in PyTorch). Why this is NaN-exact on the GPU as in the
+    interpreter: it uses only ordered comparisons, ``tl.where`` and an IEEE multiply, which
+    behave the same in numpy and in PTX (a comparison with NaN is false in both). It avoids
+    ``tl.maximum``, whose default is maxnum (numpy ``fmax``, PTX ``max.f32``): it returns the
+    non-NaN operand, so ``tl.maximum(NaN, 0.0)`` is 0 on both.
     """
     if ACTIVATION == 1:
         y = tl.where(y < 0, 0.0, y)
