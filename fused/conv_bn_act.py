@@ -16,11 +16,14 @@ from .base import FusedModule, conv_weights
 
 
 def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:
-    """The activation after the BN of a conv-BN sequence, as ``(name, slope)`` for the kernel."""
+    """The activation after the BN of a conv-BN sequence, as ``(name, slope)`` for the kernel.
+
+    A LeakyReLU with slope 0 stays a LeakyReLU: unlike ReLU it turns -inf into NaN (-inf * 0).
+    """
     if len(seq) == 2:
         return "identity", 0.0
     act = seq[2]
-    if isinstance(act, nn.ReLU) or (isinstance(act, nn.LeakyReLU) and act.negative_slope == 0):
+    if isinstance(act, nn.ReLU):
         return "relu", 0.0
     return "leaky_relu", float(act.negative_slope)
 

@@ -19,14 +19,14 @@ from torch import nn
 from reference.checks import check_feature_map
 
 from .base import FusedModule, conv_weights
-from .conv_bn_act import conv_bn_activation
 from .folding import fold_batchnorm
 
 KERNELS = ("fused", "two_kernels")
 
 
-def _slope(act: nn.Module) -> float:
-    return 0.0 if isinstance(act, nn.ReLU) else float(act.negative_slope)
+def _activation(act: nn.Module) -> tuple[str, float]:
+    """``(activation, slope)`` of a ReLU or LeakyReLU (a slope-0 LeakyReLU stays one: -inf * 0 is NaN)."""
+    return ("relu", 0.0) if isinstance(act, nn.ReLU) else ("leaky_relu", float(act.negative_slope))
 
 
 class FusedConvDW(FusedModule, nn.Sequential):
@@ -71,14 +71,15 @@ class FusedConvDW(FusedModule, nn.Sequential):
         f = self.folded(x.dtype, x.device)
         stride = self[0].stride[0]
         precision = self.dot_precision(x)
+        (dw_activation, dw_slope), (pw_activation, pw_slope) = _activation(self[2]), _activation(self[5])
         if self.kernel == "fused":
             return conv_dw_fused(
                 x, f["dw_weight"], f["dw_bias"], f["pw_weight"], f["pw_bias"], stride=stride,
-                dw_slope=_slope(self[2]), pw_slope=_slope(self[5]), precision=precision,
+                dw_slope=dw_slope, pw_slope=pw_slope, dw_activation=dw_activation, pw_activation=pw_activation,
+                precision=precision,
             )
-        mid = depthwise_conv_bias_act(x, f["dw_weight"], f["dw_bias"], stride=stride, activation="leaky_relu", slope=_slope(self[2]))
-        activation, slope = conv_bn_activation(nn.Sequential(self[3], self[4], self[5]))
-        return conv2d_bias_act(mid, f["pw_weight"], f["pw_bias"], activation=activation, slope=slope, precision=precision)
+        mid = depthwise_conv_bias_act(x, f["dw_weight"], f["dw_bias"], stride=stride, activation=dw_activation, slope=dw_slope)
+        return conv2d_bias_act(mid, f["pw_weight"], f["pw_bias"], activation=pw_activation, slope=pw_slope, precision=precision)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.Sequential.forward(self, x)

@@ -8,8 +8,9 @@ runs a ReLU over the result. Here:
 * the final ReLU runs in each branch's epilogue: ReLU of a concatenation is the concatenation of
   the ReLUs, so this is exact;
 * ``conv3X3`` and ``conv5X5_1`` read the same input, so they share one launch: their weights are
-  stacked into one GEMM with per-channel activation slopes (0 for the ReLU'd ``conv3X3`` channels,
-  the LeakyReLU slope for ``conv5X5_1``). For that launch to write one contiguous channel range,
+  stacked into one GEMM whose epilogue applies ``conv5X5_1``'s LeakyReLU to its channels and a
+  ReLU (``relu_from``) to ``conv3X3``'s. A slope-0 LeakyReLU would not do: it turns -inf into
+  NaN where the reference's ReLU gives 0. For that launch to write one contiguous channel range,
   the buffer holds ``conv5X5_1``'s output as scratch channels *in front of* the block's output:
   ``[conv5X5_1 | conv3X3 | conv5X5 | conv7X7]``, and the block returns the view without the
   scratch channels. For a batch of one (NCHW) that view is contiguous; for larger batches it is a
@@ -53,12 +54,7 @@ class FusedSSH(FusedModule, reference.SSH):
 
         w3, b3 = folded("conv3X3")
         w51, b51 = folded("conv5X5_1")
-        _, leaky = conv_bn_activation(self.conv5X5_1)
-        slopes = torch.cat([torch.full((w51.shape[0],), leaky), torch.zeros(w3.shape[0])])
-        out = {
-            "shared": (kernel_weight(torch.cat([w51, w3]), dtype).to(device), torch.cat([b51, b3]).to(device)),
-            "shared_slopes": slopes.to(device),
-        }
+        out = {"shared": (kernel_weight(torch.cat([w51, w3]), dtype).to(device), torch.cat([b51, b3]).to(device))}
         for name in ("conv5X5_2", "conv7X7_2", "conv7x7_3"):
             weight, bias = folded(name)
             out[name] = (kernel_weight(weight, dtype).to(device), bias.to(device))
@@ -78,8 +74,9 @@ class FusedSSH(FusedModule, reference.SSH):
         conv5x5 = buffer[:, quarter + half: 2 * quarter + half]
         conv7x7 = buffer[:, 2 * quarter + half:]
 
-        # conv5X5_1 (LeakyReLU) and conv3X3 (ReLU, final) in one launch.
-        conv2d_bias_act(x, *f["shared"], padding=padding, activation="prelu", slope=f["shared_slopes"],
+        # conv5X5_1 (its own activation) and conv3X3 (the final ReLU) in one launch.
+        activation, slope = conv_bn_activation(self.conv5X5_1)
+        conv2d_bias_act(x, *f["shared"], padding=padding, activation=activation, slope=slope, relu_from=quarter,
                         out=buffer[:, :quarter + half], precision=precision)
         conv2d_bias_act(scratch, *f["conv5X5_2"], padding=padding, activation="relu", out=conv5x5, precision=precision)
         activation, slope = conv_bn_activation(self.conv7X7_2)

@@ -47,7 +47,7 @@ def _activation(module: nn.Module | None, channels: int, device):
         return "identity", 0.0
     if isinstance(module, nn.PReLU):
         return "prelu", prelu_slopes(module, channels, device)
-    if isinstance(module, nn.ReLU) or module.negative_slope == 0:
+    if isinstance(module, nn.ReLU):  # not LeakyReLU(0), which turns -inf into NaN
         return "relu", 0.0
     return "leaky_relu", float(module.negative_slope)
 

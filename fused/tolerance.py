@@ -14,6 +14,12 @@ absolute value of the reference, an element passes when
 ``u`` is the unit roundoff of the operand precision: float32 ``2**-24`` (TF32 ``2**-11``),
 float16 ``2**-11``, bfloat16 ``2**-8``. A wrong tap, a wrong channel or an off-by-one in the
 padding moves results by O(magnitude), far above this bound.
+
+NaN and Inf are compared exactly, not within a tolerance: a NaN must face a NaN and an Inf the
+same-signed Inf, element for element, and nothing else does. A kernel that turns NaN into 0 (as
+``tl.maximum`` can) or Inf into NaN (``Inf * 0``) fails however close its finite values are. The
+tolerance then applies to the elements that are finite in both, with ``magnitude`` taken over
+the finite values of the reference.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class Tolerance:
 
 def tolerance(dtype, reduction_length: int, magnitude: float = 1.0) -> Tolerance:
     """The tolerance for a result in ``dtype`` (or ``"tf32"``) over a reduction of given length."""
+    if not math.isfinite(magnitude):
+        raise ValueError(f"magnitude must be finite, got {magnitude}: an infinite bound would pass anything; "
+                         "use largest_finite(expected)")
     if dtype not in UNIT_ROUNDOFF:
         raise TypeError(f"no tolerance defined for dtype {dtype}")
     u = UNIT_ROUNDOFF[dtype]
@@ -69,15 +78,34 @@ def reduction_length(module) -> int:
     return max(lengths)
 
 
-def _magnitude(expected: torch.Tensor) -> float:
-    return float(expected.detach().abs().max()) if expected.numel() else 1.0
+def largest_finite(t: torch.Tensor) -> float:
+    """The largest finite ``|value|`` of ``t`` (1.0 when it has none): the ``magnitude`` to check with."""
+    values = t.detach().double().abs()
+    values = values[torch.isfinite(values)]
+    return float(values.max()) if values.numel() else 1.0
+
+
+def _nonfinite_mismatch(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """True where ``a`` and ``e`` disagree about NaN, +Inf or -Inf (float64 tensors of one shape)."""
+    inf = math.inf
+    return (a.isnan() != e.isnan()) | ((a == inf) != (e == inf)) | ((a == -inf) != (e == -inf))
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference (0.0 for empty tensors), computed in float64."""
+    """Largest absolute difference over the elements finite in both, computed in float64.
+
+    ``inf`` when NaN/Inf placement differs (see :func:`assert_close`); 0.0 for empty tensors.
+    """
     if actual.numel() == 0:
         return 0.0
-    return float((actual.detach().double() - expected.detach().double()).abs().max())
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    if _nonfinite_mismatch(a, e).any():
+        return math.inf
+    finite = torch.isfinite(a)
+    if not finite.any():
+        return 0.0
+    return float((a[finite] - e[finite]).abs().max())
 
 
 def assert_close(
@@ -91,25 +119,33 @@ def assert_close(
 ) -> None:
     """Raise AssertionError unless ``actual`` is within the policy's bound of ``expected``.
 
-    ``expected`` should be a float64 reference. ``dtype`` defaults to ``actual.dtype``; pass
-    ``"tf32"`` for float32 computed with TF32 dot products. The message names the worst element,
-    its index and both values.
+    ``expected`` should be a float64 reference. NaN and Inf must match exactly (NaN where the
+    reference has NaN, an Inf of the same sign where it has one); the message then gives the
+    count and the first index where they differ. Finite elements must be within the bound;
+    ``magnitude`` defaults to :func:`largest_finite` of ``expected``. ``dtype`` defaults to
+    ``actual.dtype``; pass ``"tf32"`` for float32 computed with TF32 dot products. The message
+    names the worst element, its index and both values.
     """
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     if actual.numel() == 0:
         return
     dtype = actual.dtype if dtype is None else dtype
-    magnitude = _magnitude(expected) if magnitude is None else magnitude
+    magnitude = largest_finite(expected) if magnitude is None else magnitude
     tol = tolerance(dtype, reduction_length, magnitude)
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
-    if not torch.isfinite(a).all() and not torch.equal(torch.isfinite(a), torch.isfinite(e)):
-        bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(a))[0])
-        raise AssertionError(f"{what}: non-finite value {a[bad].item()} at index {bad}")
-    err = (a - e).abs()
-    allowed = tol.atol + tol.rtol * e.abs()
-    ratio = err / allowed
+    mismatch = _nonfinite_mismatch(a, e)
+    if mismatch.any():
+        index = tuple(int(i) for i in torch.nonzero(mismatch)[0])
+        raise AssertionError(
+            f"{what}: NaN/Inf placement differs from the reference at {int(mismatch.sum())} of {a.numel()} "
+            f"elements; first at index {index}: got {a[index].item()}, expected {e[index].item()}"
+        )
+    finite = torch.isfinite(e)  # the same elements are finite in a
+    err = torch.where(finite, a - e, 0.0).abs()
+    allowed = tol.atol + tol.rtol * torch.where(finite, e, 0.0).abs()
+    ratio = torch.where(err == 0, 0.0, err / allowed)  # exact agreement passes even where the bound is 0
     worst = int(torch.argmax(torch.nan_to_num(ratio, nan=math.inf)))
     if ratio.reshape(-1)[worst] > 1:
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape))

@@ -1,5 +1,7 @@
 """Shared hypothesis strategies for kernel tests. Family-specific composites live in their tests."""
 
+import math
+
 import torch
 from hypothesis import strategies as st
 
@@ -16,6 +18,9 @@ STRIDE = st.sampled_from([1, 2])
 #: LeakyReLU slopes: 0 is a ReLU; 0.1 is RetinaFace's; others keep the epilogue honest.
 SLOPE = st.sampled_from([0.0, 0.1, 0.25, 1.0, -0.5])
 MEMORY_FORMAT = st.sampled_from([torch.contiguous_format, torch.channels_last])
+#: Non-finite values to plant in an input with :func:`plant`: often none, else a NaN, an Inf of
+#: either sign, or all three. The float64 reference says where they must come out.
+NONFINITE = st.sampled_from([(), (), (math.nan,), (math.inf,), (-math.inf,), (math.nan, math.inf, -math.inf)])
 
 
 def kernel_dtypes():
@@ -36,3 +41,14 @@ def layout(x: torch.Tensor, memory_format, non_contiguous: bool = False) -> torc
         assert not x.is_contiguous() or x.numel() <= 1
         return x
     return x.contiguous(memory_format=memory_format)
+
+
+def plant(x: torch.Tensor, values, seed: int = 0) -> torch.Tensor:
+    """Write each of ``values`` into ``x`` (in place, any layout) at a position drawn from ``seed``; return ``x``."""
+    if x.numel() == 0:
+        return x
+    gen = torch.Generator().manual_seed(seed)
+    for value in values:
+        index = tuple(int(torch.randint(size, (1,), generator=gen)) for size in x.shape)
+        x[index] = value
+    return x

@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,8 @@ import fused.record
 from fused.kernels import common, conv2d
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
-from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, SLOPE, SPATIAL, STRIDE, kernel_dtypes, layout
+from tests.strategies import (BATCH, CHANNELS, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE, kernel_dtypes,
+                              layout, plant)
 
 ACTIVATIONS = st.sampled_from(["identity", "relu", "leaky_relu", "prelu"])
 #: The active profile, also allowing the (immutable) ``device`` fixture inside ``@given`` tests.
@@ -64,8 +67,11 @@ def make_inputs(g, dtype, memory_format=torch.contiguous_format, non_contiguous=
 
 
 def reference(x, weight, bias, *, stride, padding, activation="identity", slope=0.0, residual=None,
-              residual_scale=None, input_scale=None, input_shift=None):
-    """The same computation in float64 (weights rounded to x.dtype first, as the kernel does)."""
+              residual_scale=None, input_scale=None, input_shift=None, relu_from=None):
+    """The same computation in float64 (weights rounded to x.dtype first, as the kernel does).
+
+    Activations use PyTorch's formulas (``y > 0 ? y : y * slope``), so NaN and Inf come out
+    where PyTorch puts them."""
     x64 = x.double()
     if input_scale is not None:  # affine on the real pixels, then F.conv2d zero-pads
         x64 = x64 * input_scale.double()[None, :, None, None] + input_shift.double()[None, :, None, None]
@@ -76,12 +82,15 @@ def reference(x, weight, bias, *, stride, padding, activation="identity", slope=
         if residual_scale is not None:
             r = r * residual_scale.double()[:, :, None, None]
         y = y + r
+    relu = torch.relu(y)
     if activation == "relu":
-        y = y.clamp_min(0)
+        y = relu
     elif activation == "leaky_relu":
-        y = torch.where(y >= 0, y, y * slope)
+        y = torch.where(y > 0, y, y * slope)
     elif activation == "prelu":
-        y = torch.where(y >= 0, y, y * torch.as_tensor(slope).double().reshape(1, -1, 1, 1))
+        y = torch.where(y > 0, y, y * torch.as_tensor(slope).double().reshape(1, -1, 1, 1))
+    if relu_from is not None:
+        y = torch.cat([y[:, :relu_from], relu[:, relu_from:]], dim=1)
     return y
 
 
@@ -97,29 +106,35 @@ def check(actual, expected, x, g, dtype=None):
 
 @fixture_ok
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans(),
-       weight_fmt=MEMORY_FORMAT, fp32_weight=st.booleans(), with_bias=st.booleans(), data=st.data())
+       weight_fmt=MEMORY_FORMAT, fp32_weight=st.booleans(), with_bias=st.booleans(), specials=NONFINITE,
+       data=st.data())
 def test_conv_bias_activation_matches_reference(g, dtype, fmt, non_contiguous, weight_fmt, fp32_weight,
-                                                with_bias, data, device):
+                                                with_bias, specials, data, device):
     x, weight, bias = make_inputs(g, dtype, fmt, non_contiguous)
+    plant(x, specials)
     weight = weight.to(torch.float32 if fp32_weight else dtype).contiguous(memory_format=weight_fmt)
     bias = bias if with_bias else None
     activation, slope = data.draw(activations(g["K"]))
+    relu_from = data.draw(st.one_of(st.none(), st.integers(0, g["K"])), label="relu_from")
     y = conv2d_bias_act(x.to(device), weight.to(device), None if bias is None else bias.to(device),
-                        stride=g["stride"], padding=g["padding"], activation=activation, slope=slope)
+                        stride=g["stride"], padding=g["padding"], activation=activation, slope=slope,
+                        relu_from=relu_from)
     expected = reference(x, weight, bias, stride=g["stride"], padding=g["padding"],
-                         activation=activation, slope=slope)
+                         activation=activation, slope=slope, relu_from=relu_from)
     check(y.cpu(), expected, x, g)
 
 
 @fixture_ok
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, residual_fmt=MEMORY_FORMAT,
-       non_contiguous=st.booleans(), scaled=st.booleans(), data=st.data())
+       non_contiguous=st.booleans(), scaled=st.booleans(), specials=NONFINITE, data=st.data())
 def test_residual_and_scale_are_added_before_activation(g, dtype, fmt, residual_fmt, non_contiguous,
-                                                       scaled, data, device):
+                                                       scaled, specials, data, device):
     x, weight, bias = make_inputs(g, dtype, fmt)
     gen = torch.Generator().manual_seed(1)
     residual = layout(torch.randn(g["N"], g["K"], *output_size(g), generator=gen).to(dtype),
                       residual_fmt, non_contiguous)
+    plant(x, specials[:1])
+    plant(residual, specials[1:], seed=1)
     residual_scale = torch.rand(g["N"], g["K"], generator=gen) if scaled else None
     activation, slope = data.draw(activations(g["K"]))
     kwargs = dict(stride=g["stride"], padding=g["padding"], activation=activation, slope=slope,
@@ -130,10 +145,11 @@ def test_residual_and_scale_are_added_before_activation(g, dtype, fmt, residual_
 
 
 @fixture_ok
-@given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT)
-def test_input_affine_leaves_zero_padding_zero(g, dtype, fmt, device):
+@given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, specials=NONFINITE)
+def test_input_affine_leaves_zero_padding_zero(g, dtype, fmt, specials, device):
     # Shift of +3 makes a mistake visible: padding taps that got the affine would add 3*w.
     x, weight, bias = make_inputs(g, dtype, fmt)
+    plant(x, specials)
     gen = torch.Generator().manual_seed(2)
     scale, shift = torch.rand(g["C"], generator=gen) + 0.5, torch.randn(g["C"], generator=gen) + 3.0
     y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=g["stride"],
@@ -218,6 +234,31 @@ def test_a_wrong_kernel_is_caught(bug, monkeypatch, device):
         assert_close(y.cpu(), expected, reduction_length=g["C"] * g["R"] ** 2)
 
 
+@triton.jit
+def _activate_dropping_nan(y, slope, ACTIVATION: tl.constexpr):
+    """The epilogue as it was: ReLU by tl.maximum, which returns 0 for a NaN (maxnum)."""
+    if ACTIVATION == 1:
+        y = tl.maximum(y, 0.0)
+    elif ACTIVATION == 2 or ACTIVATION == 3:
+        y = tl.where(y >= 0, y, y * slope)
+    return y
+
+
+def test_a_nan_dropping_kernel_is_caught(monkeypatch, device):
+    g = dict(N=1, C=5, K=13, H=7, W=6, R=3, stride=1, padding=1)
+    x, weight, bias = make_inputs(g, torch.float32)
+    plant(x, (math.nan, -math.inf, math.inf))
+    expected = reference(x, weight, bias, stride=1, padding=1, activation="relu")
+    run = lambda: conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), padding=1,  # noqa: E731
+                                  activation="relu").cpu()
+    assert_close(run(), expected, reduction_length=g["C"] * g["R"] ** 2)
+    monkeypatch.setattr(conv2d, "activate", _activate_dropping_nan)
+    # a fresh JIT function, so the GPU compiles the kernel again with the patched epilogue
+    monkeypatch.setattr(conv2d, "_conv2d_bias_act_kernel", triton.jit(conv2d._conv2d_bias_act_kernel.fn))
+    with pytest.raises(AssertionError, match="NaN/Inf placement differs"):
+        assert_close(run(), expected, reduction_length=g["C"] * g["R"] ** 2)
+
+
 def test_int64_offsets_give_the_same_result(monkeypatch, device):
     g = dict(N=2, C=37, K=24, H=9, W=11, R=3, stride=2, padding=1)
     x, weight, bias = make_inputs(g, torch.float16, torch.channels_last)
@@ -274,6 +315,7 @@ def _bad(**overrides):
         (_bad(x=torch.randn(2, 3, 2, 2), padding=0), ValueError, "smaller than the 3x3 kernel"),
         (_bad(stride=0), ValueError, "stride >= 1"),
         (_bad(stride=(2, 2)), ValueError, "integers stride"),
+        (_bad(relu_from=5), ValueError, r"relu_from must be an integer channel index in \[0, 4\]"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -1,5 +1,7 @@
 """Depthwise 3x3 and fused conv_dw kernels against a float64 reference (lesson 02)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,8 @@ from fused import record
 from fused.kernels.common import needs_int64
 from fused.kernels import depthwise
 from fused.kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
-from fused.tolerance import assert_close
-from tests.strategies import BATCH, MEMORY_FORMAT, SLOPE, SPATIAL, STRIDE, kernel_dtypes, layout
+from fused.tolerance import assert_close, largest_finite
+from tests.strategies import BATCH, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE, kernel_dtypes, layout, plant
 
 #: 1 (ArcFace stem), 3 (RGB), 8 (mobile0.25's first block), 13 (not a multiple of anything),
 #: 64 and, with small maps to keep the interpreter quick, 256 (the widest RetinaFace block).
@@ -29,7 +31,12 @@ def _spatial(channels: int, size: int) -> int:
 
 
 def _leaky(y: torch.Tensor, slope) -> torch.Tensor:
-    return torch.where(y >= 0, y, y * slope)
+    """PyTorch's LeakyReLU/PReLU formula, NaN and Inf included (slope 0 turns -inf into NaN)."""
+    return torch.where(y > 0, y, y * slope)
+
+
+def _act(y: torch.Tensor, activation: str, slope) -> torch.Tensor:
+    return torch.relu(y) if activation == "relu" else _leaky(y, slope)
 
 
 def _reference_depthwise(x, weight, bias, stride):
@@ -39,9 +46,9 @@ def _reference_depthwise(x, weight, bias, stride):
     return F.conv2d(x.double(), w, b, stride=stride, padding=1, groups=x.shape[1])
 
 
-def _reference_conv_dw(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, dw_slope):
-    """float64 conv_dw before the last LeakyReLU; the intermediate rounded to x's dtype like the kernel."""
-    mid = _leaky(_reference_depthwise(x, dw_weight, dw_bias, stride), dw_slope).to(x.dtype).double()
+def _reference_conv_dw(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, dw_slope, dw_activation="leaky_relu"):
+    """float64 conv_dw before the last activation; the intermediate rounded to x's dtype like the kernel."""
+    mid = _act(_reference_depthwise(x, dw_weight, dw_bias, stride), dw_activation, dw_slope).to(x.dtype).double()
     pw = pw_weight.reshape(pw_weight.shape[0], -1, 1, 1).to(x.dtype).double()
     return F.conv2d(mid, pw, pw_bias.double())
 
@@ -69,20 +76,23 @@ def _check_untouched(whole, channels):
 @given(
     channels=DW_CHANNELS, height=SPATIAL, width=SPATIAL, batch=BATCH, stride=STRIDE, dtype=kernel_dtypes(),
     memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), activation=ACTIVATION, slope=SLOPE,
-    with_bias=st.booleans(), strided_weight=st.booleans(), into_slice=st.booleans(),
+    with_bias=st.booleans(), strided_weight=st.booleans(), into_slice=st.booleans(), specials=NONFINITE,
 )
 @example(channels=256, height=3, width=2, batch=2, stride=2, dtype=torch.float16,
          memory_format=torch.channels_last, non_contiguous=False, activation="leaky_relu", slope=0.1,
-         with_bias=True, strided_weight=False, into_slice=True)
+         with_bias=True, strided_weight=False, into_slice=True, specials=())
 @example(channels=13, height=7, width=5, batch=1, stride=1, dtype=torch.float32,
          memory_format=torch.contiguous_format, non_contiguous=True, activation="prelu", slope=0.25,
-         with_bias=False, strided_weight=True, into_slice=False)
+         with_bias=False, strided_weight=True, into_slice=False, specials=(math.nan, math.inf, -math.inf))
+@example(channels=8, height=5, width=5, batch=1, stride=1, dtype=torch.float32,
+         memory_format=torch.contiguous_format, non_contiguous=False, activation="relu", slope=0.0,
+         with_bias=True, strided_weight=False, into_slice=False, specials=(math.nan, math.inf, -math.inf))
 def test_depthwise_matches_float64_reference(
     device, channels, height, width, batch, stride, dtype, memory_format, non_contiguous, activation, slope,
-    with_bias, strided_weight, into_slice,
+    with_bias, strided_weight, into_slice, specials,
 ):
     height, width = _spatial(channels, height), _spatial(channels, width)
-    x = _make_input(batch, channels, height, width, dtype, device, memory_format, non_contiguous)
+    x = plant(_make_input(batch, channels, height, width, dtype, device, memory_format, non_contiguous), specials)
     if strided_weight:  # a [C, 1, 3, 3] view of a [3, 3, C] tensor: channels are not the outer axis
         weight = torch.randn(3, 3, channels, device=device).permute(2, 0, 1).unsqueeze(1)
     else:
@@ -100,13 +110,11 @@ def test_depthwise_matches_float64_reference(
     before = _reference_depthwise(x, weight, bias, stride)
     if activation == "identity":
         expected = before
-    elif activation == "relu":
-        expected = before.clamp(min=0)
     else:
-        expected = _leaky(before, slope.double().reshape(1, -1, 1, 1) if activation == "prelu" else slope)
+        expected = _act(before, activation, slope.double().reshape(1, -1, 1, 1) if activation == "prelu" else slope)
     # magnitude of the pre-activation sums, not of the output: a ReLU that zeroes a tiny output
     # must not shrink the bound below the error of the sums themselves.
-    magnitude = float(before.abs().max()) if before.numel() else 1.0
+    magnitude = largest_finite(before)
     assert_close(actual, expected, reduction_length=9, magnitude=magnitude, what="depthwise")
     if into_slice:
         assert actual.data_ptr() == out.data_ptr()
@@ -118,19 +126,23 @@ def test_depthwise_matches_float64_reference(
     channels=DW_CHANNELS, out_channels=st.sampled_from([1, 8, 16, 24, 64]), height=SPATIAL, width=SPATIAL,
     batch=BATCH, stride=STRIDE, dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(),
     dw_slope=SLOPE, pw_slope=SLOPE, flat_pw_weight=st.booleans(), into_slice=st.booleans(),
+    activations=st.sampled_from([("leaky_relu",) * 2, ("relu",) * 2, ("relu", "leaky_relu")]), specials=NONFINITE,
 )
 @example(channels=256, out_channels=64, height=3, width=3, batch=1, stride=1, dtype=torch.float32,
          memory_format=torch.channels_last, non_contiguous=False, dw_slope=0.1, pw_slope=0.1, flat_pw_weight=False,
-         into_slice=True)
+         into_slice=True, activations=("leaky_relu",) * 2, specials=())
 @example(channels=13, out_channels=24, height=6, width=7, batch=2, stride=2, dtype=torch.float16,
          memory_format=torch.contiguous_format, non_contiguous=True, dw_slope=0.0, pw_slope=-0.5,
-         flat_pw_weight=True, into_slice=False)
+         flat_pw_weight=True, into_slice=False, activations=("leaky_relu",) * 2, specials=(-math.inf,))
+@example(channels=8, out_channels=16, height=5, width=5, batch=1, stride=1, dtype=torch.float32,
+         memory_format=torch.contiguous_format, non_contiguous=False, dw_slope=0.0, pw_slope=0.0,
+         flat_pw_weight=False, into_slice=False, activations=("relu",) * 2, specials=(math.nan, math.inf, -math.inf))
 def test_conv_dw_fused_matches_float64_reference(
     device, channels, out_channels, height, width, batch, stride, dtype, memory_format, non_contiguous,
-    dw_slope, pw_slope, flat_pw_weight, into_slice,
+    dw_slope, pw_slope, flat_pw_weight, into_slice, activations, specials,
 ):
     height, width = _spatial(channels, height), _spatial(channels, width)
-    x = _make_input(batch, channels, height, width, dtype, device, memory_format, non_contiguous)
+    x = plant(_make_input(batch, channels, height, width, dtype, device, memory_format, non_contiguous), specials)
     dw_weight = torch.randn(channels, 1, 3, 3, device=device) / 3
     dw_bias = torch.randn(channels, device=device)
     pw_shape = (out_channels, channels) if flat_pw_weight else (out_channels, channels, 1, 1)
@@ -141,15 +153,16 @@ def test_conv_dw_fused_matches_float64_reference(
     if into_slice:
         whole, out = _output_slice(batch, out_channels, oh, ow, dtype, device, memory_format)
 
-    actual = conv_dw_fused(x, dw_weight, dw_bias, pw_weight, pw_bias, stride=stride,
-                           dw_slope=dw_slope, pw_slope=pw_slope, out=out)
+    dw_activation, pw_activation = activations
+    actual = conv_dw_fused(x, dw_weight, dw_bias, pw_weight, pw_bias, stride=stride, dw_slope=dw_slope,
+                           pw_slope=pw_slope, dw_activation=dw_activation, pw_activation=pw_activation, out=out)
 
-    before = _reference_conv_dw(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, dw_slope)
-    magnitude = float(before.abs().max()) if before.numel() else 1.0
+    before = _reference_conv_dw(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, dw_slope, dw_activation)
+    magnitude = largest_finite(before)
     # reduction_length 9 * C, the honest bound: the fp32 depthwise sums (9 terms) carry their
     # error, and an occasional one-ulp difference when rounding them to x's dtype, into the
     # C-term pointwise dot. The magnitude is that of the pre-activation sums, as above.
-    assert_close(actual, _leaky(before, pw_slope), reduction_length=9 * channels, magnitude=magnitude,
+    assert_close(actual, _act(before, pw_activation, pw_slope), reduction_length=9 * channels, magnitude=magnitude,
                  what="conv_dw_fused")
     if into_slice:
         assert actual.data_ptr() == out.data_ptr()
@@ -285,6 +298,8 @@ def test_bad_fused_arguments_are_rejected(device):
         depthwise_conv_bias_act(x, w, b, out=torch.empty(1, 8, 5, 5, device=device, dtype=torch.float16))
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         depthwise_conv_bias_act(x, w, b, activation="gelu")
+    with pytest.raises(ValueError, match="pw_activation must be 'relu' or 'leaky_relu', got 'prelu'"):
+        conv_dw_fused(x, w, b, pw, pb, pw_activation="prelu")
 
 
 # ------------------------------------------------------------------------------- GPU only

@@ -18,7 +18,7 @@ import reference as R
 from fused.kernels.fpn import lateral_upsample_add, nearest_scale
 from fused.kernels.heads import anchor_heads
 from fused.tolerance import assert_close, reduction_length
-from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, SLOPE, SPATIAL, kernel_dtypes, layout
+from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, kernel_dtypes, layout, plant
 
 # --- the lateral + upsample-add kernel ------------------------------------------------------------
 
@@ -26,9 +26,9 @@ from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, SLOPE, SPATIAL, ker
 def lateral_reference(x, weight, bias, coarse, activation, slope):
     y = F.conv2d(x.double(), weight.to(x.dtype).double(), bias.double())
     if activation == "relu":
-        y = y.clamp_min(0)
+        y = torch.relu(y)
     elif activation == "leaky_relu":
-        y = torch.where(y >= 0, y, y * slope)
+        y = torch.where(y > 0, y, y * slope)  # PyTorch's formula: slope 0 turns -inf into NaN
     if coarse is not None:
         y = y + F.interpolate(coarse.double(), size=y.shape[-2:], mode="nearest")
     return y
@@ -36,14 +36,16 @@ def lateral_reference(x, weight, bias, coarse, activation, slope):
 
 @given(n=BATCH, c=CHANNELS, k=CHANNELS, size=st.tuples(SPATIAL, SPATIAL), coarse_size=st.tuples(SPATIAL, SPATIAL),
        with_coarse=st.booleans(), activation=st.sampled_from(["identity", "relu", "leaky_relu"]), slope=SLOPE,
-       dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans())
+       dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans(), specials=NONFINITE)
 def test_lateral_upsample_add_matches_conv_interpolate_add(n, c, k, size, coarse_size, with_coarse, activation,
-                                                          slope, dtype, fmt, non_contiguous):
+                                                          slope, dtype, fmt, non_contiguous, specials):
     gen = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
-    x = layout(torch.randn(n, c, *size, generator=gen).to(dtype), fmt, non_contiguous)
+    x = plant(layout(torch.randn(n, c, *size, generator=gen).to(dtype), fmt, non_contiguous), specials[:2])
     weight = torch.randn(k, c, 1, 1, generator=gen) / math.sqrt(c)
     bias = torch.randn(k, generator=gen)
     coarse = layout(torch.randn(n, k, *coarse_size, generator=gen).to(dtype), fmt) if with_coarse else None
+    if coarse is not None:
+        plant(coarse, specials[2:] or specials[:1], seed=1)
     with fused.recording() as rec:
         y = lateral_upsample_add(x, weight.to(dtype), bias, coarse, activation=activation, slope=slope)
     assert y.dtype == dtype and y.shape == (n, k, *size)
@@ -92,12 +94,13 @@ def heads_reference(x, weights, biases, values, anchors, softmax):
 
 @given(n=BATCH, c=CHANNELS, size=st.tuples(SPATIAL, SPATIAL), anchors=st.sampled_from([1, 2, 3]),
        values=st.sampled_from([(2, 4, 10), (2,), (4,), (10,), (2, 4), (1, 3, 5)]), softmax=st.booleans(),
-       offset=st.sampled_from([0, 5]), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans())
+       offset=st.sampled_from([0, 5]), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans(),
+       specials=NONFINITE)
 def test_anchor_heads_store_where_permute_view_and_cat_would(n, c, size, anchors, values, softmax, offset, dtype,
-                                                             fmt, non_contiguous):
+                                                             fmt, non_contiguous, specials):
     softmax = softmax and values[0] in (1, 2, 4)
     gen = torch.Generator().manual_seed(c * 7 + anchors)
-    x = layout(torch.randn(n, c, *size, generator=gen).to(dtype), fmt, non_contiguous)
+    x = plant(layout(torch.randn(n, c, *size, generator=gen).to(dtype), fmt, non_contiguous), specials)
     weights = [torch.randn(anchors * v, c, generator=gen) / math.sqrt(c) for v in values]
     biases = [torch.randn(anchors * v, generator=gen) for v in values]
     rows = size[0] * size[1] * anchors
@@ -107,6 +110,18 @@ def test_anchor_heads_store_where_permute_view_and_cat_would(n, c, size, anchors
     for out, expected in zip(outs, heads_reference(x, weights, biases, values, anchors, softmax)):
         assert out[:, :offset].isnan().all() and out[:, offset + rows:].isnan().all()  # nothing outside its rows
         assert_close(out[:, offset:offset + rows], expected, reduction_length=c)
+
+
+def test_softmax_of_nan_and_inf_logits_is_torch_softmax():
+    """Groups of logits holding NaN, +Inf or -Inf (mixed signs too) come out as torch.softmax gives them."""
+    x = torch.tensor([-math.inf, math.inf, math.nan, 1.0, -2.0]).reshape(1, 1, 1, 5)
+    w = torch.tensor([[1.0], [2.0], [1.0], [-1.0], [0.5], [0.25]])  # 3 anchors x 2 logits, each its own sign mix
+    b = torch.tensor([0.0, 1.0, -1.0, 0.0, 0.0, 0.0])
+    out = torch.full((1, 15, 2), 7.0)
+    anchor_heads(x, w, b, (out,), anchors=3, softmax=True)
+    (expected,) = heads_reference(x, [w], [b], (2,), 3, True)
+    assert expected.isnan().any() and torch.isfinite(expected).any()
+    assert_close(out, expected, reduction_length=1)
 
 
 def test_a_wrong_row_order_is_rejected():

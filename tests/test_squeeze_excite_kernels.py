@@ -5,20 +5,21 @@ mean, like real feature maps: the policy scales its bound by the largest referen
 mean of a zero-mean map can be far smaller than the terms summed to get it.
 """
 
+import math
 import re
 
 import pytest
 import torch
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fused import record
 from fused.kernels import squeeze_excite as se
 from fused.tolerance import assert_close
 from reference.squeeze_excite import SEBlock
-from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, SLOPE, SPATIAL, kernel_dtypes, layout
+from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, kernel_dtypes, layout, plant
 
 # The `device` fixture only names a device, so reusing it across examples is safe.
 fixture_ok = settings(
@@ -55,7 +56,7 @@ def make_params(channels, hidden, seed, dtype, device, shared_prelu=True):
 def excite64(pooled, fc1_w, fc1_b, prelu_w, fc2_w, fc2_b):
     """The excite MLP in float64 from the same (rounded) parameters."""
     z = pooled.double() @ fc1_w.double().T + fc1_b.double()
-    z = torch.where(z >= 0, z, z * prelu_w.double())
+    z = torch.where(z > 0, z, z * prelu_w.double())  # PyTorch's PReLU formula
     return torch.sigmoid(z @ fc2_w.double().T + fc2_b.double())
 
 
@@ -74,8 +75,8 @@ def activate64(v, activation, slope64):
     if activation == "identity":
         return v
     if activation == "relu":
-        return v.clamp_min(0)
-    return torch.where(v >= 0, v, v * slope64)
+        return torch.relu(v)
+    return torch.where(v > 0, v, v * slope64)  # PyTorch's LeakyReLU/PReLU formula, NaN and Inf included
 
 
 # ----------------------------------------------------------------------------------- squeeze
@@ -83,10 +84,10 @@ def activate64(v, activation, slope64):
 
 @fixture_ok
 @given(batch=BATCH, channels=CHANNELS, height=SPATIAL, width=st.integers(1, 17), dtype=kernel_dtypes(),
-       memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS)
+       memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS, specials=NONFINITE)
 def test_squeeze_is_mean_over_map(device, batch, channels, height, width, dtype, memory_format, non_contiguous,
-                                  seed):
-    x = make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous)
+                                  seed, specials):
+    x = plant(make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous), specials)
     pooled = se.se_squeeze(x)
     assert pooled.dtype == torch.float32
     assert_close(pooled, x.double().mean(dim=(2, 3)), reduction_length=height * width, what="se_squeeze")
@@ -95,12 +96,13 @@ def test_squeeze_is_mean_over_map(device, batch, channels, height, width, dtype,
 @fixture_ok
 @given(batch=st.sampled_from([1, 2]), channels=st.sampled_from([3, 5, 13]), height=st.integers(30, 40),
        width=st.integers(30, 40), dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT,
-       non_contiguous=st.booleans(), seed=SEEDS)
+       non_contiguous=st.booleans(), seed=SEEDS, specials=NONFINITE)
 def test_squeeze_split_over_programs(device, batch, channels, height, width, dtype, memory_format,
-                                     non_contiguous, seed):
+                                     non_contiguous, seed, specials):
     """A large map for few samples is split across programs; the partials must add up exactly once."""
     assert se._squeeze_plan(batch, channels, height, width)[2] > 1  # several splits
-    x = make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous)
+    x = plant(make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous),
+              specials, seed)
     with record.recording() as rec:
         pooled = se.se_squeeze(x)
     assert {"se_squeeze_partial", "se_squeeze_finish"} <= rec.kernels()
@@ -145,14 +147,16 @@ def test_wrong_squeeze_kernel_is_caught(device, monkeypatch):
 
 @fixture_ok
 @given(batch=BATCH, channels=CHANNELS, reduction=REDUCTIONS, dtype=kernel_dtypes(),
-       shared_prelu=st.booleans(), transposed=st.booleans(), seed=SEEDS)
+       shared_prelu=st.booleans(), transposed=st.booleans(), seed=SEEDS, specials=NONFINITE)
+@example(batch=1, channels=13, reduction=4, dtype=torch.float32, shared_prelu=True, transposed=False, seed=0,
+         specials=(math.inf,))  # 3 hidden units padded to 4: the padding must stay 0, not 0 * Inf
 def test_excite_matches_float64_mlp(device, batch, channels, reduction, dtype, shared_prelu, transposed,
-                                    seed):
+                                    seed, specials):
     hidden = max(channels // reduction, 1)
     params = make_params(channels, hidden, seed, dtype, device, shared_prelu)
     if transposed:  # same values, column-major weights: the kernel reads strides
         params = tuple(p.T.contiguous().T if p.dim() == 2 else p for p in params)
-    pooled = randn((batch, channels), seed, torch.float32, device)
+    pooled = plant(randn((batch, channels), seed, torch.float32, device), specials, seed)
     gate = se.se_excite(pooled, *params)
     assert gate.dtype == torch.float32
     assert_close(gate, excite64(pooled, *params), reduction_length=channels + hidden, what="se_excite")
@@ -164,18 +168,20 @@ def test_excite_matches_float64_mlp(device, batch, channels, reduction, dtype, s
 @fixture_ok
 @given(batch=BATCH, channels=CHANNELS, height=SPATIAL, width=SPATIAL, dtype=kernel_dtypes(),
        memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), residual_format=RESIDUAL_FORMATS,
-       activation=ACTIVATIONS, slope=SLOPE, given_out=st.booleans(), seed=SEEDS)
+       activation=ACTIVATIONS, slope=SLOPE, given_out=st.booleans(), seed=SEEDS, specials=NONFINITE)
 def test_scale_residual_act(device, batch, channels, height, width, dtype, memory_format, non_contiguous,
-                            residual_format, activation, slope, given_out, seed):
+                            residual_format, activation, slope, given_out, seed, specials):
     shape = (batch, channels, height, width)
-    y = make_x(shape, seed, dtype, device, memory_format, non_contiguous, mean=0.0)
+    y = plant(make_x(shape, seed, dtype, device, memory_format, non_contiguous, mean=0.0), specials[:1], seed)
     scale = torch.rand((batch, channels), generator=torch.Generator().manual_seed(seed)).to(device)
+    plant(scale, specials[1:2], seed)  # a gate of 0 times an Inf is NaN, as in PyTorch
     residual = None
     expected = y.double() * scale.double()[:, :, None, None]
     if residual_format is not None:
         strided = residual_format == "strided"
         residual_memory_format = torch.contiguous_format if strided else residual_format
         residual = make_x(shape, seed + 1, dtype, device, residual_memory_format, strided, mean=0.0)
+        plant(residual, specials[2:], seed + 1)
         expected = expected + residual.double()
     activation, slope, slope64 = activation_args(activation, slope, channels, device)
     out = torch.empty(shape, dtype=dtype, device=device) if given_out else None
@@ -205,13 +211,15 @@ def seblock64(channels, reduction, params):
 
 @fixture_ok
 @given(batch=BATCH, channels=CHANNELS, reduction=REDUCTIONS, height=SPATIAL, width=SPATIAL,
-       dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS)
+       dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS,
+       specials=NONFINITE)
 def test_squeeze_excite_matches_seblock(device, batch, channels, reduction, height, width, dtype,
-                                        memory_format, non_contiguous, seed):
+                                        memory_format, non_contiguous, seed, specials):
     reduction = min(reduction, channels)  # SEBlock needs hidden = C // r >= 1
     hidden = channels // reduction
     params = make_params(channels, hidden, seed, dtype, device)
-    x = make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous)
+    x = plant(make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous),
+              specials, seed)
     out = se.squeeze_excite(x, *params)
     assert out.dtype == dtype
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

@@ -15,15 +15,23 @@ INT32_MAX = 2**31 - 1
 
 @triton.jit
 def activate(y, slope, ACTIVATION: tl.constexpr):
-    """Apply the activation to an fp32 tile.
+    """Apply the activation to an fp32 tile, with PyTorch's NaN and Inf semantics.
 
     ``slope`` is a scalar (LeakyReLU) or a tile broadcastable to ``y`` (PReLU, one slope per
     output channel or one shared); it is ignored for identity and ReLU.
+
+    The formulas are PyTorch's own: ReLU is ``y < 0 ? 0 : y`` (NaN stays NaN, -inf gives 0) and
+    LeakyReLU/PReLU are ``y > 0 ? y : y * slope`` (so a slope of 0 turns -inf into NaN, and a
+    NaN slope turns 0 into NaN, as in PyTorch). Why this is NaN-exact on the GPU as in the
+    interpreter: it uses only ordered comparisons, ``tl.where`` and an IEEE multiply, which
+    behave the same in numpy and in PTX (a comparison with NaN is false in both). It avoids
+    ``tl.maximum``, whose default is maxnum (numpy ``fmax``, PTX ``max.f32``): it returns the
+    non-NaN operand, so ``tl.maximum(NaN, 0.0)`` is 0 on both.
     """
     if ACTIVATION == 1:
-        y = tl.maximum(y, 0.0)
+        y = tl.where(y < 0, 0.0, y)
     elif ACTIVATION == 2 or ACTIVATION == 3:
-        y = tl.where(y >= 0, y, y * slope)
+        y = tl.where(y > 0, y, y * slope)
     return y
 
 

@@ -23,10 +23,12 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import activate, needs_int64, interpreter_tile, new_output, resolve_activation, row_tile
+from .common import RELU, activate, needs_int64, interpreter_tile, new_output, resolve_activation, row_tile
 
 #: Tests set this to True to run the int64-offset variant on small tensors.
 _FORCE_INT64 = False
+
+_RELU: tl.constexpr = tl.constexpr(RELU)
 
 
 @triton.jit
@@ -34,7 +36,7 @@ def _conv2d_bias_act_kernel(
     x_ptr, weight_ptr, bias_ptr, residual_ptr, residual_scale_ptr,
     input_scale_ptr, input_shift_ptr, prelu_slopes_ptr, out_ptr,
     pixels, C, H, W, K, OH, OW,  # pixels = N*OH*OW, the GEMM's rows
-    conv_stride, padding, leaky_slope,
+    conv_stride, padding, leaky_slope, relu_from,
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,
     w_stride_k, w_stride_c, w_stride_r, w_stride_s,
     res_stride_n, res_stride_k, res_stride_h, res_stride_w,
@@ -42,7 +44,7 @@ def _conv2d_bias_act_kernel(
     out_stride_n, out_stride_k, out_stride_h, out_stride_w,
     R: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     HAS_RESIDUAL_SCALE: tl.constexpr, HAS_INPUT_AFFINE: tl.constexpr, ACTIVATION: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
+    HAS_RELU_FROM: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (i, j) computes output pixels i*BLOCK_M.. x output channels j*BLOCK_N.. of
@@ -101,7 +103,10 @@ def _conv2d_bias_act_kernel(
         slope = tl.load(prelu_slopes_ptr + cols, mask=col_ok, other=0.0)[None, :]
     else:
         slope = leaky_slope
-    y = activate(y, slope, ACTIVATION)
+    if HAS_RELU_FROM:  # channels relu_from.. take a ReLU (not a slope-0 LeakyReLU: -inf must give 0)
+        y = tl.where(cols[None, :] >= relu_from, activate(y, 0.0, _RELU), activate(y, slope, ACTIVATION))
+    else:
+        y = activate(y, slope, ACTIVATION)
     out_row = n * out_stride_n + oh * out_stride_h + ow * out_stride_w
     tl.store(out_ptr + out_row[:, None] + cols[None, :] * out_stride_k,
              y.to(out_ptr.dtype.element_ty), mask=out_ok)
@@ -138,6 +143,7 @@ def conv2d_bias_act(
     input_shift: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     precision: str = "ieee",
+    relu_from: int | None = None,
 ) -> torch.Tensor:
     """``activation(conv2d(x*input_scale + input_shift, weight) + bias + residual*residual_scale)``.
 
@@ -147,6 +153,8 @@ def conv2d_bias_act(
     input affine applies to real pixels only (zero padding stays zero). ``out`` may be any
     preallocated ``[N, K, OH, OW]`` view, e.g. a channel slice of a concatenation buffer.
     ``precision="tf32"`` lets float32 dots use TF32 tensor cores; the default is exact fp32.
+    ``relu_from``: output channels from this index on take a ReLU instead of ``activation``, so
+    two convs of one input with different activations (SSH's) can share a launch.
     """
     name = "conv2d_bias_act"
     if x.dim() != 4 or weight.dim() != 4:
@@ -185,6 +193,9 @@ def conv2d_bias_act(
     if out is not None and out.dtype != x.dtype:
         raise TypeError(f"{name}: out has dtype {out.dtype}, expected x's dtype {x.dtype}")
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
+    if relu_from is not None and (isinstance(relu_from, bool) or not isinstance(relu_from, int)
+                                  or not 0 <= relu_from <= K):
+        raise ValueError(f"{name}: relu_from must be an integer channel index in [0, {K}], got {relu_from!r}")
 
     if out is None:
         out = new_output(x, (N, K, OH, OW))
@@ -207,11 +218,11 @@ def conv2d_bias_act(
         x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
         _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
         pixels, C, H, W, K, OH, OW,
-        stride, padding, leaky_slope,
+        stride, padding, leaky_slope, K if relu_from is None else relu_from,
         *x.stride(), *weight.stride(), *_strides(residual, 4), *_strides(residual_scale, 2), *out.stride(),
         R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
-        ACTIVATION=code, INPUT_PRECISION=precision,
+        ACTIVATION=code, HAS_RELU_FROM=relu_from is not None, INPUT_PRECISION=precision,
         USE_INT64=_FORCE_INT64 or needs_int64(x, weight, residual, residual_scale, out),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
     )

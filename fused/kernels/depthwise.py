@@ -20,15 +20,13 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import LEAKY_RELU, activate, needs_int64, new_output, resolve_activation, row_tile
+from .common import ACTIVATIONS, activate, needs_int64, new_output, resolve_activation, row_tile
 
 #: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant so that a
 #: test can inject an off-by-one padding bug and check that the tolerance policy rejects it.
 _PADDING = 1
 #: Force 64-bit offsets even for small tensors (the tests check the int64 path on the CPU).
 _FORCE_INT64 = False
-
-_LEAKY: tl.constexpr = tl.constexpr(LEAKY_RELU)
 
 
 @triton.jit
@@ -119,11 +117,12 @@ def _conv_dw_fused_kernel(
     stride_on, stride_ok, stride_oh, stride_ow,
     dw_slope, pw_slope,
     STRIDE: tl.constexpr, PADDING: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
+    DW_ACTIVATION: tl.constexpr, PW_ACTIVATION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """A whole conv_dw block for BLOCK_P output pixels x BLOCK_K output channels.
 
-    Per block of BLOCK_C input channels: depthwise 3x3 + bias + LeakyReLU in registers, rounded
+    Per block of BLOCK_C input channels: depthwise 3x3 + bias + activation in registers, rounded
     to x's dtype (what the two-kernel path would store), then one tl.dot with the pointwise
     weights. Masked channels are zero on both sides of the dot, so any C works.
     """
@@ -141,13 +140,13 @@ def _conv_dw_fused_kernel(
                               stride_xn, stride_xc, stride_xh, stride_xw, stride_dwc, stride_dwh, stride_dww,
                               STRIDE, PADDING)
         mid += tl.load(dw_bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
-        mid = activate(mid, dw_slope, _LEAKY).to(x_ptr.dtype.element_ty)
+        mid = activate(mid, dw_slope, DW_ACTIVATION).to(x_ptr.dtype.element_ty)
         pw = tl.load(pw_weight_ptr + channel[:, None] * stride_pwc + out_channel[None, :] * stride_pwk,
                      mask=channel_mask[:, None] & out_channel_mask[None, :], other=0.0)
         acc = tl.dot(mid, pw.to(x_ptr.dtype.element_ty), acc, input_precision=PRECISION)
 
     acc += tl.load(pw_bias_ptr + out_channel, mask=out_channel_mask, other=0.0).to(tl.float32)[None, :]
-    y = activate(acc, pw_slope, _LEAKY)
+    y = activate(acc, pw_slope, PW_ACTIVATION)
     out = n[:, None] * stride_on + out_channel[None, :] * stride_ok + (oh * stride_oh + ow * stride_ow)[:, None]
     tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=pixel_mask[:, None] & out_channel_mask[None, :])
 
@@ -270,10 +269,15 @@ def conv_dw_fused(
     pw_slope: float = 0.1,
     out: torch.Tensor | None = None,
     precision: str = "ieee",
+    dw_activation: str = "leaky_relu",
+    pw_activation: str = "leaky_relu",
 ) -> torch.Tensor:
-    """A MobileNetV1 conv_dw block in one kernel (BN folded in, both activations LeakyReLU):
+    """A MobileNetV1 conv_dw block in one kernel (BN folded in, both activations LeakyReLU by default):
 
     ``leaky(conv1x1(leaky(depthwise3x3(x, dw_weight, dw_bias, stride), dw_slope), pw_weight, pw_bias), pw_slope)``
+
+    ``dw_activation``/``pw_activation`` may be ``"relu"`` instead (the slope is then ignored);
+    a ReLU is not a slope-0 LeakyReLU at -inf (0, not NaN).
 
     x: [N, C, H, W]; dw_weight: [C, 1, 3, 3]; dw_bias: [C]; pw_weight: [K, C, 1, 1] or [K, C];
     pw_bias: [K]. The intermediate is rounded to x's dtype, as the two-kernel path stores it.
@@ -293,6 +297,9 @@ def conv_dw_fused(
     _check_stride(name, stride)
     if precision not in ("ieee", "tf32"):
         raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    for what, act in (("dw_activation", dw_activation), ("pw_activation", pw_activation)):
+        if act not in ("relu", "leaky_relu"):
+            raise ValueError(f"{name}: {what} must be 'relu' or 'leaky_relu', got {act!r}")
     runtime.check_inputs(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
     out = _output(name, x, out, (N, K, OH, OW))
@@ -311,6 +318,7 @@ def conv_dw_fused(
         float(dw_slope), float(pw_slope),
         STRIDE=stride, PADDING=_PADDING, PRECISION=precision,
         INT64=_FORCE_INT64 or needs_int64(x, out),
+        DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation],
         BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k,
     )
     return out

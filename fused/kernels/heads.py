@@ -66,6 +66,8 @@ def _anchor_heads_kernel(
     y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
 
     if SOFTMAX0:  # softmax over each anchor's V0 logits: consecutive column groups of the first head
+        # NaN/Inf as torch.softmax: a NaN or +Inf logit makes its group all NaN (it reaches the sum
+        # through exp), whether tl.max drops NaN (GPU max.f32, the interpreter's nanmax) or not.
         groups = tl.reshape(y, (BLOCK_M, BLOCK_N // V0, V0))
         e = tl.exp(groups - tl.max(groups, 2)[:, :, None])
         probs = tl.reshape(e / tl.sum(e, 2)[:, :, None], (BLOCK_M, BLOCK_N))

@@ -113,7 +113,8 @@ def se_excite_kernel(
         z += tl.sum(w1.to(tl.float32) * p.to(tl.float32)[None, :], axis=1)
     z += tl.load(fc1_bias_ptr + r * stride_fc1_bias, mask=r_mask, other=0.0).to(tl.float32)
     slope = tl.load(prelu_weight_ptr + r * stride_prelu, mask=r_mask, other=0.0).to(tl.float32)
-    hid = activate(z, slope, _PRELU)  # padded lanes stay 0 and add nothing below
+    # Padded lanes must be exactly 0 for fc2: their fc1 sums are 0 * pooled, NaN when pooled has an Inf.
+    hid = tl.where(r_mask, activate(z, slope, _PRELU), 0.0)
     # fc2: gate[c] = sigmoid(sum_r fc2_weight[c, r] * hid[r] + fc2_bias[c])
     for c_start in range(0, channels, BLOCK_C):
         c = c_start + tl.arange(0, BLOCK_C)
