@@ -23,16 +23,18 @@ into a float32 model, float64 into a float32 model), gets a TypeError that names
 Folded weights are cached per (dtype, device). The cache key holds, for every module the fold
 reads, each parameter's and buffer's storage address, version counter and dtype, and the
 module's non-tensor settings (``bn.eps``, a LeakyReLU's ``negative_slope``, conv strides: the
-layer's ``__constants__``). ``.to()``/``.half()``/``load_state_dict`` drop the cache outright.
-So every change made through the tensors themselves is seen: in-place ops on a parameter or
-buffer (under ``no_grad``, through ``detach()`` or a view), ``copy_``, optimizer steps, loading
-weights, moving the model, replacing a parameter, changing an attribute.
+layer's ``__constants__``); the cache keeps the storages it folded alive, so no new tensor can
+take one of their addresses while it stands. ``.to()``/``.half()``/``load_state_dict`` drop the
+cache outright. So every change made through the tensors or modules themselves is seen: in-place
+ops on a parameter or buffer (under ``no_grad``, through ``detach()`` or a view), ``copy_``,
+optimizer steps, loading weights, moving the model, replacing a parameter (``p.data = t``
+included), changing a setting.
 
-Not seen: writes that bypass a tensor's version counter, chiefly ``p.data.mul_(2)`` (``.data``
-is a new tensor with its own counter), writes through a NumPy view, and ``p.data = t``
-assignments (seen only through the storage address, which the allocator may reuse). After such
-a change call :func:`refresh` (drops every fold cache of a model); :func:`verify_folds` (or
-``FACEFUSE_VERIFY_FOLDS=1``) refolds on every call and raises if a cached fold is stale.
+Not seen: writes that bypass the parameter's own version counter: in-place ops on ``p.data``
+(``p.data.mul_(2)``: ``.data`` is a new tensor with its own counter) or on a tensor ``t`` after
+``p.data = t``, and writes through a NumPy view. After such a change call :func:`refresh` (drops
+every fold cache of a model); :func:`verify_folds` (or ``FACEFUSE_VERIFY_FOLDS=1``) refolds on
+every call and raises if a cached fold is stale.
 
 A model built under ``torch.inference_mode()`` has parameters without version counters; its
 weights are folded on every call instead (correct, a little slower): build models outside
@@ -91,9 +93,31 @@ def refresh(model: nn.Module) -> nn.Module:
     return model
 
 
+_CONSTANTS: dict[type, tuple[str, ...]] = {}
+
+
+def _constants(cls: type) -> tuple[str, ...]:
+    """The non-tensor settings a torch layer class declares (``__constants__``: ``eps``, strides...)."""
+    names = _CONSTANTS.get(cls)
+    if names is None:
+        names = _CONSTANTS[cls] = tuple(getattr(cls, "__constants__", ()))
+    return names
+
+
 def _settings(module: nn.Module) -> tuple:
-    """A layer's non-tensor settings that a fold may read (``eps``, ``negative_slope``, strides...)."""
-    return tuple(getattr(module, name, None) for name in getattr(type(module), "__constants__", ()))
+    """A layer's settings that a fold may read (``bn.eps``, a LeakyReLU's ``negative_slope``...)."""
+    attributes = module.__dict__
+    return tuple([attributes.get(name) for name in _constants(type(module))])
+
+
+def _subtree(module: nn.Module) -> list[nn.Module]:
+    """``module`` and every module below it (a plain walk: this runs on every call)."""
+    out, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        stack.extend(child for child in m._modules.values() if child is not None)
+    return out
 
 
 def _flat_tensors(args) -> list[torch.Tensor]:
@@ -147,7 +171,7 @@ class FusedModule(nn.Module):
         """
         if cls.fuses_children:
             return cls.handled_children
-        return tuple(name for name, _ in block.named_children())
+        return tuple(name for name, child in block._modules.items() if child is not None)
 
     @classmethod
     def from_reference(cls, block: nn.Module) -> "FusedModule":
@@ -198,10 +222,10 @@ class FusedModule(nn.Module):
         record.fell_back(type(self).__name__, reason, self.facefuse_path)
         return self.reference_forward(*args)
 
-    def inner_modules(self):
+    def inner_modules(self) -> list[nn.Module]:
         """The modules inside this block that the fused path runs itself (see :meth:`inner_children`)."""
-        for name in type(self).inner_children(self):
-            yield from getattr(self, name).modules()
+        children = (self._modules.get(name) for name in type(self).inner_children(self))
+        return [m for child in children if child is not None for m in _subtree(child)]
 
     def check_input_dtypes(self, *args) -> None:
         """Raise TypeError for an input the reference forward cannot take either, whichever path runs.
@@ -213,25 +237,41 @@ class FusedModule(nn.Module):
         tensors = _flat_tensors(args)
         if not tensors:
             return
-        name = f"{type(self).__name__} ({self.facefuse_path})" if self.facefuse_path else type(self).__name__
-        for t in tensors:
-            if not t.is_floating_point():
-                raise TypeError(f"{name} expects a floating-point tensor, got dtype {t.dtype}: convert the "
-                                f"input, e.g. x.float()")
-        weight = next((m.weight for m in self.inner_modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-        x = tensors[0]
-        if weight is None or x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        if not all(t.is_floating_point() for t in tensors):
+            dtype = next(t.dtype for t in tensors if not t.is_floating_point())
+            raise TypeError(f"{self._name()} expects a floating-point tensor, got dtype {dtype}: convert the "
+                            f"input, e.g. x.float()")
+        weight = self._layer_weight()
+        if weight is None or all(t.dtype == weight.dtype for t in tensors):
+            return
+        x = next(t for t in tensors if t.dtype != weight.dtype)
+        if torch.is_autocast_enabled(x.device.type):
             return
         short = str(weight.dtype).removeprefix("torch.")
         if x.dtype == torch.float64:
             raise TypeError(
-                f"{name}: the input is float64 but the model's weights are {short}. To run in float64, "
+                f"{self._name()}: the input is float64 but the model's weights are {short}. To run in float64, "
                 f"convert the model too (model.double()): float64 runs the reference forward, since the "
                 f"kernels take float32, float16 and bfloat16. Otherwise convert the input: x.to(torch.{short})")
         raise TypeError(
-            f"{name}: the input is {str(x.dtype).removeprefix('torch.')} but the model's weights are {short}; "
-            f"make them match: convert the input (x.to(torch.{short})) or the model "
+            f"{self._name()}: the input is {str(x.dtype).removeprefix('torch.')} but the model's weights are "
+            f"{short}; make them match: convert the input (x.to(torch.{short})) or the model "
             f"(model.to({x.dtype}))")
+
+    def _name(self) -> str:
+        return f"{type(self).__name__} ({self.facefuse_path})" if self.facefuse_path else type(self).__name__
+
+    def _layer_weight(self) -> torch.Tensor | None:
+        """The weight of the first conv or linear layer among the inner modules (None if none)."""
+        for name in type(self).inner_children(self):
+            stack = [self._modules.get(name)]
+            while stack:
+                m = stack.pop()
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    return m.weight
+                if m is not None:
+                    stack.extend(m._modules.values())
+        return None
 
     def fallback_reason(self, *args) -> str | None:
         """Why this call must run the reference forward, or None to take the fused path."""
@@ -258,8 +298,28 @@ class FusedModule(nn.Module):
         return None
 
     def fold_modules(self) -> list[nn.Module]:
-        """The modules :meth:`fold` reads: this one and :meth:`inner_modules`."""
+        """The modules :meth:`fold` may read: this one and :meth:`inner_modules` (all of them for a
+        block whose children are all inner; more is safe, just refolds more often)."""
+        if not self.fuses_children:
+            return _subtree(self)
         return [self, *self.inner_modules()]
+
+    def _fold_key(self, dtype: torch.dtype, device: torch.device):
+        """``(key, tensors)`` for :meth:`folded`; key None when a tensor has no version counter."""
+        settings, tensors = [], []
+        for m in self.fold_modules():
+            if _constants(type(m)):
+                settings.append(_settings(m))
+            tensors += m._parameters.values()
+            tensors += m._buffers.values()
+        tensors = [t for t in tensors if t is not None]
+        try:
+            state = [(t.data_ptr(), t._version, t.dtype) for t in tensors]
+        except RuntimeError:
+            if any(t.is_inference() for t in tensors):
+                return None, tensors
+            raise
+        return (dtype, device, settings, state), tensors
 
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
         """Cached :meth:`fold` result, recomputed whenever what the fold reads has changed.
@@ -268,16 +328,12 @@ class FusedModule(nn.Module):
         buffer's address, version counter and dtype. The cache holds the storages it folded, so
         their addresses cannot be reused by new tensors while it stands.
         """
-        modules = self.fold_modules()
-        tensors = [t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())
-                   if t is not None]
-        if any(t.is_inference() for t in tensors):
+        key, tensors = self._fold_key(dtype, device)
+        if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place
             # change could not be seen: fold on every call rather than risk stale weights.
             with torch.no_grad():
                 return self.fold(dtype, device)
-        key = (dtype, device, tuple(_settings(m) for m in modules),
-               tuple((t.data_ptr(), t._version, t.dtype) for t in tensors))
         cached = self.__dict__.get(_CACHE)
         if cached is not None and cached[0] == key and not _verify:
             return cached[1]
