@@ -9,7 +9,7 @@
 """
 
 from . import runtime  # noqa: F401  (first: sets TRITON_INTERPRET before any kernel is decorated)
-from .base import FusedModule
+from .base import FusedModule, refresh, verify_folds
 from .arcface import FusedResNetArcFace
 from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu
 from .conv_dw import FusedConvDW, conv_dw
@@ -28,7 +28,7 @@ from .runtime import backend
 from .tolerance import assert_close, max_error, reduction_length, tolerance
 
 __all__ = [
-    "fuse", "register", "REGISTRY", "FuseReport", "FusedModule",
+    "fuse", "register", "REGISTRY", "FuseReport", "FusedModule", "refresh", "verify_folds",
     "enabled", "is_enabled", "set_enabled", "recording", "backend",
     "fold_batchnorm", "batchnorm_affine", "FusedConvBNAct", "conv_bn", "conv_bn_no_relu", "conv_bn1X1",
     "FusedConvDW", "conv_dw", "FusedSEBlock", "FusedIRBlock", "FusedBasicBlock", "FusedBottleneck",

@@ -21,14 +21,9 @@ class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
 
     block_type = "ResNetArcFace"
     fuses_children = True
-    handled_children = ("conv1", "bn1", "prelu", "bn4", "fc5", "bn5")
-
-    def fold_sources(self):
-        """Only the stem and head: the blocks in between cache their own folded weights."""
-        for name in self.handled_children:
-            module = getattr(self, name)
-            yield from module.parameters()
-            yield from module.buffers()
+    #: The stem and the head (dropout is the identity in eval mode); the blocks in between are
+    #: fused on their own and cache their own folded weights.
+    handled_children = ("conv1", "bn1", "prelu", "bn4", "dropout", "fc5", "bn5")
 
     def fold(self, dtype, device):
         s4, t4 = batchnorm_affine(self.bn4)  # per channel of the 512x8x8 map

@@ -16,22 +16,131 @@ forward and records why (see :mod:`fused.record`):
   so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
 * the input dtype is not float32/float16/bfloat16 (float64, say).
 
-Folded weights are cached per (dtype, device) and recomputed whenever any parameter or buffer
-changes: in-place updates bump a tensor's version counter, and ``.to()``/``load_state_dict``
-replace or rewrite the storage, so the cache key sees every change. A model built under
-``torch.inference_mode()`` has parameters without version counters; its weights are folded on
-every call instead (correct, a little slower): build models outside inference mode.
+Bad input raises before any of that, on both paths alike (flag on or off, grad or not): a
+non-floating input, or one whose dtype differs from the block's conv/linear weights (float16
+into a float32 model, float64 into a float32 model), gets a TypeError that names the fix.
+
+Folded weights are cached per (dtype, device). The cache key holds, for every module the fold
+reads, each parameter's and buffer's storage address, version counter and dtype, and the
+module's non-tensor settings (``bn.eps``, a LeakyReLU's ``negative_slope``, conv strides: the
+layer's ``__constants__``); the cache keeps the storages it folded alive, so no new tensor can
+take one of their addresses while it stands. ``.to()``/``.half()``/``load_state_dict`` drop the
+cache outright. So every change made through the tensors or modules themselves is seen: in-place
+ops on a parameter or buffer (under ``no_grad``, through ``detach()`` or a view), ``copy_``,
+optimizer steps, loading weights, moving the model, replacing a parameter (``p.data = t``
+included), changing a setting.
+
+Not seen: writes that bypass the parameter's own version counter: in-place ops on ``p.data``
+(``p.data.mul_(2)``: ``.data`` is a new tensor with its own counter) or on a tensor ``t`` after
+``p.data = t``, and writes through a NumPy view. After such a change call :func:`refresh` (drops
+every fold cache of a model); :func:`verify_folds` (or ``FACEFUSE_VERIFY_FOLDS=1``) refolds on
+every call and raises if a cached fold is stale.
+
+A model built under ``torch.inference_mode()`` has parameters without version counters; its
+weights are folded on every call instead (correct, a little slower): build models outside
+inference mode. The cache is not pickled (``torch.save(model)`` stores the weights once).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 
 import torch
 from torch import nn
 
 from . import flag, folding, record, runtime
+
+_CACHE = "_facefuse_cache"  # the instance attribute holding (key, folded weights, storages kept alive)
+_verify = os.environ.get("FACEFUSE_VERIFY_FOLDS", "0").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+class verify_folds:
+    """Check every cached fold against a fresh one on every call (a debug switch; slow).
+
+    ``fused.verify_folds(True)`` turns it on for the process, ``with fused.verify_folds():``
+    for a block of code (the previous setting comes back at exit); ``FACEFUSE_VERIFY_FOLDS=1``
+    turns it on at import. A stale fold raises RuntimeError naming the block.
+    """
+
+    def __init__(self, on: bool = True):
+        global _verify
+        self._previous = _verify
+        _verify = bool(on)
+
+    def __enter__(self) -> "verify_folds":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _verify
+        _verify = self._previous
+
+
+def verifying_folds() -> bool:
+    """True when :class:`verify_folds` is on."""
+    return _verify
+
+
+def refresh(model: nn.Module) -> nn.Module:
+    """Drop the folded-weight cache of every fused module in ``model`` (returned as is).
+
+    Call it after changing weights in a way the cache cannot see, such as ``p.data.mul_(2)``;
+    the next call folds again.
+    """
+    for module in model.modules():
+        module.__dict__.pop(_CACHE, None)
+    return model
+
+
+_CONSTANTS: dict[type, tuple[str, ...]] = {}
+
+
+def _constants(cls: type) -> tuple[str, ...]:
+    """The non-tensor settings a torch layer class declares (``__constants__``: ``eps``, strides...)."""
+    names = _CONSTANTS.get(cls)
+    if names is None:
+        names = _CONSTANTS[cls] = tuple(getattr(cls, "__constants__", ()))
+    return names
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A layer's settings that a fold may read (``bn.eps``, a LeakyReLU's ``negative_slope``...)."""
+    attributes = module.__dict__
+    return tuple([attributes.get(name) for name in _constants(type(module))])
+
+
+def _subtree(module: nn.Module) -> list[nn.Module]:
+    """``module`` and every module below it (a plain walk: this runs on every call)."""
+    out, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        stack.extend(child for child in m._modules.values() if child is not None)
+    return out
+
+
+def _flat_tensors(args) -> list[torch.Tensor]:
+    """The tensors among ``args``, one level of lists and tuples opened (the FPN takes a list)."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(t for t in a if isinstance(t, torch.Tensor))
+    return out
+
+
+def _same(a, b) -> bool:
+    """Folds ``a`` and ``b`` are identical: same structure, tensors bit for bit (NaN where NaN)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+                and bool(((a == b) | (a.isnan() & b.isnan())).all()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    return type(a) is type(b) and a == b
 
 
 class FusedModule(nn.Module):
@@ -51,6 +160,18 @@ class FusedModule(nn.Module):
     def unsupported_reason(cls, block: nn.Module) -> str | None:
         """Why ``block`` cannot be fused (a reason for the report), or None."""
         return None
+
+    @classmethod
+    def inner_children(cls, block: nn.Module) -> tuple[str, ...]:
+        """Names of ``block``'s children whose work the fused path does itself.
+
+        The fused path folds their weights and never calls them, so their forward hooks do not
+        fire there. By default every child; a class whose other children run as they are
+        (``fuses_children``) has only its ``handled_children``.
+        """
+        if cls.fuses_children:
+            return cls.handled_children
+        return tuple(name for name, child in block._modules.items() if child is not None)
 
     @classmethod
     def from_reference(cls, block: nn.Module) -> "FusedModule":
@@ -93,12 +214,64 @@ class FusedModule(nn.Module):
         return self.precision if x.dtype == torch.float32 else "ieee"
 
     def forward(self, *args):
+        self.check_input_dtypes(*args)
         reason = self.fallback_reason(*args)
         if reason is None:
             with record.in_block(self.facefuse_path):
                 return self.fused_forward(*args)
         record.fell_back(type(self).__name__, reason, self.facefuse_path)
         return self.reference_forward(*args)
+
+    def inner_modules(self) -> list[nn.Module]:
+        """The modules inside this block that the fused path runs itself (see :meth:`inner_children`)."""
+        children = (self._modules.get(name) for name in type(self).inner_children(self))
+        return [m for child in children if child is not None for m in _subtree(child)]
+
+    def check_input_dtypes(self, *args) -> None:
+        """Raise TypeError for an input the reference forward cannot take either, whichever path runs.
+
+        A non-floating input, or one whose dtype differs from the block's conv/linear weights:
+        PyTorch's layers raise (deep inside) for those, while the kernels, folding to the input's
+        dtype, would run. Under autocast the reference casts, so a dtype difference is allowed.
+        """
+        tensors = _flat_tensors(args)
+        if not tensors:
+            return
+        if not all(t.is_floating_point() for t in tensors):
+            dtype = next(t.dtype for t in tensors if not t.is_floating_point())
+            raise TypeError(f"{self._name()} expects a floating-point tensor, got dtype {dtype}: convert the "
+                            f"input, e.g. x.float()")
+        weight = self._layer_weight()
+        if weight is None or all(t.dtype == weight.dtype for t in tensors):
+            return
+        x = next(t for t in tensors if t.dtype != weight.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            return
+        short = str(weight.dtype).removeprefix("torch.")
+        if x.dtype == torch.float64:
+            raise TypeError(
+                f"{self._name()}: the input is float64 but the model's weights are {short}. To run in float64, "
+                f"convert the model too (model.double()): float64 runs the reference forward, since the "
+                f"kernels take float32, float16 and bfloat16. Otherwise convert the input: x.to(torch.{short})")
+        raise TypeError(
+            f"{self._name()}: the input is {str(x.dtype).removeprefix('torch.')} but the model's weights are "
+            f"{short}; make them match: convert the input (x.to(torch.{short})) or the model "
+            f"(model.to({x.dtype}))")
+
+    def _name(self) -> str:
+        return f"{type(self).__name__} ({self.facefuse_path})" if self.facefuse_path else type(self).__name__
+
+    def _layer_weight(self) -> torch.Tensor | None:
+        """The weight of the first conv or linear layer among the inner modules (None if none)."""
+        for name in type(self).inner_children(self):
+            stack = [self._modules.get(name)]
+            while stack:
+                m = stack.pop()
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    return m.weight
+                if m is not None:
+                    stack.extend(m._modules.values())
+        return None
 
     def fallback_reason(self, *args) -> str | None:
         """Why this call must run the reference forward, or None to take the fused path."""
@@ -108,7 +281,7 @@ class FusedModule(nn.Module):
             return f"fused path disabled by the flag for {self.block_type} blocks"
         if self.training:
             return "training mode: BatchNorm statistics must update"
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        tensors = _flat_tensors(args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in itertools.chain(tensors, self.parameters())):
             if not FusedModule._warned_autograd:
                 FusedModule._warned_autograd = True
@@ -120,31 +293,77 @@ class FusedModule(nn.Module):
                 )
             return "autograd is recording: the kernels have no backward"
         for t in tensors:
-            if not t.is_floating_point():
-                raise TypeError(f"{type(self).__name__} expects a floating-point tensor, got dtype {t.dtype}")
             if t.dtype not in runtime.SUPPORTED_DTYPES:
                 return f"dtype {t.dtype} is not supported by the kernels (float32, float16, bfloat16)"
         return None
 
-    def fold_sources(self):
-        """The tensors :meth:`fold` reads (by default every parameter and buffer of the module)."""
-        return itertools.chain(self.parameters(), self.buffers())
+    def fold_modules(self) -> list[nn.Module]:
+        """The modules :meth:`fold` may read: this one and :meth:`inner_modules` (all of them for a
+        block whose children are all inner; more is safe, just refolds more often)."""
+        if not self.fuses_children:
+            return _subtree(self)
+        return [self, *self.inner_modules()]
+
+    def _fold_key(self, dtype: torch.dtype, device: torch.device):
+        """``(key, tensors)`` for :meth:`folded`; key None when a tensor has no version counter."""
+        settings, tensors = [], []
+        for m in self.fold_modules():
+            if _constants(type(m)):
+                settings.append(_settings(m))
+            tensors += m._parameters.values()
+            tensors += m._buffers.values()
+        tensors = [t for t in tensors if t is not None]
+        try:
+            state = [(t.data_ptr(), t._version, t.dtype) for t in tensors]
+        except RuntimeError:
+            if any(t.is_inference() for t in tensors):
+                return None, tensors
+            raise
+        return (dtype, device, settings, state), tensors
 
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
-        """Cached :meth:`fold` result, recomputed whenever one of :meth:`fold_sources` has changed."""
-        sources = list(self.fold_sources())
-        if any(t.is_inference() for t in sources):
+        """Cached :meth:`fold` result, recomputed whenever what the fold reads has changed.
+
+        The key: per module of :meth:`fold_modules`, its settings and each parameter's and
+        buffer's address, version counter and dtype. The cache holds the storages it folded, so
+        their addresses cannot be reused by new tensors while it stands.
+        """
+        key, tensors = self._fold_key(dtype, device)
+        if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place
             # change could not be seen: fold on every call rather than risk stale weights.
             with torch.no_grad():
                 return self.fold(dtype, device)
-        key = (dtype, device, tuple((t.data_ptr(), t._version, t.dtype) for t in sources))
-        cache = self.__dict__.setdefault("_facefuse_cache", {})
-        if cache.get("key") != key:
-            with torch.no_grad():
-                cache["value"] = self.fold(dtype, device)
-            cache["key"] = key
-        return cache["value"]
+        cached = self.__dict__.get(_CACHE)
+        if cached is not None and cached[0] == key and not _verify:
+            return cached[1]
+        with torch.no_grad():
+            value = self.fold(dtype, device)
+        if cached is not None and cached[0] == key and not _same(cached[1], value):
+            raise RuntimeError(
+                f"facefuse: the folded weights cached by {type(self).__name__} "
+                f"({self.facefuse_path or 'fused'}) are stale: a parameter or buffer changed without "
+                f"bumping its version counter (p.data.mul_(), a NumPy view...). Call "
+                f"fused.refresh(model) after such changes")
+        self.__dict__[_CACHE] = (key, value, [t.untyped_storage() for t in tensors])
+        return value
+
+    # -- keeping the cache out of the way ----------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .half(), .cuda(): new storages; drop the folds rather than trust addresses.
+        self.__dict__.pop(_CACHE, None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop(_CACHE, None)  # load_state_dict, assign=True included
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        # Pickling (torch.save(model), copy.deepcopy) leaves the folds out: they are derived data,
+        # as large as the weights, and are rebuilt on the first call after loading.
+        state = self.__dict__.copy()
+        state.pop(_CACHE, None)
+        return state
 
 
 def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,11 +35,6 @@ class FusedFPN(FusedModule, reference.FPN):
                 return f"{name}: {reason}"
         return None
 
-    def fold_sources(self):
-        for name in LATERALS:
-            yield from getattr(self, name).parameters()
-            yield from getattr(self, name).buffers()
-
     def fold(self, dtype, device):
         return {name: conv_weights(getattr(self, name)[0], getattr(self, name)[1], dtype, device) for name in LATERALS}
 

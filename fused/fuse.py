@@ -11,6 +11,7 @@ A fused class provides ``unsupported_reason(block) -> str | None`` and
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -104,6 +105,8 @@ def fuse(model: nn.Module, *, precision: str = "ieee", verbose: bool = False) ->
     ``"ieee"`` matches the reference. A single block (``fuse(reference.conv_bn(3, 8))``) is
     fused in place too.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse() takes a torch.nn.Module (a reference model or block), got {type(model).__name__}")
     if precision not in ("ieee", "tf32"):
         raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     report = FuseReport()
@@ -126,16 +129,45 @@ def _fused_or_none(module: nn.Module, path: str, report: FuseReport, precision: 
             report.skipped.append(Skipped(path, kind, "no fused module for this block type yet (any conv-BN blocks inside it are fused)"))
         return None
     fused_class = REGISTRY[kind]
-    reason = fused_class.unsupported_reason(module)
+    reason = _batchnorm_reason(fused_class, module) or fused_class.unsupported_reason(module)
     if reason is not None:
         report.skipped.append(Skipped(path, kind, reason))
         return None
+    _warn_about_hooks(fused_class, module, path, kind)
     fused = fused_class.from_reference(module)
     fused.facefuse_path = path or None
     if hasattr(fused, "precision"):
         fused.precision = precision
     report.swapped.append(Swapped(path, kind, type(fused).__name__))
     return fused
+
+
+def _inner_modules(fused_class, block: nn.Module):
+    """``(path, module)`` of every module inside ``block`` whose work the fused class does itself."""
+    for name in fused_class.inner_children(block):
+        yield from getattr(block, name).named_modules(prefix=name)
+
+
+def _batchnorm_reason(fused_class, block: nn.Module) -> str | None:
+    """Why a BatchNorm the fused class would fold cannot be folded (no running statistics), or None."""
+    for path, m in _inner_modules(fused_class, block):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.running_mean is None or m.running_var is None):
+            return (f"{path} has no running statistics (track_running_stats=False): it normalises with "
+                    f"each batch's own statistics, which cannot be folded into weights")
+    return None
+
+
+def _warn_about_hooks(fused_class, block: nn.Module, path: str, kind: str) -> None:
+    """Warn if a module the fused path never calls already has forward hooks (they will not fire)."""
+    hooked = [p for p, m in _inner_modules(fused_class, block) if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        where = ", ".join(f"{path}.{p}" if path else p for p in hooked)
+        warnings.warn(
+            f"facefuse: forward hooks on {where} will not fire on the fused path: the fused {kind} "
+            f"does their work itself without calling them. Hook the {kind} block itself, or run "
+            f"the reference forward for these blocks: fused.enabled(False, block_types={{{kind!r}}})",
+            stacklevel=4,
+        )
 
 
 def _fuse_children(module: nn.Module, prefix: str, report: FuseReport, precision: str, in_skipped_block=False) -> None:

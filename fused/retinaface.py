@@ -41,10 +41,10 @@ class FusedRetinaFace(FusedModule, reference.RetinaFace):
             return "the head lists differ in length"
         return None
 
-    def fold_sources(self):
-        """Only the heads: the blocks cache their own folded weights."""
-        for name in HEADS:
-            yield from getattr(self, name).parameters()
+    @classmethod
+    def inner_children(cls, model) -> tuple[str, ...]:
+        """The heads, which the fused path runs per level itself (the blocks cache their own folds)."""
+        return HEADS
 
     def fold(self, dtype, device):
         levels = zip(self.ClassHead, self.BboxHead, self.LandmarkHead)

@@ -21,9 +21,18 @@ def se_parameters(se: reference.SEBlock) -> tuple[torch.Tensor, ...]:
 
 
 def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
-    """The per-(n, c) gate ``sigmoid(fc2(prelu(fc1(mean(y)))))`` as float32 ``[N, C]``."""
+    """The per-(n, c) gate ``sigmoid(fc2(prelu(fc1(mean(y)))))`` as float32 ``[N, C]``.
+
+    With fewer channels than the reduction (16), ``fc1`` has no outputs, so ``fc2`` sees an empty
+    vector and the reference's gate is ``sigmoid(fc2.bias)`` for every sample, whatever ``y``
+    holds: computed here directly (the MLP kernel needs a hidden unit).
+    """
     from .kernels.squeeze_excite import se_excite, se_squeeze
 
+    fc1, fc2 = se.fc[0], se.fc[2]
+    if fc1.out_features == 0:
+        bias = fc2.bias.detach().float() if fc2.bias is not None else torch.zeros(fc2.out_features, device=y.device)
+        return torch.sigmoid(bias).expand(y.shape[0], fc2.out_features)
     return se_excite(se_squeeze(y), *se_parameters(se))
 
 

@@ -10,11 +10,14 @@ runs a ReLU over the result. Here:
 * ``conv3X3`` and ``conv5X5_1`` read the same input, so they share one launch: their weights are
   stacked into one GEMM whose epilogue applies ``conv5X5_1``'s LeakyReLU to its channels and a
   ReLU (``relu_from``) to ``conv3X3``'s. A slope-0 LeakyReLU would not do: it turns -inf into
-  NaN where the reference's ReLU gives 0. For that launch to write one contiguous channel range,
-  the buffer holds ``conv5X5_1``'s output as scratch channels *in front of* the block's output:
-  ``[conv5X5_1 | conv3X3 | conv5X5 | conv7X7]``, and the block returns the view without the
-  scratch channels. For a batch of one (NCHW) that view is contiguous; for larger batches it is a
-  strided view, which every kernel (and PyTorch) reads as it is.
+  NaN where the reference's ReLU gives 0. That launch writes one channel range of one strided
+  view, so ``conv5X5_1``'s output (scratch, read by both longer branches) sits *in front of*
+  ``conv3X3``'s channels: at channels ``-quarter .. -1`` of the output, which in memory are the
+  ``conv7X7`` channels of the sample (NCHW) or pixel (channels_last) before, and, for the first,
+  ``quarter`` extra elements allocated before the output. Those ``conv7X7`` channels are written
+  last, after both readers of the scratch have run. So the output is an ordinary dense tensor in
+  the input's memory format, like the reference's ``torch.cat`` result (``.view`` works), with no
+  copy and only ``quarter * H * W`` (NCHW) or ``quarter`` (channels_last) scratch elements.
 """
 
 from __future__ import annotations
@@ -69,20 +72,25 @@ class FusedSSH(FusedModule, reference.SSH):
         half, quarter = self.conv3X3[0].out_channels, self.conv5X5_2[0].out_channels
         padding = self.conv3X3[0].padding[0]
         N, _, H, W = x.shape
-        buffer = new_output(x, (N, quarter + half + 2 * quarter, H, W))
-        scratch = buffer[:, :quarter]  # conv5X5_1's output, read by both longer branches
-        conv5x5 = buffer[:, quarter + half: 2 * quarter + half]
-        conv7x7 = buffer[:, 2 * quarter + half:]
+        channels = half + 2 * quarter
+        strides = new_output(x.to("meta"), (N, channels, H, W)).stride()  # the layout to produce (no data)
+        front = quarter * strides[1]  # scratch elements in front of the output
+        storage = x.new_empty(front + N * channels * H * W)
+        out = storage.as_strided((N, channels, H, W), strides, front)
+        shared = storage.as_strided((N, quarter + half, H, W), strides, 0)  # [conv5X5_1 | conv3X3]
+        scratch = shared[:, :quarter]  # conv5X5_1's output, read by both longer branches
+        conv5x5 = out[:, half:half + quarter]
+        conv7x7 = out[:, half + quarter:]  # overlaps the scratch: written last
 
         # conv5X5_1 (its own activation) and conv3X3 (the final ReLU) in one launch.
         activation, slope = conv_bn_activation(self.conv5X5_1)
         conv2d_bias_act(x, *f["shared"], padding=padding, activation=activation, slope=slope, relu_from=quarter,
-                        out=buffer[:, :quarter + half], precision=precision)
+                        out=shared, precision=precision)
         conv2d_bias_act(scratch, *f["conv5X5_2"], padding=padding, activation="relu", out=conv5x5, precision=precision)
         activation, slope = conv_bn_activation(self.conv7X7_2)
         mid = conv2d_bias_act(scratch, *f["conv7X7_2"], padding=padding, activation=activation, slope=slope, precision=precision)
         conv2d_bias_act(mid, *f["conv7x7_3"], padding=padding, activation="relu", out=conv7x7, precision=precision)
-        return buffer[:, quarter:]
+        return out
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         return reference.SSH.forward(self, x)

@@ -59,16 +59,16 @@ class _FusedStems(FusedModule):
     stems: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
+    def inner_children(cls, module) -> tuple[str, ...]:
+        stems = module.stems if isinstance(module, _FusedStems) else find_stems(module, getattr(module, "return_layers", ()))
+        return tuple(name for run in stems for name in run)
+
+    @classmethod
     def from_reference(cls, module):
         fused = super().from_reference(module)
         fused.stems = find_stems(fused, getattr(fused, "return_layers", ()))
-        fused.handled_children = tuple(name for run in fused.stems for name in run)
+        fused.handled_children = cls.inner_children(fused)
         return fused
-
-    def fold_sources(self):
-        for name in self.handled_children:
-            yield from getattr(self, name).parameters()
-            yield from getattr(self, name).buffers()
 
     def fold(self, dtype, device):
         out = {}
