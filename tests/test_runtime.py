@@ -199,3 +199,14 @@ def test_meta_tensors_get_an_error_about_meta_tensors():
         model(x)
     with torch.inference_mode(), fused.enabled(False):
         assert model(x).shape == (1, 4, 8, 8)
+
+
+
+def test_cpu_tensors_with_the_interpreter_off_and_no_cuda_say_so(monkeypatch):
+    monkeypatch.setattr(fused.runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU and Triton's interpreter is off") as error:
+        fused.runtime.check_inputs("conv2d_bias_act", torch.randn(1, 3, 4, 4))
+    assert "CUDA machine" not in str(error.value)
+    with pytest.raises(RuntimeError, match="meta tensors"):
+        fused.runtime.check_inputs("conv2d_bias_act", torch.empty(1, 3, 4, 4, device="meta"))
