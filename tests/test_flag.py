@@ -140,9 +140,9 @@ def test_overlapping_blocks_in_two_threads_never_leave_the_flag_stuck():
     assert fused.is_enabled() and in_thread(fused.is_enabled)
 
 
-def test_a_recording_collects_only_its_own_threads_launches():
-    model = fused.fuse(R.conv_bn(3, 8, 1).eval())
-    x = torch.randn(1, 3, 6, 6)
+def test_a_recording_collects_only_its_own_threads_launches(device):
+    model = fused.fuse(R.conv_bn(3, 8, 1).eval()).to(device)
+    x = torch.randn(1, 3, 6, 6, device=device)
     started, done = threading.Event(), threading.Event()
 
     def other_thread():
