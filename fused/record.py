@@ -15,11 +15,17 @@ lesson can show that no PyTorch convolution is left in a fused forward::
 
 Launchers call :func:`kernel_launched`; fused modules call :func:`fell_back` when they run the
 reference forward instead. Nothing is stored unless a recording is active.
+
+A recording collects what runs in its own context: the thread that opened it (and asyncio tasks
+or ``contextvars.copy_context().run`` calls started from there), never other threads' launches.
+Threads started inside a recording do not inherit it (Python starts threads with a fresh
+context); run their work through ``contextvars.copy_context().run`` to include it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -37,6 +43,8 @@ class Event:
     block: str | None  # the block's path in the model, when known
     backend: str  # "triton", "triton-interpreter" or "reference"
     reason: str | None = None
+    #: How the launch differed from a plain one, e.g. :data:`fused.runtime.BF16_NOTE`.
+    note: str | None = None
 
 
 #: ATen operators that compute a convolution.
@@ -76,12 +84,15 @@ class Recording:
     def summary(self) -> str:
         counts = self.kernel_counts()
         lines = [f"{n} x {name} ({runtime.backend()})" for name, n in sorted(counts.items())]
+        lines += [f"note: {note}" for note in sorted({e.note for e in self.events if e.note})]
         lines += [f"fallback: {block}: {reason}" for block, reason in self.fallbacks()]
         return "\n".join(lines) if lines else "nothing recorded"
 
 
-_recordings: list[Recording] = []
-_blocks: list[str | None] = []
+#: The recordings active in this context, innermost last.
+_recordings: contextvars.ContextVar[tuple[Recording, ...]] = contextvars.ContextVar("facefuse_recordings", default=())
+#: The block paths the launches in this context belong to, innermost last.
+_blocks: contextvars.ContextVar[tuple[str | None, ...]] = contextvars.ContextVar("facefuse_blocks", default=())
 
 
 class _CountTorchOps(TorchDispatchMode):
@@ -101,7 +112,7 @@ def recording(*, torch_ops: bool = False):
     """Record kernel launches and fallbacks inside the ``with`` body; with ``torch_ops``, also
     count the PyTorch operators that ran (slower: every operator goes through Python)."""
     rec = Recording()
-    _recordings.append(rec)
+    token = _recordings.set(_recordings.get() + (rec,))
     try:
         if torch_ops:
             with _CountTorchOps(rec.torch_ops):
@@ -109,34 +120,38 @@ def recording(*, torch_ops: bool = False):
         else:
             yield rec
     finally:
-        _recordings.remove(rec)
+        _recordings.reset(token)
 
 
 @contextlib.contextmanager
 def in_block(path: str | None):
     """Attribute the launches inside the body to the block at ``path``."""
-    _blocks.append(path)
+    token = _blocks.set(_blocks.get() + (path,))
     try:
         yield
     finally:
-        _blocks.pop()
+        _blocks.reset(token)
 
 
 def _current_block() -> str | None:
-    return _blocks[-1] if _blocks else None
+    blocks = _blocks.get()
+    return blocks[-1] if blocks else None
 
 
 def kernel_launched(name: str) -> None:
-    """Called by every launcher just before it launches ``name``."""
-    if _recordings:
-        event = Event("kernel", name, _current_block(), runtime.backend())
-        for rec in _recordings:
+    """Called by every launcher just before it launches ``name`` (see :func:`fused.runtime.launching`)."""
+    note = runtime.launching()
+    recordings = _recordings.get()
+    if recordings:
+        event = Event("kernel", name, _current_block(), runtime.backend(), note=note)
+        for rec in recordings:
             rec.events.append(event)
 
 
 def fell_back(name: str, reason: str, block: str | None = None) -> None:
     """Called by a fused module that ran the reference forward, with the reason."""
-    if _recordings:
+    recordings = _recordings.get()
+    if recordings:
         event = Event("fallback", name, block or _current_block(), "reference", reason)
-        for rec in _recordings:
+        for rec in recordings:
             rec.events.append(event)

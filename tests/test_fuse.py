@@ -191,6 +191,7 @@ def test_bad_input_gets_a_clear_error(x, error, match):
 
 def test_cpu_tensor_on_a_cuda_machine_says_how_to_proceed(monkeypatch):
     monkeypatch.setattr(fused.runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match=r"\.cuda\(\).*fused\.enabled\(False\)"):
         fused.runtime.check_inputs("conv2d_bias_act", torch.randn(1, 3, 4, 4))
 

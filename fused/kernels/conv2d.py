@@ -128,6 +128,7 @@ def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * ndim
 
 
+@runtime.launcher
 def conv2d_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,

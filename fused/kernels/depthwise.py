@@ -211,6 +211,7 @@ def _fused_blocks(pixels: int, channels: int, out_channels: int) -> tuple[int, i
     return block_p, block_c, block_k
 
 
+@runtime.launcher
 def depthwise_conv_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -257,6 +258,7 @@ def depthwise_conv_bias_act(
     return out
 
 
+@runtime.launcher
 def conv_dw_fused(
     x: torch.Tensor,
     dw_weight: torch.Tensor,

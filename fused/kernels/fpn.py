@@ -73,6 +73,7 @@ def nearest_scale(in_size: int, out_size: int) -> float:
     return float(np.float32(in_size) / np.float32(out_size))
 
 
+@runtime.launcher
 def lateral_upsample_add(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -83,6 +83,7 @@ def _anchor_heads_kernel(
                     o2_stride_n, o2_stride_p, o2_stride_v, row_ok)
 
 
+@runtime.launcher
 def anchor_heads(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -201,6 +201,7 @@ def _check_4d(name: str, what: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(t.shape)}")
 
 
+@runtime.launcher(float32_result=True)
 def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     """Per-(n, c) mean of ``x`` [N, C, H, W] (any strides) over H*W, as float32 [N, C].
 
@@ -250,6 +251,7 @@ def _check_param(name: str, what: str, t, *shapes: tuple[int, ...]) -> None:
         raise ValueError(f"{name}: {what} must have shape {expected}, got {tuple(t.shape)}")
 
 
+@runtime.launcher(float32_result=True)
 def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
     """The SE gate ``sigmoid(fc2(prelu(fc1(pooled))))`` as float32 [N, C].
 
@@ -288,6 +290,7 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     return gate
 
 
+@runtime.launcher
 def se_scale_residual_act(
     y: torch.Tensor,
     scale: torch.Tensor,
