@@ -25,7 +25,7 @@ def register(block_type: str, fused_class: type) -> None:
 
 def block_type_names(block_types) -> tuple[str, ...]:
     """``block_types`` as a tuple of names: one name, or an iterable of them."""
-    names = (block_types,) if isinstance(block_types, str) else tuple(block_types)
+    names = (block_types,) if isinstance(block_types, str) else tuple(block_types) if hasattr(block_types, "__iter__") else ()
     if not names or not all(isinstance(n, str) and n for n in names):
         raise TypeError(f"block_types must be block type names (non-empty strings), got {block_types!r}")
     return names
