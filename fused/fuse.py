@@ -17,7 +17,7 @@ from torch import nn
 import reference
 
 from .base import FusedModule
-from .registry import REGISTRY, register  # noqa: F401  (register: re-exported as fused.register)
+from .registry import REGISTRY
 
 
 @dataclass(frozen=True)
