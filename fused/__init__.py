@@ -10,6 +10,7 @@
 
 from . import runtime  # noqa: F401  (first: sets TRITON_INTERPRET before any kernel is decorated)
 from .base import FusedModule, refresh, verify_folds
+# Each fused module's class statement registers it for fuse() (fused.registry): import them all here.
 from .arcface import FusedResNetArcFace
 from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu
 from .conv_dw import FusedConvDW, conv_dw
@@ -22,7 +23,8 @@ from .retinaface import FusedRetinaFace
 from .stems import FusedIntermediateLayers, FusedResNet50
 from .flag import enabled, is_enabled, set_enabled
 from .folding import batchnorm_affine, fold_batchnorm
-from .fuse import REGISTRY, FuseReport, fuse, register
+from .fuse import FuseReport, fuse
+from .registry import REGISTRY, register
 from .record import recording
 from .runtime import backend
 from .tolerance import assert_close, max_error, reduction_length, tolerance

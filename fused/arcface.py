@@ -16,10 +16,9 @@ from .base import FusedModule, conv_weights, prelu_slopes
 from .folding import batchnorm_affine
 
 
-class FusedResNetArcFace(FusedModule, reference.ResNetArcFace):
+class FusedResNetArcFace(FusedModule, reference.ResNetArcFace, block_types=("ResNetArcFace",)):
     """``reference.ResNetArcFace`` with its stem and head fused; :func:`fused.fuse` fuses its blocks."""
 
-    block_type = "ResNetArcFace"
     fuses_children = True
     #: The stem and the head (dropout is the identity in eval mode); the blocks in between are
     #: fused on their own and cache their own folded weights.

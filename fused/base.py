@@ -50,7 +50,7 @@ import warnings
 import torch
 from torch import nn
 
-from . import flag, folding, record, runtime
+from . import flag, folding, record, registry, runtime
 
 _CACHE = "_facefuse_cache"  # the instance attribute holding (key, folded weights, storages kept alive)
 _verify = os.environ.get("FACEFUSE_VERIFY_FOLDS", "0").strip().lower() not in {"", "0", "false", "no", "off"}
@@ -144,7 +144,13 @@ def _same(a, b) -> bool:
 
 
 class FusedModule(nn.Module):
-    """Mixin for fused modules. Subclasses define ``fused_forward``, ``reference_forward`` and ``fold``."""
+    """Mixin for fused modules. Subclasses define ``fused_forward``, ``reference_forward`` and ``fold``.
+
+    A subclass names the block types it replaces in its class statement, which registers it for
+    :func:`fused.fuse` (see :mod:`fused.registry`); the first is its :attr:`block_type`::
+
+        class FusedSSH(FusedModule, reference.SSH, block_types=("SSH",)): ...
+    """
 
     #: The seed's name for the block this module replaces (``"conv_bn"``, ``"conv_dw"``, ...).
     block_type: str = ""
@@ -155,6 +161,14 @@ class FusedModule(nn.Module):
     #: Children this fused module runs itself (not reported as left in PyTorch).
     handled_children: tuple[str, ...] = ()
     _warned_autograd = False
+
+    def __init_subclass__(cls, block_types=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if block_types is not None:
+            names = registry.block_type_names(block_types)
+            cls.block_type = names[0]
+            for name in names:
+                registry.register(name, cls)
 
     @classmethod
     def unsupported_reason(cls, block: nn.Module) -> str | None:

@@ -42,15 +42,14 @@ def unsupported_conv(conv: nn.Conv2d) -> str | None:
     return None
 
 
-class FusedConvBNAct(FusedModule, nn.Sequential):
+class FusedConvBNAct(FusedModule, nn.Sequential,
+                     block_types=("conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_bn_pair")):
     """``Sequential(Conv2d, BatchNorm2d[, LeakyReLU/ReLU])`` run as one Triton kernel.
 
     Holds the reference sequence's own layers, so ``state_dict`` keys (``0.weight``,
     ``1.running_mean``, ...) are unchanged. Build it with :meth:`from_reference`, or with
     :func:`fused.conv_bn` and friends, which mirror the reference helpers' signatures.
     """
-
-    block_type = "conv_bn"
 
     @classmethod
     def unsupported_reason(cls, seq: nn.Sequential) -> str | None:

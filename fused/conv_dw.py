@@ -29,10 +29,8 @@ def _activation(act: nn.Module) -> tuple[str, float]:
     return ("relu", 0.0) if isinstance(act, nn.ReLU) else ("leaky_relu", float(act.negative_slope))
 
 
-class FusedConvDW(FusedModule, nn.Sequential):
+class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
     """``reference.conv_dw`` with BN folded and the whole block run by Triton kernels."""
-
-    block_type = "conv_dw"
 
     @classmethod
     def unsupported_reason(cls, seq: nn.Sequential) -> str | None:

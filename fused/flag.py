@@ -46,6 +46,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from .registry import REGISTRY
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -100,8 +102,6 @@ def disabled_block_types() -> frozenset[str]:
 
 def known_block_types() -> frozenset[str]:
     """Every block type name the flag accepts: those :func:`fused.fuse` can fuse."""
-    from .fuse import REGISTRY  # imported here: fuse imports the fused modules, which import this
-
     return frozenset(REGISTRY)
 
 

@@ -17,10 +17,9 @@ from .conv_bn_act import conv_bn_activation, unsupported_conv
 LATERALS = ("output1", "output2", "output3")
 
 
-class FusedFPN(FusedModule, reference.FPN):
+class FusedFPN(FusedModule, reference.FPN, block_types=("FPN",)):
     """``reference.FPN`` with the top-down upsample-and-add fused into the lateral convs."""
 
-    block_type = "FPN"
     fuses_children = True  # merge1 and merge2 are conv_bn blocks
     handled_children = LATERALS
 

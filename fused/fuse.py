@@ -1,12 +1,10 @@
 """``fuse(model)``: swap every supported block of a reference model for its fused module, in place.
 
-The registry maps a block type (as named by :func:`reference.block_type`) to the fused class
-that replaces it. Adding a block type is one call::
-
-    register("conv_dw", FusedConvDW)
-
-A fused class provides ``unsupported_reason(block) -> str | None`` and
-``from_reference(block) -> fused module`` (which must keep the block's parameters and buffers).
+Which fused class replaces which block type is :data:`fused.REGISTRY` (:mod:`fused.registry`): a
+fused class declares its block types in its class statement (``class FusedSSH(FusedModule,
+reference.SSH, block_types=("SSH",))``), and :func:`register` adds one from outside. A fused
+class provides ``unsupported_reason(block) -> str | None`` and ``from_reference(block) -> fused
+module`` (which must keep the block's parameters and buffers).
 """
 
 from __future__ import annotations
@@ -18,43 +16,8 @@ from torch import nn
 
 import reference
 
-from .arcface import FusedResNetArcFace
 from .base import FusedModule
-from .conv_bn_act import FusedConvBNAct
-from .conv_dw import FusedConvDW
-from .fpn import FusedFPN
-from .heads import FusedBboxHead, FusedClassHead, FusedLandmarkHead
-from .retinaface import FusedRetinaFace
-from .residual_blocks import FusedBasicBlock, FusedBottleneck, FusedIRBlock
-from .squeeze_excite import FusedSEBlock
-from .ssh import FusedSSH
-from .stems import FusedIntermediateLayers, FusedResNet50
-
-#: block type → fused class
-REGISTRY: dict[str, type] = {}
-
-
-def register(block_type: str, fused_class: type) -> None:
-    """Make :func:`fuse` replace blocks of ``block_type`` with ``fused_class``."""
-    REGISTRY[block_type] = fused_class
-
-
-for _name in ("conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_bn_pair"):
-    register(_name, FusedConvBNAct)
-register("conv_dw", FusedConvDW)
-register("SEBlock", FusedSEBlock)
-register("IRBlock", FusedIRBlock)
-register("BasicBlock", FusedBasicBlock)
-register("Bottleneck", FusedBottleneck)
-register("ResNetArcFace", FusedResNetArcFace)
-register("SSH", FusedSSH)
-register("FPN", FusedFPN)
-register("ClassHead", FusedClassHead)
-register("BboxHead", FusedBboxHead)
-register("LandmarkHead", FusedLandmarkHead)
-register("RetinaFace", FusedRetinaFace)
-register("IntermediateLayers", FusedIntermediateLayers)
-register("ResNet50", FusedResNet50)
+from .registry import REGISTRY
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,13 @@ class _FusedAnchorHead(FusedModule):
         return _AnchorHead.forward(self, x)
 
 
-class FusedClassHead(_FusedAnchorHead, reference.ClassHead):
-    block_type = "ClassHead"
+class FusedClassHead(_FusedAnchorHead, reference.ClassHead, block_types=("ClassHead",)):
+    """``reference.ClassHead`` (face/background scores) as one ``anchor_heads`` launch."""
 
 
-class FusedBboxHead(_FusedAnchorHead, reference.BboxHead):
-    block_type = "BboxHead"
+class FusedBboxHead(_FusedAnchorHead, reference.BboxHead, block_types=("BboxHead",)):
+    """``reference.BboxHead`` (box offsets) as one ``anchor_heads`` launch."""
 
 
-class FusedLandmarkHead(_FusedAnchorHead, reference.LandmarkHead):
-    block_type = "LandmarkHead"
+class FusedLandmarkHead(_FusedAnchorHead, reference.LandmarkHead, block_types=("LandmarkHead",)):
+    """``reference.LandmarkHead`` (landmark offsets) as one ``anchor_heads`` launch."""

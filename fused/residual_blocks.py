@@ -64,10 +64,9 @@ class _FusedResidual(FusedModule):
         return _conv(x, folded["downsample"], self.downsample[0], precision)
 
 
-class FusedIRBlock(_FusedResidual, reference.IRBlock):
+class FusedIRBlock(_FusedResidual, reference.IRBlock, block_types=("IRBlock",)):
     """``reference.IRBlock`` in two or three conv kernels (plus the SE kernels when ``use_se``)."""
 
-    block_type = "IRBlock"
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def fold(self, dtype, device):
@@ -99,10 +98,9 @@ class FusedIRBlock(_FusedResidual, reference.IRBlock):
         return reference.IRBlock.forward(self, x)
 
 
-class FusedBasicBlock(_FusedResidual, reference.BasicBlock):
+class FusedBasicBlock(_FusedResidual, reference.BasicBlock, block_types=("BasicBlock",)):
     """``reference.BasicBlock`` in two conv kernels (three with a downsample)."""
 
-    block_type = "BasicBlock"
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,10 +114,9 @@ class FusedBasicBlock(_FusedResidual, reference.BasicBlock):
         return reference.BasicBlock.forward(self, x)
 
 
-class FusedBottleneck(_FusedResidual, reference.Bottleneck):
+class FusedBottleneck(_FusedResidual, reference.Bottleneck, block_types=("Bottleneck",)):
     """``reference.Bottleneck`` in three conv kernels (four with a downsample)."""
 
-    block_type = "Bottleneck"
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,9 @@ from .heads import head_weights, unsupported_head
 HEADS = ("ClassHead", "BboxHead", "LandmarkHead")  # the stacked order: softmax applies to the first
 
 
-class FusedRetinaFace(FusedModule, reference.RetinaFace):
+class FusedRetinaFace(FusedModule, reference.RetinaFace, block_types=("RetinaFace",)):
     """``reference.RetinaFace`` with its heads fused per level; :func:`fused.fuse` fuses its blocks."""
 
-    block_type = "RetinaFace"
     fuses_children = True
 
     @classmethod

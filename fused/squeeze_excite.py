@@ -36,10 +36,8 @@ def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
     return se_excite(se_squeeze(y), *se_parameters(se))
 
 
-class FusedSEBlock(FusedModule, reference.SEBlock):
+class FusedSEBlock(FusedModule, reference.SEBlock, block_types=("SEBlock",)):
     """``reference.SEBlock`` run as squeeze, excite and scale kernels (parameters read as they are)."""
-
-    block_type = "SEBlock"
 
     def fold(self, dtype, device):  # nothing to fold: the kernels upcast the MLP's parameters
         return {}

@@ -35,10 +35,9 @@ from .kernels.common import new_output
 BRANCHES = ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
 
 
-class FusedSSH(FusedModule, reference.SSH):
+class FusedSSH(FusedModule, reference.SSH, block_types=("SSH",)):
     """``reference.SSH`` with its five conv+BN layers, concatenation and ReLU fused."""
 
-    block_type = "SSH"
     handled_children = BRANCHES
 
     @classmethod

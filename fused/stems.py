@@ -101,10 +101,8 @@ class _FusedStems(FusedModule):
         return x, taps
 
 
-class FusedIntermediateLayers(_FusedStems, IntermediateLayers):
+class FusedIntermediateLayers(_FusedStems, IntermediateLayers, block_types=("IntermediateLayers",)):
     """RetinaFace's ``body`` with any loose conv → BN → activation stem fused (ResNet-50's 7x7)."""
-
-    block_type = "IntermediateLayers"
 
     def fused_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.run_children(x, self.return_layers)[1]
@@ -113,10 +111,8 @@ class FusedIntermediateLayers(_FusedStems, IntermediateLayers):
         return IntermediateLayers.forward(self, x)
 
 
-class FusedResNet50(_FusedStems, reference.ResNet50):
+class FusedResNet50(_FusedStems, reference.ResNet50, block_types=("ResNet50",)):
     """``reference.ResNet50`` with its 7x7 stem (conv1 + bn1 + ReLU) as one conv kernel."""
-
-    block_type = "ResNet50"
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.conv1.in_channels, "ResNet50")

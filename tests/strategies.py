@@ -1,8 +1,13 @@
-"""Shared hypothesis strategies for kernel tests. Family-specific composites live in their tests."""
+"""Shared hypothesis strategies and settings for the kernel and fused-module tests.
+
+The hypothesis profiles themselves (``ci``, ``thorough``) are registered in ``tests/conftest.py``;
+strategies only one test module draws from live in that module.
+"""
 
 import math
 
 import torch
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from fused import runtime
@@ -17,10 +22,17 @@ BATCH = st.sampled_from([0, 1, 2, 3])
 STRIDE = st.sampled_from([1, 2])
 #: LeakyReLU slopes: 0 is a ReLU; 0.1 is RetinaFace's; others keep the epilogue honest.
 SLOPE = st.sampled_from([0.0, 0.1, 0.25, 1.0, -0.5])
+#: The epilogue activations of the conv and depthwise kernels.
+ACTIVATIONS = st.sampled_from(["identity", "relu", "leaky_relu", "prelu"])
 MEMORY_FORMAT = st.sampled_from([torch.contiguous_format, torch.channels_last])
 #: Non-finite values to plant in an input with :func:`plant`: often none, else a NaN, an Inf of
 #: either sign, or all three. The float64 reference says where they must come out.
 NONFINITE = st.sampled_from([(), (), (math.nan,), (math.inf,), (-math.inf,), (math.nan, math.inf, -math.inf)])
+
+#: The loaded profile (see ``tests/conftest.py``), also allowing the ``device`` fixture inside
+#: ``@given`` tests: it only names a device, so reusing it across examples is safe.
+FIXTURE_OK = settings(suppress_health_check=[*settings.default.suppress_health_check,
+                                             HealthCheck.function_scoped_fixture])
 
 
 def kernel_dtypes():

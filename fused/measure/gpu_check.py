@@ -240,13 +240,13 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
         steps.append(Step(
             "tests-cuda", "tests", "pytest",
             [py, "-m", "pytest", "-p", "fused.measure.pytest_cuda", "tests", "-m", "not lesson",
-             "--ignore", "tests/test_gpu_matrix.py", *common, *workers, "--junitxml", str(out / "tests" / "cuda.xml")],
+             "--ignore", "tests/fused/test_gpu_matrix.py", *common, *workers, "--junitxml", str(out / "tests" / "cuda.xml")],
             timeout=MAX_STEP_SECONDS, estimate=240, env=cuda_env, modules=TEST_MODULES, out="tests/cuda.xml",
             notes=notes + ["the tests that take the `device` fixture or carry the `gpu` marker, on CUDA tensors: "
                            "kernel properties in float32 (exact and TF32), float16 and bfloat16, NCHW and channels_last"]))
         steps.append(Step(
             "tests-cuda-models", "tests", "pytest",
-            [py, "-m", "pytest", "tests/test_gpu_matrix.py", *common, *workers,
+            [py, "-m", "pytest", "tests/fused/test_gpu_matrix.py", *common, *workers,
              "--junitxml", str(out / "tests" / "cuda-models.xml")],
             timeout=MAX_STEP_SECONDS, estimate=180, env=cuda_env, modules=TEST_MODULES, out="tests/cuda-models.xml",
             notes=notes + ["every fused model (RetinaFace both backbones, ArcFace IR-18 with and without SE) on CUDA "
@@ -256,7 +256,7 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
         ignore = []
         missing_lessons = machine.missing_modules(LESSON_MODULES)
         if missing_lessons:
-            ignore = ["--ignore", "tests/test_lessons.py"]
+            ignore = ["--ignore", "tests/lessons/test_lessons.py"]
             interp_notes.append(f"lesson tests skipped: {', '.join(missing_lessons)} missing")
         interpreter = Step(
             "tests-interpreter", "tests", "pytest",

@@ -88,7 +88,7 @@ def test_a_step_missing_a_package_is_skipped_saying_which(tmp_path):
     m = machine(missing=("hypothesis", "nbclient"))
     steps = G.plan(tmp_path, m, ("tests",))
     interp = next(s for s in steps if s.name == "tests-interpreter")
-    assert "tests/test_lessons.py" in interp.argv and any("nbclient" in n for n in interp.notes)
+    assert "tests/lessons/test_lessons.py" in interp.argv and any("nbclient" in n for n in interp.notes)
     states = G.run_plan(steps, tmp_path, m)
     assert {s["status"] for s in states} == {"skipped"}
     assert all("hypothesis" in s["reason"] for s in states)

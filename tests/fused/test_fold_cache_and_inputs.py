@@ -70,7 +70,7 @@ def test_verify_folds_can_be_set_by_the_environment():
     code = "import fused; print(fused.base.verifying_folds())"
     env = dict(os.environ, FACEFUSE_VERIFY_FOLDS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "True"
 
 

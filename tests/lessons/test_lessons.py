@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-LESSONS = sorted((Path(__file__).resolve().parent.parent / "lessons").glob("*.ipynb"))
+LESSONS = sorted((Path(__file__).resolve().parents[2] / "lessons").glob("*.ipynb"))
 
 
 def test_there_are_lessons():

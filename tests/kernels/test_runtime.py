@@ -17,7 +17,7 @@ from fused.kernels.depthwise import depthwise_conv_bias_act
 from fused.kernels.heads import anchor_heads
 from fused.tolerance import reduction_length
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 interpreter_only = pytest.mark.skipif(not fused.runtime.INTERPRETED, reason="about Triton's interpreter")
 
 # Runs every kernel family (and a library function called as a tensor method) and checks the

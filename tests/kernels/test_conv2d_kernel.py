@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fused
@@ -21,13 +21,9 @@ import fused.record
 from fused.kernels import common, conv2d
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
-from tests.strategies import (BATCH, CHANNELS, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE, kernel_dtypes,
-                              layout, plant)
+from tests.strategies import (ACTIVATIONS, BATCH, CHANNELS, FIXTURE_OK, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL,
+                              STRIDE, kernel_dtypes, layout, plant)
 
-ACTIVATIONS = st.sampled_from(["identity", "relu", "leaky_relu", "prelu"])
-#: The active profile, also allowing the (immutable) ``device`` fixture inside ``@given`` tests.
-fixture_ok = settings(suppress_health_check=[*settings.default.suppress_health_check,
-                                             HealthCheck.function_scoped_fixture])
 
 
 @st.composite
@@ -104,7 +100,7 @@ def check(actual, expected, x, g, dtype=None):
     assert_close(actual, expected, dtype=dtype, reduction_length=g["C"] * g["R"] ** 2)
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, non_contiguous=st.booleans(),
        weight_fmt=MEMORY_FORMAT, fp32_weight=st.booleans(), with_bias=st.booleans(), specials=NONFINITE,
        data=st.data())
@@ -124,7 +120,7 @@ def test_conv_bias_activation_matches_reference(g, dtype, fmt, non_contiguous, w
     check(y.cpu(), expected, x, g)
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, residual_fmt=MEMORY_FORMAT,
        non_contiguous=st.booleans(), scaled=st.booleans(), specials=NONFINITE, data=st.data())
 def test_residual_and_scale_are_added_before_activation(g, dtype, fmt, residual_fmt, non_contiguous,
@@ -144,7 +140,7 @@ def test_residual_and_scale_are_added_before_activation(g, dtype, fmt, residual_
     check(y.cpu(), reference(x, weight, bias, **kwargs), x, g)
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, specials=NONFINITE)
 def test_input_affine_leaves_zero_padding_zero(g, dtype, fmt, specials, device):
     # Shift of +3 makes a mistake visible: padding taps that got the affine would add 3*w.
@@ -160,7 +156,7 @@ def test_input_affine_leaves_zero_padding_zero(g, dtype, fmt, specials, device):
     check(y.cpu(), expected, x, g)
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT,
        before=st.integers(0, 5), after=st.integers(0, 5))
 def test_out_writes_only_its_channel_slice(g, dtype, fmt, before, after, device):
@@ -331,7 +327,7 @@ def test_bad_input_is_rejected_with_a_clear_message(args, error, match, device):
 
 
 @pytest.mark.gpu
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), fmt=MEMORY_FORMAT, data=st.data())
 def test_bfloat16_matches_reference(g, fmt, data, device):
     x, weight, bias = make_inputs(g, torch.bfloat16, fmt)
@@ -345,7 +341,7 @@ def test_bfloat16_matches_reference(g, fmt, data, device):
 
 
 @pytest.mark.gpu
-@fixture_ok
+@FIXTURE_OK
 @given(g=geometries(), fmt=MEMORY_FORMAT)
 def test_tf32_option_matches_reference_within_tf32_tolerance(g, fmt, device):
     x, weight, bias = make_inputs(g, torch.float32, fmt)

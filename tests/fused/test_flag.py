@@ -14,7 +14,7 @@ import fused
 import reference as R
 from fused import flag
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fused import record
@@ -13,16 +13,12 @@ from fused.kernels.common import needs_int64
 from fused.kernels import depthwise
 from fused.kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
 from fused.tolerance import assert_close, largest_finite
-from tests.strategies import BATCH, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE, kernel_dtypes, layout, plant
+from tests.strategies import (ACTIVATIONS, BATCH, FIXTURE_OK, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE,
+                              kernel_dtypes, layout, plant)
 
 #: 1 (ArcFace stem), 3 (RGB), 8 (mobile0.25's first block), 13 (not a multiple of anything),
 #: 64 and, with small maps to keep the interpreter quick, 256 (the widest RetinaFace block).
 DW_CHANNELS = st.sampled_from([1, 3, 8, 13, 64, 256])
-ACTIVATION = st.sampled_from(["identity", "relu", "leaky_relu", "prelu"])
-#: The loaded profile, plus permission to use the (stateless) ``device`` fixture in @given tests.
-FIXTURE_OK = settings(
-    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
-)
 
 
 def _spatial(channels: int, size: int) -> int:
@@ -75,7 +71,7 @@ def _check_untouched(whole, channels):
 @FIXTURE_OK
 @given(
     channels=DW_CHANNELS, height=SPATIAL, width=SPATIAL, batch=BATCH, stride=STRIDE, dtype=kernel_dtypes(),
-    memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), activation=ACTIVATION, slope=SLOPE,
+    memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), activation=ACTIVATIONS, slope=SLOPE,
     with_bias=st.booleans(), strided_weight=st.booleans(), into_slice=st.booleans(), specials=NONFINITE,
 )
 @example(channels=256, height=3, width=2, batch=2, stride=2, dtype=torch.float16,

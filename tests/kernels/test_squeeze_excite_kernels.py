@@ -12,23 +12,19 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fused import record
 from fused.kernels import squeeze_excite as se
 from fused.tolerance import assert_close
 from reference.squeeze_excite import SEBlock
-from tests.strategies import BATCH, CHANNELS, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, kernel_dtypes, layout, plant
-
-# The `device` fixture only names a device, so reusing it across examples is safe.
-fixture_ok = settings(
-    suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
-)
+from tests.strategies import (BATCH, CHANNELS, FIXTURE_OK, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, kernel_dtypes,
+                              layout, plant)
 
 SEEDS = st.integers(min_value=0, max_value=2**16)
 REDUCTIONS = st.sampled_from([1, 2, 4, 16])  # hidden = max(C // r, 1)
-ACTIVATIONS = st.sampled_from(["identity", "relu", "leaky_relu", "prelu_shared", "prelu_channel"])
+SE_ACTIVATIONS = st.sampled_from(["identity", "relu", "leaky_relu", "prelu_shared", "prelu_channel"])
 RESIDUAL_FORMATS = st.sampled_from([None, torch.contiguous_format, torch.channels_last, "strided"])
 KERNELS = {"se_squeeze_partial", "se_excite", "se_scale_residual_act"}
 
@@ -82,7 +78,7 @@ def activate64(v, activation, slope64):
 # ----------------------------------------------------------------------------------- squeeze
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(batch=BATCH, channels=CHANNELS, height=SPATIAL, width=st.integers(1, 17), dtype=kernel_dtypes(),
        memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS, specials=NONFINITE)
 def test_squeeze_is_mean_over_map(device, batch, channels, height, width, dtype, memory_format, non_contiguous,
@@ -93,7 +89,7 @@ def test_squeeze_is_mean_over_map(device, batch, channels, height, width, dtype,
     assert_close(pooled, x.double().mean(dim=(2, 3)), reduction_length=height * width, what="se_squeeze")
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(batch=st.sampled_from([1, 2]), channels=st.sampled_from([3, 5, 13]), height=st.integers(30, 40),
        width=st.integers(30, 40), dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT,
        non_contiguous=st.booleans(), seed=SEEDS, specials=NONFINITE)
@@ -145,7 +141,7 @@ def test_wrong_squeeze_kernel_is_caught(device, monkeypatch):
 # ----------------------------------------------------------------------------------- excite
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(batch=BATCH, channels=CHANNELS, reduction=REDUCTIONS, dtype=kernel_dtypes(),
        shared_prelu=st.booleans(), transposed=st.booleans(), seed=SEEDS, specials=NONFINITE)
 @example(batch=1, channels=13, reduction=4, dtype=torch.float32, shared_prelu=True, transposed=False, seed=0,
@@ -165,10 +161,10 @@ def test_excite_matches_float64_mlp(device, batch, channels, reduction, dtype, s
 # ----------------------------------------------------------------------------------- scale
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(batch=BATCH, channels=CHANNELS, height=SPATIAL, width=SPATIAL, dtype=kernel_dtypes(),
        memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), residual_format=RESIDUAL_FORMATS,
-       activation=ACTIVATIONS, slope=SLOPE, given_out=st.booleans(), seed=SEEDS, specials=NONFINITE)
+       activation=SE_ACTIVATIONS, slope=SLOPE, given_out=st.booleans(), seed=SEEDS, specials=NONFINITE)
 def test_scale_residual_act(device, batch, channels, height, width, dtype, memory_format, non_contiguous,
                             residual_format, activation, slope, given_out, seed, specials):
     shape = (batch, channels, height, width)
@@ -209,7 +205,7 @@ def seblock64(channels, reduction, params):
     return block
 
 
-@fixture_ok
+@FIXTURE_OK
 @given(batch=BATCH, channels=CHANNELS, reduction=REDUCTIONS, height=SPATIAL, width=SPATIAL,
        dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, non_contiguous=st.booleans(), seed=SEEDS,
        specials=NONFINITE)

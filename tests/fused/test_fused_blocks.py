@@ -12,7 +12,7 @@ from torch import nn
 import fused
 import reference as R
 from fused.tolerance import reduction_length
-from tests.strategies import MEMORY_FORMAT, layout
+from tests.strategies import MEMORY_FORMAT, STRIDE, layout
 
 
 def check_block(block, x, kernels, dtype=torch.float32):
@@ -33,7 +33,7 @@ def check_block(block, x, kernels, dtype=torch.float32):
 
 @given(
     channels=st.sampled_from([(1, 3), (3, 8), (8, 16), (13, 7), (16, 32)]),
-    stride=st.sampled_from([1, 2]),
+    stride=STRIDE,
     size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
     kernel=st.sampled_from(["fused", "two_kernels"]),
     memory_format=MEMORY_FORMAT,

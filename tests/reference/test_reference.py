@@ -13,7 +13,7 @@ from torch import nn
 
 import reference as R
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def spec_keys(fname):
