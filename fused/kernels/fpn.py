@@ -100,6 +100,7 @@ def lateral_upsample_add(
     One kernel: the upsampled ``coarse`` is read in the epilogue, never materialised. ``x`` is
     ``[N, C, H, W]``; ``weight`` ``[K, C, 1, 1]`` (or ``[K, C]``); ``bias`` ``[K]``; ``coarse``
     ``[N, K, h, w]`` with any ``h, w`` (not only half the size), or None for the plain lateral.
+    ``precision="tf32"`` (float32 inputs only, else a ValueError) lets the dot use TF32 tensor cores.
     """
     name = "lateral_upsample_add"
     if x.dim() != 4:

@@ -120,6 +120,7 @@ def anchor_heads(
     ``row_offset .. row_offset + H*W*anchors`` of every output are written, in the reference's
     order (pixel-major, then anchor). ``softmax=True`` applies a softmax over each anchor's values
     of the first output (``V_0`` must be a power of two, 2 for RetinaFace's class head).
+    ``precision="tf32"`` (float32 inputs only, else a ValueError) lets the dot use TF32 tensor cores.
     Returns ``outputs``.
     """
     name = "anchor_heads"
