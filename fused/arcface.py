@@ -14,6 +14,7 @@ import reference
 
 from .base import FusedModule, conv_weights, prelu_slopes
 from .folding import batchnorm_affine
+from .kernels.conv2d import conv2d_bias_act
 
 
 class FusedResNetArcFace(FusedModule, reference.ResNetArcFace, block_types=("ResNetArcFace",)):
@@ -39,8 +40,6 @@ class FusedResNetArcFace(FusedModule, reference.ResNetArcFace, block_types=("Res
         }
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.conv2d import conv2d_bias_act
-
         self.check_input(x)
         f = self.folded(x.dtype, x.device)
         weight, bias = f["stem"]

@@ -13,6 +13,7 @@ import reference
 from reference.checks import check_feature_map
 
 from .base import FusedModule, conv_weights
+from .kernels.conv2d import conv2d_bias_act
 
 
 def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:
@@ -67,8 +68,6 @@ class FusedConvBNAct(FusedModule, nn.Sequential,
         return {"weight": weight, "bias": bias}
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.conv2d import conv2d_bias_act
-
         conv = self[0]
         check_feature_map(x, conv.in_channels, f"{self.block_type} ({self.facefuse_path or 'fused'})")
         folded = self.folded(x.dtype, x.device)

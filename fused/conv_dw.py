@@ -20,6 +20,8 @@ from reference.checks import check_feature_map
 
 from .base import FusedModule, conv_weights
 from .folding import fold_batchnorm
+from .kernels.conv2d import conv2d_bias_act
+from .kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
 
 KERNELS = ("fused", "two_kernels")
 
@@ -62,9 +64,6 @@ class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
         }
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.conv2d import conv2d_bias_act
-        from .kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
-
         check_feature_map(x, self[0].in_channels, f"conv_dw ({self.facefuse_path or 'fused'})")
         f = self.folded(x.dtype, x.device)
         stride = self[0].stride[0]

@@ -13,6 +13,7 @@ import reference
 
 from .base import FusedModule, conv_weights
 from .conv_bn_act import conv_bn_activation, unsupported_conv
+from .kernels.fpn import lateral_upsample_add
 
 LATERALS = ("output1", "output2", "output3")
 
@@ -38,8 +39,6 @@ class FusedFPN(FusedModule, reference.FPN, block_types=("FPN",)):
         return {name: conv_weights(getattr(self, name)[0], getattr(self, name)[1], dtype, device) for name in LATERALS}
 
     def fused_forward(self, input):
-        from .kernels.fpn import lateral_upsample_add
-
         finest, middle, coarsest = self.check_inputs(input)
         f = self.folded(finest.dtype, finest.device)
         precision = self.dot_precision(finest)

@@ -16,6 +16,7 @@ from reference.checks import check_feature_map
 from reference.heads import _AnchorHead
 
 from .base import FusedModule
+from .kernels.heads import anchor_heads
 
 
 def head_weights(heads, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +47,6 @@ class _FusedAnchorHead(FusedModule):
         return head_weights([self], dtype, device)
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.heads import anchor_heads
-
         check_feature_map(x, self.conv1x1.in_channels, f"{type(self).__name__} ({self.facefuse_path or 'fused'})")
         n, _, h, w = x.shape
         out = torch.empty((n, h * w * self.num_anchors, self.values), dtype=x.dtype, device=x.device)

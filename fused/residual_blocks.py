@@ -24,6 +24,8 @@ from reference.checks import check_feature_map
 from .base import FusedModule, conv_weights, prelu_slopes
 from .folding import batchnorm_affine
 from .squeeze_excite import se_gate
+from .kernels.conv2d import conv2d_bias_act
+from .kernels.squeeze_excite import se_scale_residual_act
 
 
 def _downsample_reason(block: nn.Module) -> str | None:
@@ -35,7 +37,6 @@ def _downsample_reason(block: nn.Module) -> str | None:
 
 def _conv(x, weights, conv: nn.Conv2d, precision: str, **epilogue) -> torch.Tensor:
     """Run ``conv`` (BN folded into ``weights``) with the given epilogue."""
-    from .kernels.conv2d import conv2d_bias_act
 
     weight, bias = weights
     return conv2d_bias_act(x, weight, bias, stride=conv.stride[0], padding=conv.padding[0], precision=precision, **epilogue)
@@ -90,7 +91,6 @@ class FusedIRBlock(_FusedResidual, reference.IRBlock, block_types=("IRBlock",)):
         gate = se_gate(self.se, y)
         if self.downsample is not None:
             return _conv(x, f["downsample"], self.downsample[0], p, residual=y, residual_scale=gate, **prelu)
-        from .kernels.squeeze_excite import se_scale_residual_act
 
         return se_scale_residual_act(y, gate, x, **prelu)
 

@@ -18,6 +18,7 @@ from reference.checks import check_feature_map
 
 from .base import FusedModule
 from .heads import head_weights, unsupported_head
+from .kernels.heads import anchor_heads
 
 HEADS = ("ClassHead", "BboxHead", "LandmarkHead")  # the stacked order: softmax applies to the first
 
@@ -50,8 +51,6 @@ class FusedRetinaFace(FusedModule, reference.RetinaFace, block_types=("RetinaFac
         return {"heads": [head_weights(level, dtype, device) for level in levels]}
 
     def fused_forward(self, inputs: torch.Tensor):
-        from .kernels.heads import anchor_heads
-
         check_feature_map(inputs, 3, "RetinaFace")
         features = self.fpn(self.body(inputs))
         features = [self.ssh1(features[0]), self.ssh2(features[1]), self.ssh3(features[2])]

@@ -139,6 +139,12 @@ def backend() -> str:
     return "triton-interpreter" if INTERPRETED else "triton"
 
 
+def device() -> torch.device:
+    """The device the kernels take tensors on here: ``cuda`` when compiled for a GPU, ``cpu`` in
+    Triton's interpreter. Lessons and tools put their tensors there."""
+    return torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu")
+
+
 def check_inputs(name: str, *tensors: torch.Tensor | None) -> None:
     """Raise a clear error if the tensors cannot go to a kernel on this machine.
 

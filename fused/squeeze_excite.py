@@ -12,6 +12,7 @@ import reference
 from reference.checks import check_feature_map
 
 from .base import FusedModule
+from .kernels.squeeze_excite import se_excite, se_scale_residual_act, se_squeeze
 
 
 def se_parameters(se: reference.SEBlock) -> tuple[torch.Tensor, ...]:
@@ -27,8 +28,6 @@ def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
     vector and the reference's gate is ``sigmoid(fc2.bias)`` for every sample, whatever ``y``
     holds: computed here directly (the MLP kernel needs a hidden unit).
     """
-    from .kernels.squeeze_excite import se_excite, se_squeeze
-
     fc1, fc2 = se.fc[0], se.fc[2]
     if fc1.out_features == 0:
         bias = fc2.bias.detach().float() if fc2.bias is not None else torch.zeros(fc2.out_features, device=y.device)
@@ -43,8 +42,6 @@ class FusedSEBlock(FusedModule, reference.SEBlock, block_types=("SEBlock",)):
         return {}
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.squeeze_excite import se_scale_residual_act
-
         check_feature_map(x, self.fc[0].in_features, f"SEBlock ({self.facefuse_path or 'fused'})")
         return se_scale_residual_act(x, se_gate(self, x))
 

@@ -31,6 +31,7 @@ from .base import FusedModule, kernel_weight
 from .conv_bn_act import conv_bn_activation, unsupported_conv
 from .folding import fold_batchnorm
 from .kernels.common import new_output
+from .kernels.conv2d import conv2d_bias_act
 
 BRANCHES = ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
 
@@ -63,8 +64,6 @@ class FusedSSH(FusedModule, reference.SSH, block_types=("SSH",)):
         return out
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels.conv2d import conv2d_bias_act
-
         check_feature_map(x, self.in_channel, f"SSH ({self.facefuse_path or 'fused'})")
         f = self.folded(x.dtype, x.device)
         precision = self.dot_precision(x)

@@ -17,6 +17,7 @@ from reference.retinaface import IntermediateLayers
 
 from .base import FusedModule, conv_weights, prelu_slopes
 from .conv_bn_act import unsupported_conv
+from .kernels.conv2d import conv2d_bias_act
 
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
 
@@ -81,7 +82,6 @@ class _FusedStems(FusedModule):
 
     def run_children(self, x: torch.Tensor, tap=()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run every child (stems fused); return the last output and those of the children in ``tap``."""
-        from .kernels.conv2d import conv2d_bias_act
 
         folded = self.folded(x.dtype, x.device)
         starts = {run[0]: run for run in self.stems}

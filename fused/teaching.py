@@ -7,9 +7,9 @@ launches, and a few callables timed side by side.
         block(x)
     print(" -> ".join(listed.ops))                     # convolution -> _native_batch_norm_legit_no_training -> ...
 
-    show_lines(kernels.conv2d.conv2d_bias_act, "# Block sizes", "grid = (")
+    show_lines(conv_kernels.conv2d_bias_act_kernel, "acc = tl.zeros", "acc = tl.dot(")
 
-    with watch_launches(conv_kernels, "_conv2d_bias_act_kernel") as launches:
+    with watch_launches(conv_kernels, "conv2d_bias_act_kernel") as launches:
         fused_block(x)
     grid, blocks = launches[0]                         # the grid and the BLOCK_* sizes of the first launch
 

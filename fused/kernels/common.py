@@ -1,14 +1,43 @@
-"""Pieces every kernel family shares: the activation epilogue, output allocation, index width."""
+"""What every kernel family shares: the activation epilogue, the launch checks, tile choice and
+launch plans, output allocation, index width.
+
+Kernel conventions (every family follows them, so one kernel reads like the next):
+
+* arguments: pointers ``<tensor>_ptr``; extents ``N, C, H, W`` (input), ``K`` (output channels),
+  ``OH, OW``; strides ``<tensor>_stride_<axis>`` (``x_stride_n, x_stride_c, ...``,
+  ``w_stride_k``, ``out_stride_n``);
+* compile-time switches (``tl.constexpr``): ``ACTIVATION`` (one of the codes below, compared by
+  name: ``if ACTIVATION == PRELU``), ``INPUT_PRECISION`` (``tl.dot``'s), ``USE_INT64`` (64-bit
+  offsets), ``HAS_<OPTIONAL_INPUT>``, and tiles ``BLOCK_M`` (output pixels, the GEMM rows),
+  ``BLOCK_N`` (output channels), ``BLOCK_C`` (input channels), ``BLOCK_HW`` (positions);
+* launchers check their inputs with :func:`check_launch` and take their grid and tiles from a
+  public ``<family>_plan`` function, which tells what a launch uses on a GPU (``interpreter=False``)
+  or in Triton's interpreter, from any machine.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-#: Activation codes, chosen at compile time (``tl.constexpr``).
-IDENTITY, RELU, LEAKY_RELU, PRELU = 0, 1, 2, 3
-ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU}
+from .. import runtime
+
+#: Activation codes. They are ``tl.constexpr`` values, so kernels compare a ``tl.constexpr``
+#: ``ACTIVATION`` with them by name (``if ACTIVATION == PRELU:``) and the branch is resolved at
+#: compile time; launchers pass ``ACTIVATIONS[name]``, the plain integer.
+IDENTITY: tl.constexpr = tl.constexpr(0)
+RELU: tl.constexpr = tl.constexpr(1)
+LEAKY_RELU: tl.constexpr = tl.constexpr(2)
+PRELU: tl.constexpr = tl.constexpr(3)
+ACTIVATIONS = {"identity": IDENTITY.value, "relu": RELU.value, "leaky_relu": LEAKY_RELU.value, "prelu": PRELU.value}
+
+#: A documented test switch: True makes every launcher use 64-bit offsets (``USE_INT64``) even
+#: for small tensors, so the tests exercise that path on the CPU. Off in normal use.
+FORCE_INT64 = False
 
 INT32_MAX = 2**31 - 1
 
@@ -28,9 +57,9 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     ``tl.maximum``, whose default is maxnum (numpy ``fmax``, PTX ``max.f32``): it returns the
     non-NaN operand, so ``tl.maximum(NaN, 0.0)`` is 0 on both.
     """
-    if ACTIVATION == 1:
+    if ACTIVATION == RELU:
         y = tl.where(y < 0, 0.0, y)
-    elif ACTIVATION == 2 or ACTIVATION == 3:
+    elif ACTIVATION == LEAKY_RELU or ACTIVATION == PRELU:
         y = tl.where(y > 0, y, y * slope)
     return y
 
@@ -80,7 +109,7 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
     code = ACTIVATIONS[activation]
-    if code == PRELU:
+    if activation == "prelu":
         if not isinstance(slope, torch.Tensor):
             slope = torch.tensor([float(slope)])
         slope = slope.detach().reshape(-1).to(device=device, dtype=torch.float32)
@@ -90,7 +119,7 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
             raise ValueError(f"PReLU has {slope.numel()} slopes, expected 1 or {channels}")
         return code, 0.0, slope.contiguous()
     dummy = _dummy(device)
-    if code == LEAKY_RELU:
+    if activation == "leaky_relu":
         if isinstance(slope, torch.Tensor):
             if slope.numel() != 1:
                 raise ValueError("leaky_relu takes one scalar slope; use activation='prelu' for a vector")
@@ -106,11 +135,47 @@ def new_output(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
+def check_launch(name: str, x: torch.Tensor, *tensors: torch.Tensor | None, precision: str | None = None) -> None:
+    """The checks every launcher shares: dtype and device (:func:`fused.runtime.check_inputs`,
+    ``x`` first) and, for launchers with a ``tl.dot``, the precision: ``"ieee"`` (exact fp32
+    products) or ``"tf32"`` (TF32 tensor cores), which applies to float32 inputs only. A wrong
+    precision is an error, never silently replaced (fused modules pass
+    :meth:`fused.FusedModule.dot_precision`, which is ``"ieee"`` for other dtypes)."""
+    runtime.check_inputs(name, x, *tensors)
+    if precision is None:
+        return
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
+    if precision == "tf32" and x.dtype != torch.float32:
+        raise ValueError(f"{name}: precision='tf32' applies to float32 inputs only, x is {x.dtype}; "
+                         f"pass precision='ieee'")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """What one kernel launch uses: its ``grid``, its ``BLOCK_*`` sizes and warps per program."""
+
+    grid: tuple[int, ...]
+    blocks: dict[str, int]
+    num_warps: int = 4
+
+    @property
+    def programs(self) -> int:
+        """How many programs the launch runs."""
+        return math.prod(self.grid)
+
+
+def interpreting(interpreter: bool | None) -> bool:
+    """Whether a plan is for Triton's interpreter: ``interpreter``, or this machine's when None."""
+    return runtime.INTERPRETED if interpreter is None else bool(interpreter)
+
+
 #: Extents above this get wider tiles in the interpreter (see :func:`interpreter_tile`).
 INTERPRETER_BIG_PROBLEM = 512
 
 
-def interpreter_tile(gpu_tile: int, extent: int, *, big: int = INTERPRETER_BIG_PROBLEM, max_tile: int = 1024) -> int:
+def interpreter_tile(gpu_tile: int, extent: int, *, interpreter: bool, big: int = INTERPRETER_BIG_PROBLEM,
+                     max_tile: int = 1024) -> int:
     """The tile size to launch with along an axis of ``extent``: ``gpu_tile``, or wider in the interpreter.
 
     Triton's interpreter runs each program (and each loop iteration) as Python, so its cost is per
@@ -118,20 +183,32 @@ def interpreter_tile(gpu_tile: int, extent: int, *, big: int = INTERPRETER_BIG_P
     up to ``max_tile``, which makes a forward pass several times faster; extents up to ``big``
     keep the GPU tile, so the property tests still exercise indexing across several tiles.
     """
-    from .. import runtime
-
-    if runtime.INTERPRETED and extent > big:
+    if interpreter and extent > big:
         return max(gpu_tile, min(max_tile, triton.next_power_of_2(extent)))
     return gpu_tile
 
 
-def row_tile(gpu_tile: int, rows: int, max_tile: int = 1024) -> int:
-    """:func:`interpreter_tile` along the rows (output pixels) of a launch."""
-    return interpreter_tile(gpu_tile, rows, max_tile=max_tile)
+def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool) -> dict[str, int]:
+    """``BLOCK_M, BLOCK_N, BLOCK_C`` for a GEMM of ``rows`` output pixels x ``K`` output channels
+    over ``C`` input channels (the convolutions and the FPN lateral).
+
+    Powers of two, each >= 16 because ``tl.dot`` needs that (masks cover the excess); 128 pixels
+    per tile, 64 when the tile is 128 channels wide to bound the fp32 accumulator.
+    """
+    block_n = min(max(triton.next_power_of_2(K), 16), 128)
+    block_c = min(max(triton.next_power_of_2(C), 16), 64)
+    block_m = min(64 if block_n == 128 else 128, max(triton.next_power_of_2(rows), 16))
+    return {
+        "BLOCK_M": interpreter_tile(block_m, rows, interpreter=interpreter),
+        "BLOCK_N": interpreter_tile(block_n, K, interpreter=interpreter, big=128, max_tile=512),
+        "BLOCK_C": interpreter_tile(block_c, C, interpreter=interpreter, big=64, max_tile=512),
+    }
 
 
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
-    """True when some element offset of these tensors may not fit in int32."""
+    """True when some element offset of these tensors may not fit in int32 (or :data:`FORCE_INT64`)."""
+    if FORCE_INT64:
+        return True
     for t in tensors:
         if t is None or t.numel() == 0:
             continue

@@ -23,16 +23,12 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import RELU, activate, needs_int64, interpreter_tile, new_output, resolve_activation, row_tile
-
-#: Tests set this to True to run the int64-offset variant on small tensors.
-_FORCE_INT64 = False
-
-_RELU: tl.constexpr = tl.constexpr(RELU)
+from .common import PRELU, RELU, LaunchPlan, activate, check_launch, gemm_tiles, interpreting, needs_int64, \
+    new_output, resolve_activation
 
 
 @triton.jit
-def _conv2d_bias_act_kernel(
+def conv2d_bias_act_kernel(
     x_ptr, weight_ptr, bias_ptr, residual_ptr, residual_scale_ptr,
     input_scale_ptr, input_shift_ptr, prelu_slopes_ptr, out_ptr,
     pixels, C, H, W, K, OH, OW,  # pixels = N*OH*OW, the GEMM's rows
@@ -99,17 +95,29 @@ def _conv2d_bias_act_kernel(
             scale_at = n[:, None] * res_scale_stride_n + cols[None, :] * res_scale_stride_k
             res *= tl.load(residual_scale_ptr + scale_at, mask=out_ok).to(tl.float32)
         y += res
-    if ACTIVATION == 3:  # common.PRELU: one slope per output channel
+    if ACTIVATION == PRELU:  # one slope per output channel
         slope = tl.load(prelu_slopes_ptr + cols, mask=col_ok, other=0.0)[None, :]
     else:
         slope = leaky_slope
     if HAS_RELU_FROM:  # channels relu_from.. take a ReLU (not a slope-0 LeakyReLU: -inf must give 0)
-        y = tl.where(cols[None, :] >= relu_from, activate(y, 0.0, _RELU), activate(y, slope, ACTIVATION))
+        y = tl.where(cols[None, :] >= relu_from, activate(y, 0.0, RELU), activate(y, slope, ACTIVATION))
     else:
         y = activate(y, slope, ACTIVATION)
     out_row = n * out_stride_n + oh * out_stride_h + ow * out_stride_w
     tl.store(out_ptr + out_row[:, None] + cols[None, :] * out_stride_k,
              y.to(out_ptr.dtype.element_ty), mask=out_ok)
+
+
+def conv2d_plan(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
+                interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`conv2d_bias_act` makes for ``x`` ``[N, C, H, W]`` and a ``[K, C, R, R]``
+    weight: one program per ``BLOCK_M`` output pixels x ``BLOCK_N`` output channels
+    (:func:`~fused.kernels.common.gemm_tiles`). ``interpreter=False`` gives the GPU's plan on any
+    machine, ``True`` the interpreter's, None this machine's."""
+    OH, OW = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - R) // stride + 1
+    pixels = N * OH * OW
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter))
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
 
 
 def _check_shape(name: str, t: torch.Tensor | None, expected: tuple[int, ...]) -> None:
@@ -170,17 +178,13 @@ def conv2d_bias_act(
         raise ValueError(f"{name}: kernel must be square with odd size, got {R}x{R2}")
     if not weight.is_floating_point():
         raise TypeError(f"{name}: weight must be a floating-point tensor, got {weight.dtype}")
-    runtime.check_inputs(name, x, weight, bias, residual, residual_scale, input_scale, input_shift, out)
+    check_launch(name, x, weight, bias, residual, residual_scale, input_scale, input_shift, out, precision=precision)
     if not isinstance(stride, int) or not isinstance(padding, int) or stride < 1 or padding < 0:
         raise ValueError(f"{name}: need integers stride >= 1 and padding >= 0, "
                          f"got stride={stride!r}, padding={padding!r}")
     OH, OW = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - R) // stride + 1
     if OH < 1 or OW < 1:
         raise ValueError(f"{name}: input {H}x{W} with padding {padding} is smaller than the {R}x{R} kernel")
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
-    if precision == "tf32" and x.dtype != torch.float32:
-        raise ValueError(f"{name}: precision='tf32' applies to float32 inputs only, x is {x.dtype}")
     _check_shape("bias", bias, (K,))
     _check_shape("residual", residual, (N, K, OH, OW))
     _check_shape("residual_scale", residual_scale, (N, K))
@@ -204,18 +208,10 @@ def conv2d_bias_act(
     if pixels == 0 or K == 0:
         return out
 
-    # Block sizes: powers of two, each >= 16 because tl.dot needs that (masks cover the excess);
-    # 128 pixels per tile, 64 when the tile is 128 channels wide to bound the fp32 accumulator.
-    BLOCK_N = min(max(triton.next_power_of_2(K), 16), 128)
-    BLOCK_C = min(max(triton.next_power_of_2(C), 16), 64)
-    BLOCK_M = min(64 if BLOCK_N == 128 else 128, max(triton.next_power_of_2(pixels), 16))
-    BLOCK_M = row_tile(BLOCK_M, pixels)
-    BLOCK_N = interpreter_tile(BLOCK_N, K, big=128, max_tile=512)
-    BLOCK_C = interpreter_tile(BLOCK_C, C, big=64, max_tile=512)
-    grid = (triton.cdiv(pixels, BLOCK_M), triton.cdiv(K, BLOCK_N))
+    plan = conv2d_plan(N, C, H, W, K, R, stride, padding)
     dummy = prelu_slopes  # stands in for absent tensors; the kernel never reads it for them
     record.kernel_launched(name)
-    _conv2d_bias_act_kernel[grid](
+    conv2d_bias_act_kernel[plan.grid](
         x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
         _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
         pixels, C, H, W, K, OH, OW,
@@ -224,7 +220,7 @@ def conv2d_bias_act(
         R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
         ACTIVATION=code, HAS_RELU_FROM=relu_from is not None, INPUT_PRECISION=precision,
-        USE_INT64=_FORCE_INT64 or needs_int64(x, weight, residual, residual_scale, out),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+        USE_INT64=needs_int64(x, weight, residual, residual_scale, out),
+        num_warps=plan.num_warps, **plan.blocks,
     )
     return out

@@ -20,40 +20,40 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import ACTIVATIONS, activate, needs_int64, new_output, resolve_activation, row_tile
+from .common import ACTIVATIONS, PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
+    needs_int64, new_output, resolve_activation
 
-#: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant so that a
-#: test can inject an off-by-one padding bug and check that the tolerance policy rejects it.
-_PADDING = 1
-#: Force 64-bit offsets even for small tensors (the tests check the int64 path on the CPU).
-_FORCE_INT64 = False
+#: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant (a documented
+#: test switch) so that a test can inject an off-by-one padding bug and check that the tolerance
+#: policy rejects it.
+PADDING = 1
 
 
 @triton.jit
-def _block_offsets(block_id, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _block_offsets(block_id, BLOCK: tl.constexpr, USE_INT64: tl.constexpr):
     """Indices ``block_id * BLOCK + [0, BLOCK)``, in int64 when offsets may pass 2**31."""
-    if INT64:
+    if USE_INT64:
         block_id = tl.cast(block_id, tl.int64)  # also for a Python int loop index (interpreter)
     return block_id * BLOCK + tl.arange(0, BLOCK)
 
 
 @triton.jit
-def _depthwise_taps(
+def depthwise_taps(
     x_ptr, weight_ptr,
-    n, oh, ow, pixel_mask,            # [BLOCK_P] output pixel coordinates
+    n, oh, ow, pixel_mask,            # [BLOCK_M] output pixel coordinates
     channel, channel_mask,            # [BLOCK_C] channels
     H, W,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_wc, stride_wh, stride_ww,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    w_stride_c, w_stride_r, w_stride_s,
     STRIDE: tl.constexpr, PADDING: tl.constexpr,
 ):
-    """Depthwise 3x3 sums for a [BLOCK_P pixels, BLOCK_C channels] tile, fp32, no bias.
+    """Depthwise 3x3 sums for a [BLOCK_M pixels, BLOCK_C channels] tile, fp32, no bias.
 
     Each of the nine taps loads one shifted input tile and one weight per channel; taps that
     fall in the padding are masked and read as zero. The weights are rounded to x's dtype
     first, as a conv in that dtype would store them.
     """
-    x_tile = n[:, None] * stride_xn + channel[None, :] * stride_xc
+    x_tile = n[:, None] * x_stride_n + channel[None, :] * x_stride_c
     acc = tl.zeros(x_tile.shape, dtype=tl.float32)
     for i in tl.static_range(3):
         ih = oh * STRIDE + i - PADDING
@@ -61,9 +61,9 @@ def _depthwise_taps(
         for j in tl.static_range(3):
             iw = ow * STRIDE + j - PADDING
             tap_ok = row_ok & (iw >= 0) & (iw < W)
-            x = tl.load(x_ptr + x_tile + (ih * stride_xh + iw * stride_xw)[:, None],
+            x = tl.load(x_ptr + x_tile + (ih * x_stride_h + iw * x_stride_w)[:, None],
                         mask=tap_ok[:, None] & channel_mask[None, :], other=0.0)
-            w = tl.load(weight_ptr + channel * stride_wc + i * stride_wh + j * stride_ww,
+            w = tl.load(weight_ptr + channel * w_stride_c + i * w_stride_r + j * w_stride_s,
                         mask=channel_mask, other=0.0)
             w = w.to(x_ptr.dtype.element_ty).to(tl.float32)
             acc = tl.fma(x.to(tl.float32), w[None, :], acc)
@@ -71,83 +71,83 @@ def _depthwise_taps(
 
 
 @triton.jit
-def _depthwise_conv_bias_act_kernel(
-    x_ptr, weight_ptr, bias_ptr, prelu_ptr, out_ptr,
+def depthwise_conv_bias_act_kernel(
+    x_ptr, weight_ptr, bias_ptr, prelu_slopes_ptr, out_ptr,
     C, H, W, OH, OW, pixels,          # pixels = N * OH * OW
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_wc, stride_wh, stride_ww,
-    stride_on, stride_oc, stride_oh, stride_ow,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    w_stride_c, w_stride_r, w_stride_s,
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,
     leaky_slope,
     STRIDE: tl.constexpr, PADDING: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACTIVATION: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACTIVATION: tl.constexpr, USE_INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """out[n, c] = act(bias[c] + depthwise 3x3 of x[n, c]) for BLOCK_P pixels x BLOCK_C channels.
+    """out[n, c] = act(bias[c] + depthwise 3x3 of x[n, c]) for BLOCK_M pixels x BLOCK_C channels.
 
     Pixels are flattened over (N, OH, OW) so small maps still fill a tile.
     """
-    pixel = _block_offsets(tl.program_id(0), BLOCK_P, INT64)
-    channel = _block_offsets(tl.program_id(1), BLOCK_C, INT64)
+    pixel = _block_offsets(tl.program_id(0), BLOCK_M, USE_INT64)
+    channel = _block_offsets(tl.program_id(1), BLOCK_C, USE_INT64)
     pixel_mask = pixel < pixels
     channel_mask = channel < C
     n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
 
-    y = _depthwise_taps(x_ptr, weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
-                        stride_xn, stride_xc, stride_xh, stride_xw, stride_wc, stride_wh, stride_ww,
-                        STRIDE, PADDING)
+    y = depthwise_taps(x_ptr, weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
+                       x_stride_n, x_stride_c, x_stride_h, x_stride_w, w_stride_c, w_stride_r, w_stride_s,
+                       STRIDE, PADDING)
     if HAS_BIAS:
         y += tl.load(bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == 3:  # PReLU: one slope per channel
-        slope = tl.load(prelu_ptr + channel, mask=channel_mask, other=0.0)[None, :]
+    if ACTIVATION == PRELU:  # one slope per channel
+        slope = tl.load(prelu_slopes_ptr + channel, mask=channel_mask, other=0.0)[None, :]
     else:
         slope = leaky_slope
     y = activate(y, slope, ACTIVATION)
 
-    out = n[:, None] * stride_on + channel[None, :] * stride_oc + (oh * stride_oh + ow * stride_ow)[:, None]
+    out = n[:, None] * out_stride_n + channel[None, :] * out_stride_c + (oh * out_stride_h + ow * out_stride_w)[:, None]
     tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=pixel_mask[:, None] & channel_mask[None, :])
 
 
 @triton.jit
-def _conv_dw_fused_kernel(
+def conv_dw_fused_kernel(
     x_ptr, dw_weight_ptr, dw_bias_ptr, pw_weight_ptr, pw_bias_ptr, out_ptr,
     C, H, W, K, OH, OW, pixels,       # pixels = N * OH * OW
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_dwc, stride_dwh, stride_dww,
-    stride_pwk, stride_pwc,
-    stride_on, stride_ok, stride_oh, stride_ow,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+    dw_stride_c, dw_stride_r, dw_stride_s,
+    pw_stride_k, pw_stride_c,
+    out_stride_n, out_stride_k, out_stride_h, out_stride_w,
     dw_slope, pw_slope,
-    STRIDE: tl.constexpr, PADDING: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     DW_ACTIVATION: tl.constexpr, PW_ACTIVATION: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """A whole conv_dw block for BLOCK_P output pixels x BLOCK_K output channels.
+    """A whole conv_dw block for BLOCK_M output pixels x BLOCK_N output channels.
 
     Per block of BLOCK_C input channels: depthwise 3x3 + bias + activation in registers, rounded
     to x's dtype (what the two-kernel path would store), then one tl.dot with the pointwise
     weights. Masked channels are zero on both sides of the dot, so any C works.
     """
-    pixel = _block_offsets(tl.program_id(0), BLOCK_P, INT64)
-    out_channel = _block_offsets(tl.program_id(1), BLOCK_K, INT64)
+    pixel = _block_offsets(tl.program_id(0), BLOCK_M, USE_INT64)
+    out_channel = _block_offsets(tl.program_id(1), BLOCK_N, USE_INT64)
     pixel_mask = pixel < pixels
     out_channel_mask = out_channel < K
     n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
 
-    acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for channel_block in range(0, tl.cdiv(C, BLOCK_C)):
-        channel = _block_offsets(channel_block, BLOCK_C, INT64)
+        channel = _block_offsets(channel_block, BLOCK_C, USE_INT64)
         channel_mask = channel < C
-        mid = _depthwise_taps(x_ptr, dw_weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
-                              stride_xn, stride_xc, stride_xh, stride_xw, stride_dwc, stride_dwh, stride_dww,
-                              STRIDE, PADDING)
+        mid = depthwise_taps(x_ptr, dw_weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
+                             x_stride_n, x_stride_c, x_stride_h, x_stride_w, dw_stride_c, dw_stride_r, dw_stride_s,
+                             STRIDE, PADDING)
         mid += tl.load(dw_bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
         mid = activate(mid, dw_slope, DW_ACTIVATION).to(x_ptr.dtype.element_ty)
-        pw = tl.load(pw_weight_ptr + channel[:, None] * stride_pwc + out_channel[None, :] * stride_pwk,
+        pw = tl.load(pw_weight_ptr + channel[:, None] * pw_stride_c + out_channel[None, :] * pw_stride_k,
                      mask=channel_mask[:, None] & out_channel_mask[None, :], other=0.0)
-        acc = tl.dot(mid, pw.to(x_ptr.dtype.element_ty), acc, input_precision=PRECISION)
+        acc = tl.dot(mid, pw.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
 
     acc += tl.load(pw_bias_ptr + out_channel, mask=out_channel_mask, other=0.0).to(tl.float32)[None, :]
     y = activate(acc, pw_slope, PW_ACTIVATION)
-    out = n[:, None] * stride_on + out_channel[None, :] * stride_ok + (oh * stride_oh + ow * stride_ow)[:, None]
+    out = n[:, None] * out_stride_n + out_channel[None, :] * out_stride_k + (oh * out_stride_h + ow * out_stride_w)[:, None]
     tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=pixel_mask[:, None] & out_channel_mask[None, :])
 
 
@@ -191,24 +191,39 @@ def _out_size(size: int, stride: int) -> int:
     return (size + 2 * 1 - 3) // stride + 1
 
 
-def _depthwise_blocks(pixels: int, channels: int, channels_last: bool) -> tuple[int, int]:
-    """~2048-element tiles, long along the axis that is contiguous in memory.
+def depthwise_plan(N: int, C: int, H: int, W: int, stride: int = 1, *, channels_last: bool = False,
+                   interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`depthwise_conv_bias_act` makes for ``x`` ``[N, C, H, W]``: ~2048-element
+    tiles of ``BLOCK_M`` output pixels x ``BLOCK_C`` channels, long along the axis that is
+    contiguous in memory.
 
     channels_last: up to 64 channels side by side (coalesced loads); NCHW: 4 channels and many
     pixels, since neighbouring pixels of one channel are neighbours in memory.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's.
     """
-    block_c = min(triton.next_power_of_2(channels), 64 if channels_last else 4)
-    block_p = row_tile(min(triton.next_power_of_2(pixels), 2048 // block_c), pixels, max_tile=max(2048 // block_c, 1024))
-    return block_p, block_c
+    pixels = N * _out_size(H, stride) * _out_size(W, stride)
+    block_c = min(triton.next_power_of_2(C), 64 if channels_last else 4)
+    block_m = interpreter_tile(min(triton.next_power_of_2(pixels), 2048 // block_c), pixels,
+                               interpreter=interpreting(interpreter), max_tile=max(2048 // block_c, 1024))
+    return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(C, block_c)), {"BLOCK_M": block_m, "BLOCK_C": block_c})
 
 
-def _fused_blocks(pixels: int, channels: int, out_channels: int) -> tuple[int, int, int]:
-    """tl.dot needs every tile side >= 16. BLOCK_K covers up to 128 output channels so the
-    depthwise part, recomputed for every BLOCK_K tile, runs at most twice for K = 256."""
-    block_p = row_tile(min(64, max(16, triton.next_power_of_2(pixels))), pixels)
-    block_c = min(32, max(16, triton.next_power_of_2(channels)))
-    block_k = min(128, max(16, triton.next_power_of_2(out_channels)))
-    return block_p, block_c, block_k
+def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, *,
+                       interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`conv_dw_fused` makes for ``x`` ``[N, C, H, W]`` and ``K`` output channels.
+
+    tl.dot needs every tile side >= 16. BLOCK_N covers up to 128 output channels so the
+    depthwise part, recomputed for every BLOCK_N tile, runs at most twice for K = 256.
+    ``interpreter`` as in :func:`depthwise_plan`.
+    """
+    pixels = N * _out_size(H, stride) * _out_size(W, stride)
+    block_m = interpreter_tile(min(64, max(16, triton.next_power_of_2(pixels))), pixels,
+                               interpreter=interpreting(interpreter))
+    block_c = min(32, max(16, triton.next_power_of_2(C)))
+    block_n = min(128, max(16, triton.next_power_of_2(K)))
+    return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)),
+                      {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c})
 
 
 @runtime.launcher
@@ -235,7 +250,7 @@ def depthwise_conv_bias_act(
     if bias is not None:
         _check_param(name, "bias", bias, (C,))
     _check_stride(name, stride)
-    runtime.check_inputs(name, x, weight, bias, out)
+    check_launch(name, x, weight, bias, out)
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, C, x.device)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
     out = _output(name, x, out, (N, C, OH, OW))
@@ -243,17 +258,15 @@ def depthwise_conv_bias_act(
     if pixels == 0 or C == 0:
         return out
 
-    block_p, block_c = _depthwise_blocks(pixels, C, channels_last=x.stride(1) == 1)
-    grid = (triton.cdiv(pixels, block_p), triton.cdiv(C, block_c))
+    plan = depthwise_plan(N, C, H, W, stride, channels_last=x.stride(1) == 1)
     record.kernel_launched(name)
-    _depthwise_conv_bias_act_kernel[grid](
+    depthwise_conv_bias_act_kernel[plan.grid](
         x, weight, x if bias is None else bias.contiguous(), prelu_slopes, out,
         C, H, W, OH, OW, pixels,
         *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *out.stride(),
         leaky_slope,
-        STRIDE=stride, PADDING=_PADDING, HAS_BIAS=bias is not None, ACTIVATION=code,
-        INT64=_FORCE_INT64 or needs_int64(x, out),
-        BLOCK_P=block_p, BLOCK_C=block_c,
+        STRIDE=stride, PADDING=PADDING, HAS_BIAS=bias is not None, ACTIVATION=code,
+        USE_INT64=needs_int64(x, out), num_warps=plan.num_warps, **plan.blocks,
     )
     return out
 
@@ -297,30 +310,26 @@ def conv_dw_fused(
     _check_param(name, "pw_weight", pw_weight, (K, C, 1, 1), (K, C))
     _check_param(name, "pw_bias", pw_bias, (K,))
     _check_stride(name, stride)
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
     for what, act in (("dw_activation", dw_activation), ("pw_activation", pw_activation)):
         if act not in ("relu", "leaky_relu"):
             raise ValueError(f"{name}: {what} must be 'relu' or 'leaky_relu', got {act!r}")
-    runtime.check_inputs(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out)
+    check_launch(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out, precision=precision)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
     out = _output(name, x, out, (N, K, OH, OW))
     pixels = N * OH * OW
     if pixels == 0 or K == 0:
         return out
 
-    block_p, block_c, block_k = _fused_blocks(pixels, C, K)
-    grid = (triton.cdiv(pixels, block_p), triton.cdiv(K, block_k))
+    plan = conv_dw_fused_plan(N, C, H, W, K, stride)
     record.kernel_launched(name)
-    _conv_dw_fused_kernel[grid](
+    conv_dw_fused_kernel[plan.grid](
         x, dw_weight, dw_bias.contiguous(), pw_weight, pw_bias.contiguous(), out,
         C, H, W, K, OH, OW, pixels,
         *x.stride(), dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
         pw_weight.stride(0), pw_weight.stride(1), *out.stride(),
         float(dw_slope), float(pw_slope),
-        STRIDE=stride, PADDING=_PADDING, PRECISION=precision,
-        INT64=_FORCE_INT64 or needs_int64(x, out),
+        STRIDE=stride, PADDING=PADDING, INPUT_PRECISION=precision, USE_INT64=needs_int64(x, out),
         DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation],
-        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k,
+        num_warps=plan.num_warps, **plan.blocks,
     )
     return out

@@ -20,11 +20,12 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import activate, interpreter_tile, needs_int64, new_output, pointwise_gemm, resolve_activation, row_tile
+from .common import PRELU, LaunchPlan, activate, check_launch, gemm_tiles, interpreting, needs_int64, new_output, \
+    pointwise_gemm, resolve_activation
 
 
 @triton.jit
-def _lateral_upsample_add_kernel(
+def lateral_upsample_add_kernel(
     x_ptr, weight_ptr, bias_ptr, coarse_ptr, prelu_slopes_ptr, out_ptr,
     pixels, C, H, W, K, coarse_h, coarse_w, scale_h, scale_w, leaky_slope,
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,
@@ -54,7 +55,7 @@ def _lateral_upsample_add_kernel(
 
     out_ok = row_ok[:, None] & col_ok[None, :]
     y = acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == 3:  # common.PRELU
+    if ACTIVATION == PRELU:  # one slope per output channel
         slope = tl.load(prelu_slopes_ptr + cols, mask=col_ok, other=0.0)[None, :]
     else:
         slope = leaky_slope
@@ -73,6 +74,16 @@ def nearest_scale(in_size: int, out_size: int) -> float:
     return float(np.float32(in_size) / np.float32(out_size))
 
 
+def lateral_upsample_add_plan(N: int, C: int, H: int, W: int, K: int, *, interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`lateral_upsample_add` makes for ``x`` ``[N, C, H, W]`` and ``K`` output
+    channels: the convolutions' GEMM tiles (:func:`~fused.kernels.common.gemm_tiles`) over the
+    ``N*H*W`` pixels. ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the
+    interpreter's, None this machine's."""
+    pixels = N * H * W
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter))
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
+
+
 @runtime.launcher
 def lateral_upsample_add(
     x: torch.Tensor,
@@ -89,6 +100,7 @@ def lateral_upsample_add(
     One kernel: the upsampled ``coarse`` is read in the epilogue, never materialised. ``x`` is
     ``[N, C, H, W]``; ``weight`` ``[K, C, 1, 1]`` (or ``[K, C]``); ``bias`` ``[K]``; ``coarse``
     ``[N, K, h, w]`` with any ``h, w`` (not only half the size), or None for the plain lateral.
+    ``precision="tf32"`` (float32 inputs only, else a ValueError) lets the dot use TF32 tensor cores.
     """
     name = "lateral_upsample_add"
     if x.dim() != 4:
@@ -108,9 +120,7 @@ def lateral_upsample_add(
             raise ValueError(f"{name}: coarse must be [{N}, {K}, h, w] with h, w >= 1, got {tuple(coarse.shape)}")
         if coarse.dtype != x.dtype:
             raise TypeError(f"{name}: coarse has dtype {coarse.dtype}, expected x's dtype {x.dtype}")
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
-    runtime.check_inputs(name, x, weight, bias, coarse)
+    check_launch(name, x, weight, bias, coarse, precision=precision)
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
 
     out = new_output(x, (N, K, H, W))
@@ -118,20 +128,14 @@ def lateral_upsample_add(
     if pixels == 0 or K == 0:
         return out
     coarse_h, coarse_w = (coarse.shape[2], coarse.shape[3]) if coarse is not None else (1, 1)
-    BLOCK_N = min(max(triton.next_power_of_2(K), 16), 128)
-    BLOCK_C = min(max(triton.next_power_of_2(C), 16), 64)
-    BLOCK_M = row_tile(min(64 if BLOCK_N == 128 else 128, max(triton.next_power_of_2(pixels), 16)), pixels)
-    BLOCK_N = interpreter_tile(BLOCK_N, K, big=128, max_tile=512)
-    BLOCK_C = interpreter_tile(BLOCK_C, C, big=64, max_tile=512)
-    grid = (triton.cdiv(pixels, BLOCK_M), triton.cdiv(K, BLOCK_N))
+    plan = lateral_upsample_add_plan(N, C, H, W, K)
     record.kernel_launched(name)
-    _lateral_upsample_add_kernel[grid](
+    lateral_upsample_add_kernel[plan.grid](
         x, weight, bias, coarse if coarse is not None else prelu_slopes, prelu_slopes, out,
         pixels, C, H, W, K, coarse_h, coarse_w, nearest_scale(coarse_h, H), nearest_scale(coarse_w, W), leaky_slope,
         *x.stride(), *weight.stride(),
         *(coarse.stride() if coarse is not None else (0, 0, 0, 0)), *out.stride(),
-        HAS_COARSE=coarse is not None, ACTIVATION=code,
-        INPUT_PRECISION=precision if x.dtype == torch.float32 else "ieee",
-        USE_INT64=needs_int64(x, coarse, out), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+        HAS_COARSE=coarse is not None, ACTIVATION=code, INPUT_PRECISION=precision,
+        USE_INT64=needs_int64(x, coarse, out), num_warps=plan.num_warps, **plan.blocks,
     )
     return out

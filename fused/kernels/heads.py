@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import interpreter_tile, needs_int64, pointwise_gemm, row_tile
+from .common import LaunchPlan, check_launch, interpreter_tile, interpreting, needs_int64, pointwise_gemm
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
 #: groups never straddle two programs).
@@ -28,25 +28,26 @@ MAX_COLUMNS = 256
 
 
 @triton.jit
-def _store_head(out_ptr, y, n, first_row, cols, start, VALUES: tl.constexpr, ANCHORS: tl.constexpr,
-                stride_n, stride_p, stride_v, row_ok):
+def store_head(out_ptr, y, n, first_row, cols, start, VALUES: tl.constexpr, ANCHORS: tl.constexpr,
+               out_stride_n, out_stride_p, out_stride_v, row_ok):
     """Store columns ``start .. start + ANCHORS*VALUES`` of ``y`` into one head's ``[N, P, VALUES]`` output."""
     k = cols - start
     ok = (k >= 0) & (k < ANCHORS * VALUES)
     k = tl.where(ok, k, 0)
-    at = n[:, None] * stride_n + (first_row[:, None] + (k // VALUES)[None, :]) * stride_p + (k % VALUES)[None, :] * stride_v
+    at = (n[:, None] * out_stride_n + (first_row[:, None] + (k // VALUES)[None, :]) * out_stride_p
+          + (k % VALUES)[None, :] * out_stride_v)
     tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & ok[None, :])
 
 
 @triton.jit
-def _anchor_heads_kernel(
+def anchor_heads_kernel(
     x_ptr, weight_ptr, bias_ptr, out0_ptr, out1_ptr, out2_ptr,
     pixels, C, H, W, K, row_offset,
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,
     w_stride_k, w_stride_c,
-    o0_stride_n, o0_stride_p, o0_stride_v,
-    o1_stride_n, o1_stride_p, o1_stride_v,
-    o2_stride_n, o2_stride_p, o2_stride_v,
+    out0_stride_n, out0_stride_p, out0_stride_v,
+    out1_stride_n, out1_stride_p, out1_stride_v,
+    out2_stride_n, out2_stride_p, out2_stride_v,
     ANCHORS: tl.constexpr, V0: tl.constexpr, V1: tl.constexpr, V2: tl.constexpr, SOFTMAX0: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -74,13 +75,29 @@ def _anchor_heads_kernel(
         y = tl.where(cols[None, :] < ANCHORS * V0, probs, y)
 
     first_row = row_offset + pixel * ANCHORS  # this pixel's first anchor row in the outputs
-    _store_head(out0_ptr, y, n, first_row, cols, 0, V0, ANCHORS, o0_stride_n, o0_stride_p, o0_stride_v, row_ok)
+    store_head(out0_ptr, y, n, first_row, cols, 0, V0, ANCHORS, out0_stride_n, out0_stride_p, out0_stride_v, row_ok)
     if V1 > 0:
-        _store_head(out1_ptr, y, n, first_row, cols, ANCHORS * V0, V1, ANCHORS,
-                    o1_stride_n, o1_stride_p, o1_stride_v, row_ok)
+        store_head(out1_ptr, y, n, first_row, cols, ANCHORS * V0, V1, ANCHORS,
+                   out1_stride_n, out1_stride_p, out1_stride_v, row_ok)
     if V2 > 0:
-        _store_head(out2_ptr, y, n, first_row, cols, ANCHORS * (V0 + V1), V2, ANCHORS,
-                    o2_stride_n, o2_stride_p, o2_stride_v, row_ok)
+        store_head(out2_ptr, y, n, first_row, cols, ANCHORS * (V0 + V1), V2, ANCHORS,
+                   out2_stride_n, out2_stride_p, out2_stride_v, row_ok)
+
+
+def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`anchor_heads` makes for ``x`` ``[N, C, H, W]`` and ``K`` stacked head
+    columns: one program per ``BLOCK_M`` pixels, each covering all ``K`` columns (``BLOCK_N``), so
+    the softmax groups never straddle two programs. ``interpreter=False`` gives the GPU's plan on
+    any machine, ``True`` the interpreter's, None this machine's."""
+    interpreter = interpreting(interpreter)
+    pixels = N * H * W
+    blocks = {
+        "BLOCK_M": interpreter_tile(min(128, max(triton.next_power_of_2(pixels), 16)), pixels, interpreter=interpreter),
+        "BLOCK_N": max(triton.next_power_of_2(K), 16),
+        "BLOCK_C": interpreter_tile(min(max(triton.next_power_of_2(C), 16), 64), C, interpreter=interpreter,
+                                    big=64, max_tile=512),
+    }
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks)
 
 
 @runtime.launcher
@@ -103,6 +120,7 @@ def anchor_heads(
     ``row_offset .. row_offset + H*W*anchors`` of every output are written, in the reference's
     order (pixel-major, then anchor). ``softmax=True`` applies a softmax over each anchor's values
     of the first output (``V_0`` must be a power of two, 2 for RetinaFace's class head).
+    ``precision="tf32"`` (float32 inputs only, else a ValueError) lets the dot use TF32 tensor cores.
     Returns ``outputs``.
     """
     name = "anchor_heads"
@@ -133,25 +151,20 @@ def anchor_heads(
         raise ValueError(f"{name}: {K} stacked columns exceed {MAX_COLUMNS}; split the heads over several calls")
     if softmax and values[0] & (values[0] - 1):
         raise ValueError(f"{name}: the softmax needs a power-of-two group size, the first head has {values[0]} values")
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"{name}: precision must be 'ieee' or 'tf32', got {precision!r}")
-    runtime.check_inputs(name, x, weight, bias, *outputs)
+    check_launch(name, x, weight, bias, *outputs, precision=precision)
 
     pixels = N * H * W
     if pixels == 0:
         return outputs
-    BLOCK_N = max(triton.next_power_of_2(K), 16)
-    BLOCK_C = interpreter_tile(min(max(triton.next_power_of_2(C), 16), 64), C, big=64, max_tile=512)
-    BLOCK_M = row_tile(min(128, max(triton.next_power_of_2(pixels), 16)), pixels)
+    plan = anchor_heads_plan(N, C, H, W, K)
     padded = outputs + (outputs[0],) * (3 - len(outputs))  # absent heads: never written (V = 0)
     strides = [s for out in padded for s in out.stride()]
     record.kernel_launched(name)
-    _anchor_heads_kernel[(triton.cdiv(pixels, BLOCK_M),)](
+    anchor_heads_kernel[plan.grid](
         x, weight, bias, *padded,
         pixels, C, H, W, K, row_offset,
         *x.stride(), *weight.stride(), *strides,
         ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
-        INPUT_PRECISION=precision if x.dtype == torch.float32 else "ieee",
-        USE_INT64=needs_int64(x, *outputs), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=4,
+        INPUT_PRECISION=precision, USE_INT64=needs_int64(x, *outputs), num_warps=plan.num_warps, **plan.blocks,
     )
     return outputs

@@ -14,32 +14,35 @@ add the residual and apply PReLU. Here three kernels do the work:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, activate, needs_int64, new_output, resolve_activation, row_tile
-
-_PRELU = tl.constexpr(PRELU)  # the activation code, visible inside @triton.jit functions
+from .common import PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, needs_int64, \
+    new_output, resolve_activation
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
-_TILE_ELEMENTS = 2048
-#: Programs the squeeze aims for, so a few samples on a large map still fill every SM.
-_TARGET_PROGRAMS = 16 if runtime.INTERPRETED else 1024  # the interpreter pays per program
+TILE_ELEMENTS = 2048
+#: Programs the squeeze aims for on a GPU, so a few samples on a large map still fill every SM.
+TARGET_PROGRAMS = 1024
+#: ... and in Triton's interpreter, which pays per program.
+INTERPRETER_TARGET_PROGRAMS = 16
 
 
 @triton.jit
-def _tile_offsets(n, c, h, w, stride_n, stride_c, stride_h, stride_w):
-    """Element offsets of the [channels, positions] tile at sample ``n`` (any strides)."""
-    return n * stride_n + c[:, None] * stride_c + h[None, :] * stride_h + w[None, :] * stride_w
+def _tile_offsets(n, c, h, w, t_stride_n, t_stride_c, t_stride_h, t_stride_w):
+    """Element offsets of the [channels, positions] tile at sample ``n`` of a tensor ``t`` (any strides)."""
+    return n * t_stride_n + c[:, None] * t_stride_c + h[None, :] * t_stride_h + w[None, :] * t_stride_w
 
 
 @triton.jit
 def se_squeeze_partial_kernel(
     x_ptr, partial_ptr,
-    batch, channels, height, width,
-    stride_xn, stride_xc, stride_xh, stride_xw,
+    N, C, H, W,
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,
     positions_per_split, inv_positions,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr,
 ):
@@ -49,14 +52,14 @@ def se_squeeze_partial_kernel(
     ``positions_per_split`` flat positions (a multiple of BLOCK_HW) starting at
     ``split * positions_per_split``. Accumulation is fp32 whatever x's dtype.
     """
-    channel_blocks = tl.cdiv(channels, BLOCK_C)
+    channel_blocks = tl.cdiv(C, BLOCK_C)
     n = tl.program_id(0) // channel_blocks
     c = (tl.program_id(0) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
     if USE_INT64:
         n = n.to(tl.int64)
         c = c.to(tl.int64)
-    positions = height * width
+    positions = H * W
     first = split * positions_per_split
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for start in range(first, tl.minimum(first + positions_per_split, positions), BLOCK_HW):
@@ -64,11 +67,11 @@ def se_squeeze_partial_kernel(
         if USE_INT64:
             hw = hw.to(tl.int64)
         # splits are whole tiles, so only the map's last tile runs past the end
-        mask = (c < channels)[:, None] & (hw < positions)[None, :]
-        offsets = _tile_offsets(n, c, hw // width, hw % width, stride_xn, stride_xc, stride_xh, stride_xw)
+        mask = (c < C)[:, None] & (hw < positions)[None, :]
+        offsets = _tile_offsets(n, c, hw // W, hw % W, x_stride_n, x_stride_c, x_stride_h, x_stride_w)
         acc += tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     partial = tl.sum(acc, axis=1) * inv_positions
-    tl.store(partial_ptr + (split * batch + n) * channels + c, partial, mask=c < channels)
+    tl.store(partial_ptr + (split * N + n) * C + c, partial, mask=c < C)
 
 
 @triton.jit
@@ -85,17 +88,17 @@ def se_squeeze_finish_kernel(partial_ptr, mean_ptr, count, splits, BLOCK: tl.con
 @triton.jit
 def se_excite_kernel(
     pooled_ptr, fc1_weight_ptr, fc1_bias_ptr, prelu_weight_ptr, fc2_weight_ptr, fc2_bias_ptr, gate_ptr,
-    channels, hidden,
-    stride_pooled_n, stride_pooled_c,
-    stride_fc1_out, stride_fc1_in, stride_fc1_bias, stride_prelu,
-    stride_fc2_out, stride_fc2_in, stride_fc2_bias,
+    C, hidden,
+    pooled_stride_n, pooled_stride_c,
+    fc1_stride_out, fc1_stride_in, fc1_bias_stride, prelu_stride,
+    fc2_stride_out, fc2_stride_in, fc2_bias_stride,
     BLOCK_C: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """gate[n] = sigmoid(fc2(prelu(fc1(pooled[n])))) for one sample ``n`` per program, in fp32.
 
     Both layers are matrix-vector products, done as broadcast-multiply-and-sum over BLOCK_C
     channels at a time (tl.dot needs 16 rows; one sample has one). The hidden vector stays in
-    registers between the layers. A shared PReLU slope has ``stride_prelu`` 0.
+    registers between the layers. A shared PReLU slope has ``prelu_stride`` 0.
     """
     n = tl.program_id(0)
     if USE_INT64:
@@ -104,36 +107,36 @@ def se_excite_kernel(
     r_mask = r < hidden
     # fc1: z[r] = sum_c fc1_weight[r, c] * pooled[n, c] + fc1_bias[r]
     z = tl.zeros([BLOCK_HIDDEN], dtype=tl.float32)
-    for c_start in range(0, channels, BLOCK_C):
+    for c_start in range(0, C, BLOCK_C):
         c = c_start + tl.arange(0, BLOCK_C)
-        c_mask = c < channels
-        p = tl.load(pooled_ptr + n * stride_pooled_n + c * stride_pooled_c, mask=c_mask, other=0.0)
-        w1 = tl.load(fc1_weight_ptr + r[:, None] * stride_fc1_out + c[None, :] * stride_fc1_in,
+        c_mask = c < C
+        p = tl.load(pooled_ptr + n * pooled_stride_n + c * pooled_stride_c, mask=c_mask, other=0.0)
+        w1 = tl.load(fc1_weight_ptr + r[:, None] * fc1_stride_out + c[None, :] * fc1_stride_in,
                      mask=r_mask[:, None] & c_mask[None, :], other=0.0)
         z += tl.sum(w1.to(tl.float32) * p.to(tl.float32)[None, :], axis=1)
-    z += tl.load(fc1_bias_ptr + r * stride_fc1_bias, mask=r_mask, other=0.0).to(tl.float32)
-    slope = tl.load(prelu_weight_ptr + r * stride_prelu, mask=r_mask, other=0.0).to(tl.float32)
+    z += tl.load(fc1_bias_ptr + r * fc1_bias_stride, mask=r_mask, other=0.0).to(tl.float32)
+    slope = tl.load(prelu_weight_ptr + r * prelu_stride, mask=r_mask, other=0.0).to(tl.float32)
     # Padded lanes must be exactly 0 for fc2: their fc1 sums are 0 * pooled, NaN when pooled has an Inf.
-    hid = tl.where(r_mask, activate(z, slope, _PRELU), 0.0)
+    hid = tl.where(r_mask, activate(z, slope, PRELU), 0.0)
     # fc2: gate[c] = sigmoid(sum_r fc2_weight[c, r] * hid[r] + fc2_bias[c])
-    for c_start in range(0, channels, BLOCK_C):
+    for c_start in range(0, C, BLOCK_C):
         c = c_start + tl.arange(0, BLOCK_C)
-        c_mask = c < channels
-        w2 = tl.load(fc2_weight_ptr + c[:, None] * stride_fc2_out + r[None, :] * stride_fc2_in,
+        c_mask = c < C
+        w2 = tl.load(fc2_weight_ptr + c[:, None] * fc2_stride_out + r[None, :] * fc2_stride_in,
                      mask=c_mask[:, None] & r_mask[None, :], other=0.0)
         logit = tl.sum(w2.to(tl.float32) * hid[None, :], axis=1)
-        logit += tl.load(fc2_bias_ptr + c * stride_fc2_bias, mask=c_mask, other=0.0).to(tl.float32)
-        tl.store(gate_ptr + n * channels + c, tl.sigmoid(logit), mask=c_mask)
+        logit += tl.load(fc2_bias_ptr + c * fc2_bias_stride, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(gate_ptr + n * C + c, tl.sigmoid(logit), mask=c_mask)
 
 
 @triton.jit
 def se_scale_residual_act_kernel(
     y_ptr, scale_ptr, residual_ptr, prelu_slopes_ptr, out_ptr,
-    channels, height, width, leaky_slope,
-    stride_yn, stride_yc, stride_yh, stride_yw,
-    stride_scale_n, stride_scale_c,
-    stride_rn, stride_rc, stride_rh, stride_rw,
-    stride_on, stride_oc, stride_oh, stride_ow,
+    C, H, W, leaky_slope,
+    y_stride_n, y_stride_c, y_stride_h, y_stride_w,
+    scale_stride_n, scale_stride_c,
+    res_stride_n, res_stride_c, res_stride_h, res_stride_w,
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,
     HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, USE_INT64: tl.constexpr,
 ):
@@ -143,7 +146,7 @@ def se_scale_residual_act_kernel(
     PReLU slope) is loaded once per tile and broadcast along the positions; fp32 math, output
     stored in out's dtype.
     """
-    channel_blocks = tl.cdiv(channels, BLOCK_C)
+    channel_blocks = tl.cdiv(C, BLOCK_C)
     n = tl.program_id(0) // channel_blocks
     c = (tl.program_id(0) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -151,49 +154,91 @@ def se_scale_residual_act_kernel(
         n = n.to(tl.int64)
         c = c.to(tl.int64)
         hw = hw.to(tl.int64)
-    h = hw // width
-    w = hw % width
-    c_mask = c < channels
-    mask = c_mask[:, None] & (hw < height * width)[None, :]
+    h = hw // W
+    w = hw % W
+    c_mask = c < C
+    mask = c_mask[:, None] & (hw < H * W)[None, :]
 
-    scale = tl.load(scale_ptr + n * stride_scale_n + c * stride_scale_c, mask=c_mask, other=0.0)
-    y = tl.load(y_ptr + _tile_offsets(n, c, h, w, stride_yn, stride_yc, stride_yh, stride_yw), mask=mask)
+    scale = tl.load(scale_ptr + n * scale_stride_n + c * scale_stride_c, mask=c_mask, other=0.0)
+    y = tl.load(y_ptr + _tile_offsets(n, c, h, w, y_stride_n, y_stride_c, y_stride_h, y_stride_w), mask=mask)
     v = y.to(tl.float32) * scale.to(tl.float32)[:, None]
     if HAS_RESIDUAL:
-        r_offsets = _tile_offsets(n, c, h, w, stride_rn, stride_rc, stride_rh, stride_rw)
+        r_offsets = _tile_offsets(n, c, h, w, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
         v += tl.load(residual_ptr + r_offsets, mask=mask).to(tl.float32)
-    if ACTIVATION == _PRELU:
+    if ACTIVATION == PRELU:
         v = activate(v, tl.load(prelu_slopes_ptr + c, mask=c_mask, other=0.0)[:, None], ACTIVATION)
     else:
         v = activate(v, leaky_slope, ACTIVATION)
-    o_offsets = _tile_offsets(n, c, h, w, stride_on, stride_oc, stride_oh, stride_ow)
+    o_offsets = _tile_offsets(n, c, h, w, out_stride_n, out_stride_c, out_stride_h, out_stride_w)
     tl.store(out_ptr + o_offsets, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------- launchers
 
 
-def _tile_sizes(channels: int, positions: int) -> tuple[int, int]:
+def _tile_sizes(C: int, positions: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_HW): up to 32 channels, and enough positions to fill a ~2K-element tile."""
-    block_c = min(triton.next_power_of_2(channels), 32)
-    block_hw = min(triton.next_power_of_2(positions), _TILE_ELEMENTS // block_c)
+    block_c = min(triton.next_power_of_2(C), 32)
+    block_hw = min(triton.next_power_of_2(positions), TILE_ELEMENTS // block_c)
     return block_c, block_hw
 
 
-def _squeeze_plan(batch: int, channels: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_HW, splits, positions_per_split) for the squeeze.
+@dataclasses.dataclass(frozen=True)
+class SqueezePlan:
+    """The launches :func:`se_squeeze` makes: ``partial`` (grid ``(N * channel blocks, splits)``),
+    then ``finish`` to sum the splits, None with one split."""
+
+    partial: LaunchPlan
+    finish: LaunchPlan | None
+    splits: int
+    positions_per_split: int
+
+    @property
+    def programs(self) -> int:
+        """Programs of the partial launch, the one that reads ``x``."""
+        return self.partial.programs
+
+
+def se_squeeze_plan(N: int, C: int, H: int, W: int, *, interpreter: bool | None = None) -> SqueezePlan:
+    """The launches :func:`se_squeeze` makes for ``x`` ``[N, C, H, W]``.
 
     Without a split there are N * ceil(C / BLOCK_C) programs, too few for one or two samples on a
-    large map; the H*W positions are then cut into up to enough splits to reach ~_TARGET_PROGRAMS,
-    each a whole number of BLOCK_HW tiles.
+    large map; the H*W positions are then cut into up to enough splits to reach about
+    :data:`TARGET_PROGRAMS` programs on a GPU (:data:`INTERPRETER_TARGET_PROGRAMS` in the
+    interpreter, which pays per program), each split a whole number of BLOCK_HW tiles.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's.
     """
-    block_c, block_hw = _tile_sizes(channels, height * width)
-    tiles = triton.cdiv(height * width, block_hw)
-    programs = batch * triton.cdiv(channels, block_c)
-    splits = max(1, min(tiles, _TARGET_PROGRAMS // programs))
+    target = INTERPRETER_TARGET_PROGRAMS if interpreting(interpreter) else TARGET_PROGRAMS
+    block_c, block_hw = _tile_sizes(C, H * W)
+    tiles = triton.cdiv(H * W, block_hw)
+    unsplit = N * triton.cdiv(C, block_c)
+    splits = max(1, min(tiles, target // max(unsplit, 1)))
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)  # no empty splits
-    return block_c, block_hw, splits, tiles_per_split * block_hw
+    partial = LaunchPlan((unsplit, splits), {"BLOCK_C": block_c, "BLOCK_HW": block_hw})
+    finish = None
+    if splits > 1:
+        block = min(triton.next_power_of_2(N * C), 1024)
+        finish = LaunchPlan((triton.cdiv(N * C, block),), {"BLOCK": block})
+    return SqueezePlan(partial, finish, splits, tiles_per_split * block_hw)
+
+
+def se_excite_plan(N: int, C: int, hidden: int) -> LaunchPlan:
+    """The launch :func:`se_excite` makes for ``N`` samples, ``C`` channels and ``hidden`` units:
+    one program per sample (the same on a GPU and in the interpreter)."""
+    block_hidden = triton.next_power_of_2(hidden)
+    block_c = max(1, min(triton.next_power_of_2(C), TILE_ELEMENTS // block_hidden))
+    return LaunchPlan((N,), {"BLOCK_C": block_c, "BLOCK_HIDDEN": block_hidden})
+
+
+def se_scale_residual_act_plan(N: int, C: int, H: int, W: int, *, interpreter: bool | None = None) -> LaunchPlan:
+    """The launch :func:`se_scale_residual_act` makes for ``y`` ``[N, C, H, W]``: ~2048-element
+    tiles of up to 32 channels x ``BLOCK_HW`` positions (wider in the interpreter on big maps).
+    ``interpreter`` as in :func:`se_squeeze_plan`."""
+    block_c, block_hw = _tile_sizes(C, H * W)
+    block_hw = interpreter_tile(block_hw, H * W, interpreter=interpreting(interpreter), max_tile=4096)
+    return LaunchPlan((N * triton.cdiv(C, block_c), triton.cdiv(H * W, block_hw)), {"BLOCK_C": block_c, "BLOCK_HW": block_hw})
 
 
 def _check_4d(name: str, what: str, t: torch.Tensor) -> None:
@@ -213,29 +258,27 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     bit-identical run to run, and no zero-fill is needed. With one split the partials are the mean
     and the second launch is skipped.
     """
-    runtime.check_inputs("se_squeeze", x)
+    check_launch("se_squeeze", x)
     _check_4d("se_squeeze", "x", x)
     batch, channels, height, width = x.shape
     if batch == 0 or channels == 0:
         return torch.empty(batch, channels, dtype=torch.float32, device=x.device)
     if height * width == 0:
         raise ValueError(f"se_squeeze: the mean over an empty {height}x{width} map is undefined")
-    block_c, block_hw, splits, positions_per_split = _squeeze_plan(batch, channels, height, width)
-    partial = torch.empty(splits, batch, channels, dtype=torch.float32, device=x.device)
-    grid = (batch * triton.cdiv(channels, block_c), splits)
+    plan = se_squeeze_plan(batch, channels, height, width)
+    partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_partial")
-    se_squeeze_partial_kernel[grid](
+    se_squeeze_partial_kernel[plan.partial.grid](
         x, partial, batch, channels, height, width, *x.stride(),
-        positions_per_split, 1.0 / (height * width),
-        BLOCK_C=block_c, BLOCK_HW=block_hw, USE_INT64=needs_int64(x),
+        plan.positions_per_split, 1.0 / (height * width),
+        USE_INT64=needs_int64(x), num_warps=plan.partial.num_warps, **plan.partial.blocks,
     )
-    if splits == 1:
+    if plan.finish is None:
         return partial[0]
     mean = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
-    block = min(triton.next_power_of_2(batch * channels), 1024)
     record.kernel_launched("se_squeeze_finish")
-    se_squeeze_finish_kernel[(triton.cdiv(batch * channels, block),)](
-        partial, mean, batch * channels, splits, BLOCK=block,
+    se_squeeze_finish_kernel[plan.finish.grid](
+        partial, mean, batch * channels, plan.splits, num_warps=plan.finish.num_warps, **plan.finish.blocks,
     )
     return mean
 
@@ -260,7 +303,7 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     upcast to fp32 inside the kernel, so no converted copies are made per call.
     """
     name = "se_excite"
-    runtime.check_inputs(name, pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    check_launch(name, pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     if pooled.dim() != 2:
         raise ValueError(f"{name}: pooled must be 2-D [N, C], got shape {tuple(pooled.shape)}")
     batch, channels = pooled.shape
@@ -276,16 +319,15 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     gate = torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
     if gate.numel() == 0:
         return gate
-    block_hidden = triton.next_power_of_2(hidden)
-    block_c = max(1, min(triton.next_power_of_2(channels), _TILE_ELEMENTS // block_hidden))
-    stride_prelu = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
+    plan = se_excite_plan(batch, channels, hidden)
+    prelu_stride = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
     record.kernel_launched("se_excite")
-    se_excite_kernel[(batch,)](
+    se_excite_kernel[plan.grid](
         pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias, gate,
         channels, hidden, *pooled.stride(),
-        *fc1_weight.stride(), fc1_bias.stride(0), stride_prelu,
+        *fc1_weight.stride(), fc1_bias.stride(0), prelu_stride,
         *fc2_weight.stride(), fc2_bias.stride(0),
-        BLOCK_C=block_c, BLOCK_HIDDEN=block_hidden, USE_INT64=needs_int64(pooled),
+        USE_INT64=needs_int64(pooled), num_warps=plan.num_warps, **plan.blocks,
     )
     return gate
 
@@ -309,7 +351,7 @@ def se_scale_residual_act(
     and memory format unless ``out`` is given.
     """
     name = "se_scale_residual_act"
-    runtime.check_inputs(name, y, scale, residual, out)
+    check_launch(name, y, scale, residual, out)
     _check_4d(name, "y", y)
     batch, channels, height, width = y.shape
     if tuple(scale.shape) != (batch, channels):
@@ -326,17 +368,15 @@ def se_scale_residual_act(
         out = new_output(y, y.shape)
     if y.numel() == 0:
         return out
-    block_c, block_hw = _tile_sizes(channels, height * width)
-    block_hw = row_tile(block_hw, height * width, max_tile=4096)
-    grid = (batch * triton.cdiv(channels, block_c), triton.cdiv(height * width, block_hw))
+    plan = se_scale_residual_act_plan(batch, channels, height, width)
     res = y if residual is None else residual  # a dummy pointer when there is no residual
     record.kernel_launched("se_scale_residual_act")
-    se_scale_residual_act_kernel[grid](
+    se_scale_residual_act_kernel[plan.grid](
         y, scale, res, prelu_slopes, out,
         channels, height, width, leaky_slope,
         *y.stride(), *scale.stride(), *res.stride(), *out.stride(),
         HAS_RESIDUAL=residual is not None, ACTIVATION=code,
-        BLOCK_C=block_c, BLOCK_HW=block_hw, USE_INT64=needs_int64(y, residual, out),
+        USE_INT64=needs_int64(y, residual, out), num_warps=plan.num_warps, **plan.blocks,
     )
     return out
 

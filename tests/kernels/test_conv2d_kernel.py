@@ -224,7 +224,7 @@ def test_a_wrong_kernel_is_caught(bug, monkeypatch, device):
     g = dict(N=2, C=5, K=13, H=7, W=6, R=3, stride=1, padding=1)
     x, weight, bias = make_inputs(g, torch.float32)
     expected = reference(x, weight, bias, stride=1, padding=1)
-    monkeypatch.setattr(conv2d, "_conv2d_bias_act_kernel", _SpyKernel(conv2d._conv2d_bias_act_kernel, bug))
+    monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", _SpyKernel(conv2d.conv2d_bias_act_kernel, bug))
     y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), padding=1)
     with pytest.raises(AssertionError, match="out of tolerance"):
         assert_close(y.cpu(), expected, reduction_length=g["C"] * g["R"] ** 2)
@@ -250,7 +250,7 @@ def test_a_nan_dropping_kernel_is_caught(monkeypatch, device):
     assert_close(run(), expected, reduction_length=g["C"] * g["R"] ** 2)
     monkeypatch.setattr(conv2d, "activate", _activate_dropping_nan)
     # a fresh JIT function, so the GPU compiles the kernel again with the patched epilogue
-    monkeypatch.setattr(conv2d, "_conv2d_bias_act_kernel", triton.jit(conv2d._conv2d_bias_act_kernel.fn))
+    monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", triton.jit(conv2d.conv2d_bias_act_kernel.fn))
     with pytest.raises(AssertionError, match="NaN/Inf placement differs"):
         assert_close(run(), expected, reduction_length=g["C"] * g["R"] ** 2)
 
@@ -258,10 +258,10 @@ def test_a_nan_dropping_kernel_is_caught(monkeypatch, device):
 def test_int64_offsets_give_the_same_result(monkeypatch, device):
     g = dict(N=2, C=37, K=24, H=9, W=11, R=3, stride=2, padding=1)
     x, weight, bias = make_inputs(g, torch.float16, torch.channels_last)
-    spy = _SpyKernel(conv2d._conv2d_bias_act_kernel)
-    monkeypatch.setattr(conv2d, "_conv2d_bias_act_kernel", spy)
+    spy = _SpyKernel(conv2d.conv2d_bias_act_kernel)
+    monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", spy)
     conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=2, padding=1)
-    monkeypatch.setattr(conv2d, "_FORCE_INT64", True)
+    monkeypatch.setattr(common, "FORCE_INT64", True)
     y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=2, padding=1,
                         activation="relu")
     assert [call["USE_INT64"] for call in spy.calls] == [False, True]

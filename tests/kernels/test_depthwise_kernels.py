@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fused import record
 from fused.kernels.common import needs_int64
-from fused.kernels import depthwise
+from fused.kernels import common, depthwise
 from fused.kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
 from fused.tolerance import assert_close, largest_finite
 from tests.strategies import (ACTIVATIONS, BATCH, FIXTURE_OK, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL, STRIDE,
@@ -201,7 +201,7 @@ def test_wrong_padding_is_caught(device, kernel, monkeypatch):
         run = lambda: conv_dw_fused(x, w, b, pw, pb)  # noqa: E731
         expected, length = _leaky(_reference_conv_dw(x, w, b, pw, pb, 1, 0.1), 0.1), 9 * 8
     assert_close(run(), expected, reduction_length=length)
-    monkeypatch.setattr(depthwise, "_PADDING", 0)
+    monkeypatch.setattr(depthwise, "PADDING", 0)
     with pytest.raises(AssertionError, match="out of tolerance"):
         assert_close(run(), expected, reduction_length=length)
 
@@ -234,7 +234,7 @@ def test_int64_offsets_give_the_same_result(device, stride, monkeypatch):
     pw, pb = torch.randn(24, 13, device=device), torch.randn(24, device=device)
     dw32 = depthwise_conv_bias_act(x, w, b, stride=stride, activation="leaky_relu", slope=0.1)
     fused32 = conv_dw_fused(x, w, b, pw, pb, stride=stride)
-    monkeypatch.setattr(depthwise, "_FORCE_INT64", True)
+    monkeypatch.setattr(common, "FORCE_INT64", True)
     assert torch.equal(depthwise_conv_bias_act(x, w, b, stride=stride, activation="leaky_relu", slope=0.1), dw32)
     assert torch.equal(conv_dw_fused(x, w, b, pw, pb, stride=stride), fused32)
 

@@ -96,7 +96,7 @@ def test_squeeze_is_mean_over_map(device, batch, channels, height, width, dtype,
 def test_squeeze_split_over_programs(device, batch, channels, height, width, dtype, memory_format,
                                      non_contiguous, seed, specials):
     """A large map for few samples is split across programs; the partials must add up exactly once."""
-    assert se._squeeze_plan(batch, channels, height, width)[2] > 1  # several splits
+    assert se.se_squeeze_plan(batch, channels, height, width).splits > 1  # several splits
     x = plant(make_x((batch, channels, height, width), seed, dtype, device, memory_format, non_contiguous),
               specials, seed)
     with record.recording() as rec:

@@ -25,12 +25,12 @@ def test_show_lines(capsys):
 
 
 def test_watch_launches_records_and_restores():
-    kernel = conv_kernels._conv2d_bias_act_kernel
+    kernel = conv_kernels.conv2d_bias_act_kernel
     fused_block = fused.fuse(R.randomize_batchnorm(R.conv_bn(3, 8, 2, leaky=0.1)).eval())
     x = torch.randn(1, 3, 12, 12)
-    with watch_launches(conv_kernels, "_conv2d_bias_act_kernel") as launches, torch.inference_mode():
+    with watch_launches(conv_kernels, "conv2d_bias_act_kernel") as launches, torch.inference_mode():
         out = fused_block(x)
-    assert conv_kernels._conv2d_bias_act_kernel is kernel
+    assert conv_kernels.conv2d_bias_act_kernel is kernel
     [(grid, blocks)] = launches
     assert len(grid) >= 1 and {"BLOCK_M", "BLOCK_N"} <= set(blocks)
     with torch.no_grad(), fused.enabled(False):

@@ -1,0 +1,74 @@
+"""The kernel families' shared conventions: public launch plans, one precision rule, constexpr activations."""
+
+import inspect
+
+import pytest
+import torch
+
+import fused
+from fused.kernels import common, conv2d, depthwise, fpn, heads
+from fused.kernels import squeeze_excite as se
+from fused.teaching import watch_launches
+
+KERNELS = [conv2d.conv2d_bias_act_kernel, depthwise.depthwise_conv_bias_act_kernel, depthwise.conv_dw_fused_kernel,
+           fpn.lateral_upsample_add_kernel, heads.anchor_heads_kernel, se.se_squeeze_partial_kernel,
+           se.se_excite_kernel, se.se_scale_residual_act_kernel]
+
+
+def test_plans_do_not_depend_on_the_machine():
+    """The GPU plan is the same on every machine, and differs from the interpreter's on big maps."""
+    gpu = se.se_squeeze_plan(1, 64, 64, 64, interpreter=False)
+    assert (gpu.splits, gpu.programs) == (64, 128)  # what lesson 03 shows
+    assert se.se_squeeze_plan(1, 64, 64, 64, interpreter=True).splits == 8
+    plan = conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=False)
+    assert plan.blocks == {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 64} and plan.grid == (50, 1)
+    assert conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=True).blocks["BLOCK_M"] == 1024
+    assert depthwise.depthwise_plan(1, 128, 40, 40, channels_last=True, interpreter=False).blocks == \
+        {"BLOCK_M": 32, "BLOCK_C": 64}
+    assert depthwise.conv_dw_fused_plan(16, 128, 40, 40, 256, interpreter=False).grid == (400, 2)
+    assert fpn.lateral_upsample_add_plan(1, 64, 80, 80, 64, interpreter=False).grid == (50, 1)
+    assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (50,)
+
+
+def test_launchers_launch_their_plan():
+    x, w, b = torch.randn(1, 3, 40, 30), torch.randn(8, 3, 3, 3), torch.randn(8)
+    with watch_launches(conv2d, "conv2d_bias_act_kernel") as launches:
+        conv2d.conv2d_bias_act(x, w, b, stride=2, padding=1)
+    plan = conv2d.conv2d_plan(1, 3, 40, 30, 8, 3, 2, 1)
+    assert launches == [(plan.grid, plan.blocks)]
+    with watch_launches(se, "se_squeeze_partial_kernel") as launches:
+        se.se_squeeze(torch.randn(1, 16, 16, 32))
+    plan = se.se_squeeze_plan(1, 16, 16, 32)
+    assert launches == [(plan.partial.grid, plan.partial.blocks)] and plan.splits > 1
+
+
+@pytest.mark.parametrize("launch", [
+    lambda x: conv2d.conv2d_bias_act(x, torch.randn(4, 8, 1, 1, dtype=x.dtype), precision="tf32"),
+    lambda x: fpn.lateral_upsample_add(x, torch.randn(4, 8, dtype=x.dtype), torch.zeros(4, dtype=x.dtype),
+                                       precision="tf32"),
+    lambda x: heads.anchor_heads(x, torch.randn(4, 8, dtype=x.dtype), torch.zeros(4, dtype=x.dtype),
+                                 [torch.empty(1, 32, 2, dtype=x.dtype)], anchors=2, precision="tf32"),
+    lambda x: depthwise.conv_dw_fused(x, torch.randn(8, 1, 3, 3, dtype=x.dtype), torch.zeros(8, dtype=x.dtype),
+                                      torch.randn(4, 8, dtype=x.dtype), torch.zeros(4, dtype=x.dtype),
+                                      precision="tf32"),
+], ids=["conv2d", "fpn", "heads", "conv_dw_fused"])
+def test_tf32_on_half_inputs_is_an_error_in_every_family(launch):
+    """One behaviour: TF32 applies to float32 only, and asking for it on float16 is an error, never
+    silently replaced by exact products."""
+    with pytest.raises(ValueError, match="precision='tf32' applies to float32 inputs only"):
+        launch(torch.randn(1, 8, 4, 4, dtype=torch.float16))
+
+
+def test_kernels_follow_one_convention():
+    for kernel in KERNELS:
+        names = list(inspect.signature(kernel.fn).parameters)
+        source = inspect.getsource(kernel.fn)
+        assert not [n for n in names if n.startswith("stride_") or n in ("INT64", "PRECISION")], kernel.fn.__name__
+        assert "ACTIVATION == 3" not in source and "ACTIVATION == 1" not in source
+        assert not kernel.fn.__name__.startswith("_")
+    assert all(isinstance(code, int) for code in common.ACTIVATIONS.values())
+    assert common.PRELU == common.ACTIVATIONS["prelu"]
+
+
+def test_device_is_where_kernels_take_tensors():
+    assert fused.device().type == ("cpu" if fused.runtime.INTERPRETED else "cuda")
