@@ -7,6 +7,7 @@ import tarfile
 import pytest
 
 from fused.measure import gpu_check as G
+from fused.measure.gpu_check import execute
 from fused.measure import pytest_cuda, sanitize_run
 
 
@@ -287,7 +288,7 @@ def test_the_readme_step_restores_recorded_results_and_always_runs(tmp_path, mon
     project = tmp_path / "project"
     (project / "results").mkdir(parents=True)
     (project / "README.md").write_text("readme")
-    monkeypatch.setattr(G, "ROOT", project)
+    monkeypatch.setattr(execute, "ROOT", project)  # where steps run and record their results
     out = tmp_path / "out"
     (out / "results").mkdir(parents=True)
     (out / "results" / "conv_bn-h100.json").write_text("{}")  # recorded by an earlier call
