@@ -125,6 +125,7 @@ def probe() -> Machine:
 BENCH_PLAN = [
     ("conv_bn", "retinaface", (1,), 300),
     ("conv_dw", "retinaface", (1,), 180),
+    ("depthwise", "retinaface", (1, 16), 180),
     ("squeeze_excite", None, (1, 64), 180),
     ("retinaface_model", "retinaface", (1,), 300),
     ("arcface_model", None, (1, 64), 300),
