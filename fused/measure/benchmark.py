@@ -30,6 +30,9 @@ FPN's)::
 
     register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules")
 
+A family may benchmark a part of each block instead of the whole (``part=``): the ``depthwise``
+family times the depthwise kernel alone against the first half of each ``conv_dw`` block.
+
 A family whose block types are not all registered in ``fused.REGISTRY`` is left out by
 :func:`families`.
 """
@@ -50,7 +53,9 @@ from torch import nn
 import reference
 
 from ..flag import enabled
+from ..folding import fold_batchnorm
 from ..fuse import REGISTRY, fuse
+from ..kernels.depthwise import depthwise_conv_bias_act
 from ..record import recording
 from ..tolerance import reduction_length
 from . import environment, timing
@@ -130,6 +135,7 @@ def block_cases(
     batches=(1,),
     seed: int = 0,
     tag: str = "",
+    part: Callable | None = None,
 ) -> list[BenchCase]:
     """One case per distinct (block type, input shapes, weight shapes, strides) among ``model``'s
     blocks of ``block_types``, for each batch size. Inputs are recorded by hooks during one forward
@@ -137,7 +143,9 @@ def block_cases(
     block's one positional argument may be a tensor or a list of tensors (the FPN's three levels).
 
     The fused module is :func:`fused.fuse` of a copy of the block; the reference is the block.
-    ``tag`` is appended to the case names (to tell apart the same block of two models).
+    ``part(block)``, when given, returns ``(name, reference module, fused callable)`` to benchmark
+    instead (a part of the block; cases are then distinct per part). ``tag`` is appended to the
+    case names (to tell apart the same block of two models).
     """
     model = model.eval()
     wanted = set(block_types)
@@ -169,25 +177,34 @@ def block_cases(
     cases = []
     g = torch.Generator().manual_seed(seed + 7)
     device, dtype = example_input.device, example_input.dtype
-    for (kind, _, _, _), (path, block, _, template) in found.items():
-        fused_block = fuse(copy.deepcopy(block))
+    parts_seen = set()
+    for (kind, shapes_in, _, _), (path, block, _, template) in found.items():
+        if part is None:
+            name, reference_fn, fused_fn = kind, block, fuse(copy.deepcopy(block))
+        else:
+            name, reference_fn, fused_fn = part(block)
+            key = (name, shapes_in, tuple(tuple(p.shape) for p in reference_fn.parameters()),
+                   tuple(m.stride for m in reference_fn.modules() if isinstance(m, nn.Conv2d)))
+            if key in parts_seen:
+                continue  # the same part in blocks that differ elsewhere
+            parts_seen.add(key)
         for batch in batches:
             x = map_tensors(template, lambda t: torch.randn((batch, *t.shape[1:]), generator=g).to(device=device, dtype=dtype))
-            flops, out_bytes = _count(block, x)
-            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+            flops, out_bytes = _count(reference_fn, x)
+            convs = [m for m in reference_fn.modules() if isinstance(m, nn.Conv2d)]
             desc = (f"{convs[0].in_channels}->{convs[-1].out_channels} k{convs[0].kernel_size[0]} s{max(c.stride[0] for c in convs)}"
                     if convs else "")
             shape = shapes(x)
             cases.append(BenchCase(
-                name=" ".join(filter(None, [kind, desc, shape.replace(";", "+"), tag])),
+                name=" ".join(filter(None, [name, desc, shape.replace(";", "+"), tag])),
                 family=family,
                 shape=shape,
-                fused_fn=fused_block,
-                reference_fn=block,
+                fused_fn=fused_fn,
+                reference_fn=reference_fn,
                 x=x,
-                bytes_moved=nbytes(x) + out_bytes + state_bytes(block),
+                bytes_moved=nbytes(x) + out_bytes + state_bytes(reference_fn),
                 flops=flops,
-                reduction_length=reduction_length(block),
+                reduction_length=reduction_length(reference_fn),
                 info={"block_type": kind, "example_path": path, "batch": batch, "model_tag": tag},
             ))
     return cases
@@ -220,23 +237,55 @@ class Family:
     models: tuple[str, ...]
     block_types: tuple[str, ...]
     description: str = ""
+    part: Callable | None = None  # see block_cases; None: the whole block
 
 
 #: family name → :class:`Family`, in the order ``facefuse bench`` runs them.
 FAMILIES: dict[str, Family] = {}
 
 
-def register_family(name: str, models, block_types, description: str = "") -> Family:
+def register_family(name: str, models, block_types, description: str = "", *, part=None) -> Family:
     """Add (or replace) a kernel family: one line per family, e.g.
-    ``register_family("fpn", ("retinaface",), ("FPN",))``."""
-    family = Family(name, tuple(models), tuple(block_types), description)
+    ``register_family("fpn", ("retinaface",), ("FPN",))``. ``part`` benchmarks a part of each
+    block instead of the whole (see :func:`block_cases`)."""
+    family = Family(name, tuple(models), tuple(block_types), description, part)
     FAMILIES[name] = family
     return family
+
+
+class DepthwiseKernel:
+    """The depthwise kernel alone, as the two-kernel path of ``FusedConvDW`` launches it:
+    :func:`fused.kernels.depthwise.depthwise_conv_bias_act` with the BN folded in and the
+    LeakyReLU in its epilogue. Calling it runs that one kernel; the weights are folded once, and
+    cast once per dtype and device."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module):
+        self.stride = conv.stride[0]
+        self.slope = 0.0 if isinstance(act, nn.ReLU) else float(act.negative_slope)
+        self.weight, self.bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        self.cast = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in self.cast:
+            self.cast[key] = (self.weight.to(device=x.device, dtype=x.dtype), self.bias.to(x.device))
+        weight, bias = self.cast[key]
+        return depthwise_conv_bias_act(x, weight, bias, stride=self.stride, activation="leaky_relu", slope=self.slope)
+
+
+def depthwise_part(block: nn.Sequential) -> tuple[str, nn.Module, DepthwiseKernel]:
+    """The ``depthwise`` family's part of a ``conv_dw`` block: its first half (depthwise 3x3, BN,
+    LeakyReLU) in eager PyTorch, and the depthwise kernel alone (:class:`DepthwiseKernel`), not
+    ``FusedConvDW``, which may run the whole block as one kernel."""
+    half = nn.Sequential(*list(block)[:3]).eval()
+    return "depthwise", half, DepthwiseKernel(*half)
 
 
 register_family("conv_bn", ("retinaface",), CONV_BN_TYPES,
                 "conv -> BN -> activation blocks of RetinaFace (stem, FPN, SSH)")
 register_family("conv_dw", ("retinaface",), ("conv_dw",), "MobileNetV1's depthwise-separable blocks")
+register_family("depthwise", ("retinaface",), ("conv_dw",),
+                "the depthwise 3x3 kernel alone (conv_dw's first half: depthwise conv, BN, LeakyReLU)", part=depthwise_part)
 register_family("squeeze_excite", ("arcface-se",), ("SEBlock",), "the SEBlocks of ArcFace IR-18 with SE")
 register_family("irblock", ("arcface", "arcface-se"), ("IRBlock",), "ArcFace's residual blocks, with and without SE")
 register_family("bottleneck", ("retinaface-resnet50",), ("Bottleneck",), "ResNet-50's bottleneck blocks")
@@ -280,7 +329,8 @@ def family_cases(family: str | Family, *, retinaface=("retinaface",), size: int 
     for model_name in models:
         net, x = _model_and_input(model_name, size, dtype, device, seed)
         tag = f"[{model_name}]" if len(models) > 1 else ""
-        cases += block_cases(family.name, net, family.block_types, x, batches=batches, seed=seed, tag=tag)
+        cases += block_cases(family.name, net, family.block_types, x, batches=batches, seed=seed, tag=tag,
+                             part=family.part)
     return cases
 
 

@@ -12,10 +12,11 @@ under the sanitizer. Progress markers (``[sanitize] begin FAMILY``) let the harn
 sanitizer reports to a family.
 
 :data:`FAMILIES` says, per family, why it also goes under racecheck (the kernels that ran are
-in the ``--out`` JSON). racecheck checks shared-memory hazards only, and every family has some:
-each launches a kernel with ``tl.dot``, whose operand tiles Triton stages through shared memory,
-or (the squeeze-excite kernels) reduces across warps with ``tl.sum``, which also goes through
-shared memory. No kernel uses atomics (``se_squeeze`` sums its partial means in a second launch instead), so
+in the ``--out`` JSON). racecheck checks shared-memory hazards only, and every family but one has
+some: each launches a kernel with ``tl.dot``, whose operand tiles Triton stages through shared
+memory, or (the squeeze-excite kernels) reduces across warps with ``tl.sum``, which also goes
+through shared memory. The exception, ``depthwise`` (the depthwise kernel alone), goes under
+racecheck anyway: Triton may convert register layouts through shared memory. No kernel uses atomics (``se_squeeze`` sums its partial means in a second launch instead), so
 there is no global-memory race for racecheck to miss; memcheck covers out-of-bounds accesses.
 """
 
@@ -29,6 +30,8 @@ import sys
 FAMILIES: dict[str, str] = {
     "conv_bn": "the implicit GEMM's tl.dot tiles are staged through shared memory",
     "conv_dw": "the depthwise result feeds tl.dot with the pointwise weights through shared memory",
+    "depthwise": "no tl.dot and no reduction (nine FMAs per output), so little for racecheck: run for "
+                 "completeness, since Triton may still convert register layouts through shared memory",
     "squeeze_excite": "its reductions (the squeeze's mean, the excite's matrix-vector products) are tl.sum "
                       "across warps, which Triton does through shared memory",
     "irblock": "tl.dot of its convs, and the SE reductions, through shared memory",

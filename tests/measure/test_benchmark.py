@@ -147,6 +147,36 @@ def test_families_cover_every_fused_block_type_of_each_model(name):
     assert fused_types <= covered, f"{name}: no benchmark family for {sorted(fused_types - covered)}"
 
 
+
+def test_depthwise_family_times_the_depthwise_kernel_alone():
+    """The depthwise family: the first half of every distinct conv_dw block of RetinaFace
+    mobile0.25 (depthwise 3x3, BN, LeakyReLU) at its real shape, against the depthwise kernel
+    alone; checked against float64 first, and on the CPU never timed."""
+    assert "depthwise" in B.families()
+    cases = B.family_cases("depthwise", size=32, batches=(1,), dtype=torch.float32, device="cpu")
+    net = M.models.build_model("retinaface")
+    blocks = {(b[0].in_channels, b[0].stride[0]) for b in net.modules() if R.block_type(b) == "conv_dw"}
+    assert len(blocks) == 9 and {(c.x.shape[1], c.reference_fn[0].stride[0]) for c in cases} == blocks
+    assert len({c.name for c in cases}) == len(cases)  # the five identical 128->128 blocks are one case
+    first = next(c for c in cases if c.shape == "1x8x16x16")  # the stem halves 32x32
+    assert first.name == "depthwise 8->8 k3 s1 1x8x16x16"
+    assert [type(m) for m in first.reference_fn] == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.LeakyReLU]
+    assert first.reference_fn[0].groups == 8 and first.info["block_type"] == "conv_dw"
+    assert first.flops == 2 * 9 * 8 * 16 * 16 and first.reduction_length == 9
+    assert first.bytes_moved == (2 * 8 * 16 * 16 + 8 * 9 + 4 * 8) * 4
+
+    wrong = copy.copy(first)
+    wrong.fused_fn = copy.copy(first.fused_fn)
+    wrong.fused_fn.slope = 0.2  # the conv_dw's LeakyReLU has 0.1
+    strided = next(c for c in cases if c.reference_fn[0].stride[0] == 2)
+    ok, ok_strided, bad = B.run_cases([first, strided, wrong], "cpu", warmup=0, repeats=1, compile_mode=None)
+    for r in (ok, ok_strided):
+        assert r["status"] == "ok", r["error"]
+        assert r["kernels"] == "depthwise_conv_bias_act"  # not conv_dw_fused, not the pointwise conv
+        if not ON_GPU:
+            assert r["fused_ms"] is None and r["fused_cl_ms"] is None and "interpreter" in r["note"]
+    assert bad["status"] == "failed" and all(bad[c] is None for c in B.TIME_COLUMNS)
+
 def test_register_family_is_one_line(monkeypatch):
     monkeypatch.setattr(B, "FAMILIES", dict(B.FAMILIES))
     family = B.register_family("test_fpn", ("retinaface",), ("FPN",), "the FPN")

@@ -89,7 +89,17 @@ def test_too_small_for_retinaface(capsys):
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
 def test_cuda_without_cuda(capsys):
-    assert "no CUDA device" in bad(["profile", "--device", "cuda"], capsys)
+    """--device cuda where the kernels take no CUDA tensors: no CUDA device, or (the suite's
+    interpreter run on a GPU machine) CUDA with TRITON_INTERPRET=1; each says its own reason."""
+    expected = "TRITON_INTERPRET=1 is set" if torch.cuda.is_available() else "no CUDA device"
+    assert expected in bad(["profile", "--device", "cuda"], capsys)
+
+
+def test_cuda_under_the_interpreter(capsys, monkeypatch):
+    """CUDA present but TRITON_INTERPRET=1 (on any machine, by pretending)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fused.runtime, "INTERPRETED", True)
+    assert "TRITON_INTERPRET=1 is set" in bad(["profile", "--device", "cuda"], capsys)
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")

@@ -7,6 +7,7 @@ import tarfile
 import pytest
 
 from fused.measure import gpu_check as G
+from fused.measure.gpu_check import execute
 from fused.measure import pytest_cuda, sanitize_run
 
 
@@ -209,6 +210,7 @@ def test_targets_met_missed_and_not_measured():
         row("conv_bn", "conv_bn 8->8 k3 s1 16x8x16x16 [retinaface-resnet50]", 16, 2.0, 3.0, 1.1),
         row("conv_bn", "big compute-bound conv [retinaface]", 1, 1.0, 1.0, 0.5, flops=10**9, nbytes=1000),
         row("conv_dw", "conv_dw [retinaface]", 1, 4.0, 3.5, 1.2),
+        row("depthwise", "depthwise 64->64 k3 s1 1x64x40x40", 1, 2.5, 1.8, 1.1),
         row("retinaface_model", "RetinaFace [retinaface]", 1, 2.2, 2.1, 1.4),
         row("retinaface_model", "RetinaFace [retinaface-resnet50]", 1, 0.5, 0.5, 0.5),
         row("retinaface_model", "RetinaFace 16 [retinaface]", 16, 0.5, 0.5, 0.5),
@@ -224,7 +226,10 @@ def test_targets_met_missed_and_not_measured():
     whole = target(results, "retinaface-compile")  # mobile0.25 at batch 1 only
     assert whole["status"] == "met" and whole["rows"] == 1 and whole["worst"] == pytest.approx(1.4)
     assert target(results, "squeeze_excite-eager")["status"] == "not measured"
-    assert "depthwise kernel alone" in target(results, "depthwise-eager")["notes"][0]
+    depthwise = target(results, "depthwise-eager")  # the depthwise family: the kernel alone
+    assert depthwise["status"] == "missed" and depthwise["worst"] == pytest.approx(1.8)
+    unmeasurable = G.Target("x", "x >= 2x eager", None, "eager", 2.0, unmeasured="no family times x")
+    assert G.evaluate_targets(rows, [unmeasurable])[0]["notes"] == ["no family times x"]
 
 
 def test_a_target_is_missed_when_correctness_fails_and_not_comparable_off_conditions():
@@ -287,7 +292,7 @@ def test_the_readme_step_restores_recorded_results_and_always_runs(tmp_path, mon
     project = tmp_path / "project"
     (project / "results").mkdir(parents=True)
     (project / "README.md").write_text("readme")
-    monkeypatch.setattr(G, "ROOT", project)
+    monkeypatch.setattr(execute, "ROOT", project)  # where steps run and record their results
     out = tmp_path / "out"
     (out / "results").mkdir(parents=True)
     (out / "results" / "conv_bn-h100.json").write_text("{}")  # recorded by an earlier call

@@ -73,3 +73,15 @@ def test_profile_files_without_matplotlib(tmp_path):
 def test_no_module_is_over_700_lines():
     for path in [*FUSED.rglob("*.py"), *(FUSED.parent / "reference").glob("*.py")]:
         assert len(path.read_text().splitlines()) <= 700, path
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists its packages by hand: a new subpackage must be added there, or a
+    non-editable install leaves it out."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((FUSED.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(FUSED.parent).parts)
+             for root in ("fused", "reference") for p in (FUSED.parent / root).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
