@@ -1,20 +1,25 @@
 """Recognising blocks by their structure, so the profiler and ``fused.fuse`` name them the same way.
 
 The RetinaFace helpers (``conv_bn`` and friends) return plain ``nn.Sequential`` objects, so
-they are recognised by their layers rather than by a class name; the other blocks are classes.
+they are recognised by their layers rather than by a class name; the other blocks are classes,
+marked where they are defined with :func:`block_class` (this module imports none of them).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .fpn import FPN
-from .heads import BboxHead, ClassHead, LandmarkHead
-from .residual_blocks import BasicBlock, Bottleneck, IRBlock
-from .squeeze_excite import SEBlock
-from .ssh import SSH
+_CLASSES: list[type] = []  # filled by @block_class as the reference modules are imported
 
-_CLASSES = (SSH, FPN, ClassHead, BboxHead, LandmarkHead, IRBlock, BasicBlock, Bottleneck, SEBlock)
+
+def block_class(cls: type) -> type:
+    """Class decorator: instances of ``cls`` (and of its subclasses) are blocks named
+    ``type(module).__name__`` by :func:`block_type`."""
+    if cls not in _CLASSES:
+        _CLASSES.append(cls)
+    return cls
+
+
 _ACTIVATIONS = (nn.LeakyReLU, nn.ReLU)
 
 
@@ -37,7 +42,7 @@ def block_type(module: nn.Module) -> str | None:
     """
     if isinstance(getattr(module, "block_type", None), str) and module.block_type:
         return module.block_type  # a fused module names the block it replaced
-    if isinstance(module, _CLASSES):
+    if isinstance(module, tuple(_CLASSES)):
         return type(module).__name__
     if type(module) is not nn.Sequential:
         return None

@@ -3,10 +3,12 @@
 import torch.nn.functional as F
 from torch import nn
 
+from .block_types import block_class
 from .checks import check_feature_map
 from .conv_blocks import conv_bn, conv_bn1X1
 
 
+@block_class
 class FPN(nn.Module):
     """Feature pyramid: 1x1 laterals, nearest upsampling by explicit size, add, 3x3 merge.
 

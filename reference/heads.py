@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from .block_types import block_class
 from .checks import check_feature_map
 
 
@@ -24,18 +25,21 @@ class _AnchorHead(nn.Module):
         return out.view(n, h * w * self.num_anchors, self.values)
 
 
+@block_class
 class ClassHead(_AnchorHead):
     """Face / not-face logits: ``[N, H*W*anchors, 2]``."""
 
     values = 2
 
 
+@block_class
 class BboxHead(_AnchorHead):
     """Box offsets (dx, dy, dw, dh) relative to the priors: ``[N, H*W*anchors, 4]``."""
 
     values = 4
 
 
+@block_class
 class LandmarkHead(_AnchorHead):
     """Five landmark offsets (x, y pairs): ``[N, H*W*anchors, 10]``."""
 

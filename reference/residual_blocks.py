@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from .block_types import block_class
 from .squeeze_excite import SEBlock
 
 
@@ -11,6 +12,7 @@ def conv3x3(inplanes: int, outplanes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(inplanes, outplanes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+@block_class
 class BasicBlock(nn.Module):
     """conv3x3 → BN → ReLU → conv3x3 → BN, plus the (downsampled) input, then ReLU."""
 
@@ -36,6 +38,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
+@block_class
 class IRBlock(nn.Module):
     """ArcFace's improved residual block.
 
@@ -73,6 +76,7 @@ class IRBlock(nn.Module):
         return self.prelu(out)
 
 
+@block_class
 class Bottleneck(nn.Module):
     """1x1 conv → BN → ReLU → 3x3 conv(stride) → BN → ReLU → 1x1 conv (×4 channels) → BN, + residual, ReLU."""
 

@@ -3,7 +3,10 @@
 import torch
 from torch import nn
 
+from .block_types import block_class
 
+
+@block_class
 class SEBlock(nn.Module):
     """Squeeze (global average pool) → excite (Linear → PReLU → Linear → Sigmoid) → scale.
 

@@ -4,10 +4,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .block_types import block_class
 from .checks import check_feature_map
 from .conv_blocks import conv_bn, conv_bn_no_relu
 
 
+@block_class
 class SSH(nn.Module):
     """Three branches of growing receptive field (3x3, 5x5 and 7x7 as stacked 3x3 convs).
 

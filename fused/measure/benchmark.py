@@ -238,17 +238,24 @@ class Family:
     block_types: tuple[str, ...]
     description: str = ""
     part: Callable | None = None  # see block_cases; None: the whole block
+    racecheck: str = ""  # why compute-sanitizer's racecheck runs it (fused.measure.sanitize_run)
 
 
 #: family name → :class:`Family`, in the order ``facefuse bench`` runs them.
 FAMILIES: dict[str, Family] = {}
 
 
-def register_family(name: str, models, block_types, description: str = "", *, part=None) -> Family:
+#: Why a family goes under racecheck unless its ``register_family`` line says otherwise.
+RACECHECK_DEFAULT = "its kernels stage tl.dot tiles or tl.sum reductions through shared memory"
+
+
+def register_family(name: str, models, block_types, description: str = "", *, part=None,
+                    racecheck: str = RACECHECK_DEFAULT) -> Family:
     """Add (or replace) a kernel family: one line per family, e.g.
     ``register_family("fpn", ("retinaface",), ("FPN",))``. ``part`` benchmarks a part of each
-    block instead of the whole (see :func:`block_cases`)."""
-    family = Family(name, tuple(models), tuple(block_types), description, part)
+    block instead of the whole (see :func:`block_cases`); ``racecheck`` says why
+    :mod:`fused.measure.sanitize_run` also runs it under compute-sanitizer's racecheck."""
+    family = Family(name, tuple(models), tuple(block_types), description, part, racecheck)
     FAMILIES[name] = family
     return family
 
@@ -282,21 +289,34 @@ def depthwise_part(block: nn.Sequential) -> tuple[str, nn.Module, DepthwiseKerne
 
 
 register_family("conv_bn", ("retinaface",), CONV_BN_TYPES,
-                "conv -> BN -> activation blocks of RetinaFace (stem, FPN, SSH)")
-register_family("conv_dw", ("retinaface",), ("conv_dw",), "MobileNetV1's depthwise-separable blocks")
+                "conv -> BN -> activation blocks of RetinaFace (stem, FPN, SSH)",
+                racecheck="the implicit GEMM's tl.dot tiles are staged through shared memory")
+register_family("conv_dw", ("retinaface",), ("conv_dw",), "MobileNetV1's depthwise-separable blocks",
+                racecheck="the depthwise result feeds tl.dot with the pointwise weights through shared memory")
 register_family("depthwise", ("retinaface",), ("conv_dw",),
-                "the depthwise 3x3 kernel alone (conv_dw's first half: depthwise conv, BN, LeakyReLU)", part=depthwise_part)
-register_family("squeeze_excite", ("arcface-se",), ("SEBlock",), "the SEBlocks of ArcFace IR-18 with SE")
-register_family("irblock", ("arcface", "arcface-se"), ("IRBlock",), "ArcFace's residual blocks, with and without SE")
-register_family("bottleneck", ("retinaface-resnet50",), ("Bottleneck",), "ResNet-50's bottleneck blocks")
+                "the depthwise 3x3 kernel alone (conv_dw's first half: depthwise conv, BN, LeakyReLU)", part=depthwise_part,
+                racecheck="no tl.dot and no reduction (nine FMAs per output), so little for racecheck: run for "
+                          "completeness, since Triton may still convert register layouts through shared memory")
+register_family("squeeze_excite", ("arcface-se",), ("SEBlock",), "the SEBlocks of ArcFace IR-18 with SE",
+                racecheck="its reductions (the squeeze's mean, the excite's matrix-vector products) are tl.sum "
+                          "across warps, which Triton does through shared memory")
+register_family("irblock", ("arcface", "arcface-se"), ("IRBlock",), "ArcFace's residual blocks, with and without SE",
+                racecheck="tl.dot of its convs, and the SE reductions, through shared memory")
+register_family("bottleneck", ("retinaface-resnet50",), ("Bottleneck",), "ResNet-50's bottleneck blocks",
+                racecheck="tl.dot through shared memory, at ResNet-50's shapes (up to 2048 channels)")
 register_family("arcface_model", ("arcface", "arcface-se"), ("ResNetArcFace",),
-                "the whole fused ArcFace (stem conv+BN+PReLU in one kernel, BNs folded into fc5)")
-register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules (branches into one buffer, ReLU in the epilogues)")
-register_family("fpn", ("retinaface",), ("FPN",), "RetinaFace's feature pyramid (upsample-and-add in the lateral convs' epilogue)")
+                "the whole fused ArcFace (stem conv+BN+PReLU in one kernel, BNs folded into fc5)",
+                racecheck="the stem's and fc5's tl.dot through shared memory")
+register_family("ssh", ("retinaface",), ("SSH",), "RetinaFace's context modules (branches into one buffer, ReLU in the epilogues)",
+                racecheck="tl.dot through shared memory, writing channel slices of one buffer")
+register_family("fpn", ("retinaface",), ("FPN",), "RetinaFace's feature pyramid (upsample-and-add in the lateral convs' epilogue)",
+                racecheck="the lateral 1x1 GEMM (tl.dot) through shared memory")
 register_family("heads", ("retinaface",), ("ClassHead", "BboxHead", "LandmarkHead"),
-                "RetinaFace's prediction heads, each stored straight into [N, H*W*A, V]")
+                "RetinaFace's prediction heads, each stored straight into [N, H*W*A, V]",
+                racecheck="the heads' 1x1 GEMM (tl.dot) through shared memory")
 register_family("retinaface_model", ("retinaface",), ("RetinaFace",),
-                "the whole fused detector (per level, the three heads as one GEMM into the final outputs)")
+                "the whole fused detector (per level, the three heads as one GEMM into the final outputs)",
+                racecheck="every RetinaFace kernel, in the whole detector's configuration")
 
 
 def _model_and_input(model_name: str, size: int, dtype, device, seed: int):

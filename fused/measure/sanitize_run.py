@@ -1,7 +1,7 @@
 """Every kernel family once, on small CUDA inputs: the program ``compute-sanitizer`` watches.
 
     compute-sanitizer --tool memcheck python -m fused.measure.sanitize_run --out memcheck.json
-    python -m fused.measure.sanitize_run --check     # the family table matches the benchmark's (no GPU)
+    python -m fused.measure.sanitize_run --check     # every family has its fused modules here (no GPU)
 
 For each family of ``facefuse bench`` it builds the benchmark's cases
 (:func:`fused.measure.benchmark.family_cases`) at a small size (RetinaFace 64x64, both backbones;
@@ -11,13 +11,16 @@ benchmark's job; this run exists so that every kernel configuration the models u
 under the sanitizer. Progress markers (``[sanitize] begin FAMILY``) let the harness attribute
 sanitizer reports to a family.
 
-:data:`FAMILIES` says, per family, why it also goes under racecheck (the kernels that ran are
-in the ``--out`` JSON). racecheck checks shared-memory hazards only, and every family but one has
-some: each launches a kernel with ``tl.dot``, whose operand tiles Triton stages through shared
-memory, or (the squeeze-excite kernels) reduces across warps with ``tl.sum``, which also goes
-through shared memory. The exception, ``depthwise`` (the depthwise kernel alone), goes under
-racecheck anyway: Triton may convert register layouts through shared memory. No kernel uses atomics (``se_squeeze`` sums its partial means in a second launch instead), so
-there is no global-memory race for racecheck to miss; memcheck covers out-of-bounds accesses.
+The families are the benchmark's (:data:`fused.measure.benchmark.FAMILIES`), and each
+``register_family`` line says why its family also goes under racecheck (``racecheck=``;
+:func:`racecheck_reasons` lists them; the kernels that ran are in the ``--out`` JSON). racecheck
+checks shared-memory hazards only, and every family but one has some: each launches a kernel
+with ``tl.dot``, whose operand tiles Triton stages through shared memory, or (the squeeze-excite
+kernels) reduces across warps with ``tl.sum``, which also goes through shared memory. The
+exception, ``depthwise`` (the depthwise kernel alone), goes under racecheck anyway: Triton may
+convert register layouts through shared memory. No kernel uses atomics (``se_squeeze`` sums its
+partial means in a second launch instead), so there is no global-memory race for racecheck to
+miss; memcheck covers out-of-bounds accesses.
 """
 
 from __future__ import annotations
@@ -25,23 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-#: family → why it goes under racecheck too. Must name exactly the benchmark's families.
-FAMILIES: dict[str, str] = {
-    "conv_bn": "the implicit GEMM's tl.dot tiles are staged through shared memory",
-    "conv_dw": "the depthwise result feeds tl.dot with the pointwise weights through shared memory",
-    "depthwise": "no tl.dot and no reduction (nine FMAs per output), so little for racecheck: run for "
-                 "completeness, since Triton may still convert register layouts through shared memory",
-    "squeeze_excite": "its reductions (the squeeze's mean, the excite's matrix-vector products) are tl.sum "
-                      "across warps, which Triton does through shared memory",
-    "irblock": "tl.dot of its convs, and the SE reductions, through shared memory",
-    "bottleneck": "tl.dot through shared memory, at ResNet-50's shapes (up to 2048 channels)",
-    "arcface_model": "the stem's and fc5's tl.dot through shared memory",
-    "ssh": "tl.dot through shared memory, writing channel slices of one buffer",
-    "fpn": "the lateral 1x1 GEMM (tl.dot) through shared memory",
-    "heads": "the heads' 1x1 GEMM (tl.dot) through shared memory",
-    "retinaface_model": "every RetinaFace kernel, in the whole detector's configuration",
-}
 
 RETINAFACE_SIZE = 64
 BATCH = 2
@@ -54,17 +40,22 @@ def benchmark_module():
     return benchmark
 
 
+def racecheck_reasons() -> dict[str, str]:
+    """family → why it also goes under racecheck, for every family of the benchmark, in its order."""
+    return {name: family.racecheck for name, family in benchmark_module().FAMILIES.items()}
+
+
 def check() -> list[str]:
-    """Problems with :data:`FAMILIES` against the benchmark's families (empty when they match)."""
+    """Problems that would keep a family from running here (empty when there are none): a family
+    whose block types have no fused module in this checkout, or without a racecheck reason."""
     benchmark = benchmark_module()
     problems = []
     registered, available = set(benchmark.FAMILIES), set(benchmark.families())
-    if set(FAMILIES) - registered:
-        problems.append(f"families the benchmark does not have: {', '.join(sorted(set(FAMILIES) - registered))}")
-    if registered - set(FAMILIES):
-        problems.append(f"benchmark families missing here: {', '.join(sorted(registered - set(FAMILIES)))}")
     if registered - available:
         problems.append(f"benchmark families without fused modules in this checkout: {', '.join(sorted(registered - available))}")
+    unexplained = sorted(name for name, why in racecheck_reasons().items() if not why)
+    if unexplained:
+        problems.append(f"families without a racecheck reason (register_family(..., racecheck=...)): {', '.join(unexplained)}")
     return problems
 
 
@@ -103,22 +94,23 @@ def run_family(family: str, *, dtype, device="cuda", say=print) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fused.measure.sanitize_run",
                                      description="Run every kernel family once on small CUDA inputs (for compute-sanitizer).")
-    parser.add_argument("--families", nargs="+", default=None, choices=list(FAMILIES), help="default: all")
+    families = racecheck_reasons()
+    parser.add_argument("--families", nargs="+", default=None, choices=list(families), help="default: all")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     parser.add_argument("--out", default=None, metavar="FILE", help="write what ran (JSON) to FILE")
     parser.add_argument("--check", action="store_true",
-                        help="only check that the family table matches the benchmark's families (no GPU needed)")
+                        help="only check that every family can run in this checkout (no GPU needed)")
     parser.add_argument("--list", action="store_true", help="print the families and why each goes under racecheck")
     args = parser.parse_args(argv)
     if args.list:
-        for name, why in FAMILIES.items():
+        for name, why in families.items():
             print(f"{name}: racecheck because {why}")
         return 0
     if args.check:
         problems = check()
         for p in problems:
             print(f"sanitize_run: {p}", file=sys.stderr)
-        print("sanitize_run: family table matches the benchmark" if not problems else "sanitize_run: MISMATCH")
+        print("sanitize_run: every family can run here" if not problems else "sanitize_run: PROBLEMS")
         return 1 if problems else 0
 
     import torch
@@ -130,7 +122,7 @@ def main(argv=None) -> int:
         return 2
     dtype = getattr(torch, args.dtype)
     report, failed = {}, False
-    for family in args.families or list(FAMILIES):
+    for family in args.families or list(families):
         try:
             report[family] = run_family(family, dtype=dtype, say=lambda line: print(line, flush=True))
             failed |= bool(report[family]["fallbacks"]) or not report[family]["kernels"]

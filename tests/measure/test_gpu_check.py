@@ -34,7 +34,7 @@ def test_dry_run_plans_every_stage_and_checks_every_command(tmp_path, capsys):
     assert {s["stage"] for s in steps} == set(G.STAGES)
     assert all(s["check"]["problems"] == [] for s in steps), [s["check"] for s in steps if s["check"]["problems"]]
     bench_families = {s["argv"][s["argv"].index("--family") + 1] for s in steps if s["kind"] == "bench"}
-    assert bench_families == set(sanitize_run.FAMILIES) == set(G.bench_families())
+    assert bench_families == set(sanitize_run.racecheck_reasons()) == set(G.bench_families())
     for s in steps:
         assert s["timeout"] <= G.MAX_STEP_SECONDS
         if s["kind"] == "bench":
@@ -52,7 +52,27 @@ def test_dry_run_reports_a_command_the_cli_rejects(tmp_path):
                  timeout=10, estimate=1)
     checks = G.check_plan([bad], tmp_path, machine())
     assert any("invalid choice" in p for p in checks["bench-nope"]["problems"])
-    assert any("update BENCH_PLAN" in p for p in checks["bench-nope"]["problems"])  # the other families are missing
+    assert any("the bench steps cover ['nope']" in p for p in checks["bench-nope"]["problems"])  # the others are missing
+
+
+def test_a_new_family_gets_a_default_bench_step_and_racecheck_reason(tmp_path, monkeypatch):
+    """A family registered with one register_family line is benchmarked by gpu-check and run
+    under the sanitizer without a line in BENCH_PLAN or sanitize_run."""
+    from fused.measure import benchmark
+
+    monkeypatch.setattr(benchmark, "FAMILIES", dict(benchmark.FAMILIES))
+    benchmark.register_family("test_fpn", ("retinaface",), ("FPN",), "the FPN again")
+    benchmark.register_family("test_se", ("arcface-se",), ("SEBlock",), racecheck="its tl.sum reductions")
+    assert "test_fpn" not in {family for family, *_ in G.BENCH_PLAN}
+    assert G.bench_plan()[-2:] == [("test_fpn", "all", (1, 16), G.steps.DEFAULT_BENCH_ESTIMATE),
+                                   ("test_se", None, (1, 64), G.steps.DEFAULT_BENCH_ESTIMATE)]
+    steps = [s for s in G.plan(tmp_path, machine(), ("bench",))]
+    assert "bench-test_fpn-both-b1-16" in {s.name for s in steps}
+    checks = G.check_plan(steps, tmp_path, machine())  # (the CLI parser is cached: it may not know test_fpn)
+    assert not any("the bench steps cover" in p for c in checks.values() for p in c["problems"])
+    reasons = sanitize_run.racecheck_reasons()
+    assert reasons["test_fpn"] == benchmark.RACECHECK_DEFAULT and reasons["test_se"] == "its tl.sum reductions"
+    assert reasons["conv_bn"] != benchmark.RACECHECK_DEFAULT  # the existing families keep their reasons
 
 
 def test_the_cuda_test_selection_collects(tmp_path):
@@ -77,9 +97,17 @@ def test_cuda_selection_keeps_device_and_gpu_tests_only():
     assert not pytest_cuda.runs_on_cuda(Item(["tmp_path"], False))
 
 
-def test_sanitizer_driver_family_table_matches_the_benchmark():
+def test_sanitizer_driver_check_passes_here_and_fails_on_a_family_it_cannot_run(monkeypatch, capsys):
+    from fused.measure import benchmark
+
     assert sanitize_run.check() == []
     assert sanitize_run.main(["--check"]) == 0
+    assert sanitize_run.main(["--list"]) == 0 and "conv_bn: racecheck because" in capsys.readouterr().out
+    monkeypatch.setattr(benchmark, "FAMILIES", dict(benchmark.FAMILIES))
+    benchmark.register_family("test_nothing", ("retinaface",), ("NoSuchBlock",), racecheck="")
+    problems = sanitize_run.check()
+    assert len(problems) == 2 and all("test_nothing" in p for p in problems)
+    assert sanitize_run.main(["--check"]) == 1
 
 
 # --- missing packages and tools -------------------------------------------------------------------

@@ -201,6 +201,49 @@ def test_models_are_deterministic_and_do_not_touch_global_rng():
         assert ka == kb and torch.equal(va, vb)
 
 
+#: What reference.block_type named in each model when the block classes were a hand-kept list
+#: (before @block_class): block type → count; every other module is None.
+BLOCK_TYPES_BEFORE = {
+    "mobile0.25": ({"BboxHead": 3, "ClassHead": 3, "FPN": 1, "LandmarkHead": 3, "SSH": 3, "conv_bn": 9,
+                    "conv_bn1X1": 3, "conv_bn_no_relu": 9, "conv_dw": 13}, 196),
+    "resnet50": ({"BboxHead": 3, "Bottleneck": 16, "ClassHead": 3, "FPN": 1, "LandmarkHead": 3, "SSH": 3,
+                  "conv_bn": 8, "conv_bn1X1": 3, "conv_bn_no_relu": 9, "conv_bn_pair": 4}, 246),
+    "arcface": ({"IRBlock": 8, "conv_bn_pair": 3}, 78),
+    "arcface-se": ({"IRBlock": 8, "SEBlock": 8, "conv_bn_pair": 3}, 134),
+}
+BLOCK_CLASSES = {"SSH", "FPN", "ClassHead", "BboxHead", "LandmarkHead", "IRBlock", "BasicBlock", "Bottleneck", "SEBlock"}
+
+
+@pytest.mark.parametrize("name", list(BLOCK_TYPES_BEFORE))
+def test_block_type_of_every_module_is_unchanged(name):
+    """@block_class on the reference classes names exactly the modules the hand-kept list named:
+    the same counts per type, and a class's name only for the nine block classes."""
+    model = R.arcface(use_se=name.endswith("-se")) if name.startswith("arcface") else R.retinaface(name)
+    modules = [m for _, m in model.named_modules()]
+    counts, total = BLOCK_TYPES_BEFORE[name]
+    found = {}
+    for m in modules:
+        kind = R.block_type(m)
+        if kind is not None:
+            found[kind] = found.get(kind, 0) + 1
+        if type(m) is not nn.Sequential:
+            assert kind == (type(m).__name__ if type(m).__name__ in BLOCK_CLASSES else None), type(m)
+    assert (found, len(modules)) == (counts, total)
+
+
+def test_block_class_marks_a_class_as_a_block():
+    from reference.block_types import block_class
+
+    @block_class
+    class Foo(nn.Module):
+        pass
+
+    class Bar(nn.Module):
+        pass
+
+    assert R.block_type(Foo()) == "Foo" and R.block_type(Bar()) is None
+
+
 def test_block_type_names():
     m = R.retinaface()
     assert R.block_type(m.body.stage1[0]) == "conv_bn"

@@ -52,7 +52,7 @@ from .dryrun import bench_families, check_plan, collect_tests, parse_cli
 from .execute import BUNDLE_LIMIT, make_bundle, run_plan, run_step, seed_from, step_env
 from .steps import (BENCH_PLAN, DEFAULT_BUDGET, FINISHED, LESSON_MODULES, MAX_STEP_SECONDS, OPTIONAL_MODULES,
                     PLOT_MODULES, PROFILE_PLAN, ROOT, SANITIZER_EXIT, STAGES, TEST_MODULES, Machine, Options, Step,
-                    find_sanitizer, load_state, plan, probe, write_json)
+                    bench_plan, find_sanitizer, load_state, plan, probe, write_json)
 from .summary import (bench_payloads, count_pytest_log, parse_sanitizer_log, profile_models, read_junit,
                       read_step_output, stage_status, summarize, summary_markdown, write_summary)
 from .targets import RETINAFACES, TARGETS, Target, bench_rows, evaluate_targets, row_batch, row_model
@@ -60,7 +60,7 @@ from .targets import RETINAFACES, TARGETS, Target, bench_rows, evaluate_targets,
 __all__ = [
     "BENCH_PLAN", "BUNDLE_LIMIT", "DEFAULT_BUDGET", "FINISHED", "LESSON_MODULES", "MAX_STEP_SECONDS", "OPTIONAL_MODULES",
     "PLOT_MODULES", "PROFILE_PLAN", "RETINAFACES", "ROOT", "SANITIZER_EXIT", "STAGES", "TARGETS", "TEST_MODULES",
-    "Machine", "Options", "Step", "Target", "add_arguments", "bench_families", "bench_payloads", "bench_rows",
+    "Machine", "Options", "Step", "Target", "add_arguments", "bench_families", "bench_payloads", "bench_plan", "bench_rows",
     "check_plan", "collect_tests", "count_pytest_log", "evaluate_targets", "find_sanitizer", "load_state", "main",
     "make_bundle", "parse_cli", "parse_sanitizer_log", "plan", "probe", "profile_models", "read_junit",
     "read_step_output", "row_batch", "row_model", "run", "run_plan", "run_step", "seed_from", "stage_status",

@@ -121,7 +121,9 @@ def probe() -> Machine:
 
 
 #: Bench steps in priority order (the targets' rows first): (family, RetinaFace variant for
-#: ``--model`` or None where the family's models are fixed, batches, estimated seconds).
+#: ``--model`` or None where the family's models are fixed, batches, estimated seconds). Only
+#: families that need their steps split or ordered are listed: :func:`bench_plan` adds a default
+#: step for every other family of the benchmark, so a new family needs no line here.
 BENCH_PLAN = [
     ("conv_bn", "retinaface", (1,), 300),
     ("conv_dw", "retinaface", (1,), 180),
@@ -145,6 +147,28 @@ BENCH_PLAN = [
     ("retinaface_model", "retinaface-resnet50", (1,), 400),
     ("retinaface_model", "retinaface-resnet50", (16,), 400),
 ]
+
+#: The estimated seconds of a family's default bench step (:func:`bench_plan`).
+DEFAULT_BENCH_ESTIMATE = 300
+
+
+def bench_plan() -> list[tuple[str, str | None, tuple[int, ...], int]]:
+    """:data:`BENCH_PLAN`, then one default step for each benchmark family it does not list, in
+    the benchmark's order: both RetinaFace variants (``--model all``) where the family takes
+    its shapes from ``"retinaface"``, batches 1 and 16 as ``facefuse bench`` on a GPU (1 and 64
+    for an ArcFace-only family, as the ArcFace steps above)."""
+    from .. import benchmark
+
+    planned = {family for family, *_ in BENCH_PLAN}
+    defaults = []
+    for name, family in benchmark.FAMILIES.items():
+        if name in planned:
+            continue
+        arcface_only = all(m.startswith("arcface") for m in family.models)
+        defaults.append((name, "all" if "retinaface" in family.models else None, (1, 64) if arcface_only else (1, 16),
+                         DEFAULT_BENCH_ESTIMATE))
+    return [*BENCH_PLAN, *defaults]
+
 
 #: Profile steps in priority order: (model, batch, CUDA graphs, write a trace, estimated seconds).
 PROFILE_PLAN = [
@@ -249,7 +273,7 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
         steps.append(interpreter)
 
     if "bench" in stages:
-        for family, model, batches, estimate in BENCH_PLAN:
+        for family, model, batches, estimate in bench_plan():
             name = "-".join(filter(None, ["bench", family, _SHORT.get(model) if model else None,
                                           "b" + "-".join(map(str, batches))]))
             argv = [py, "-m", "fused", "bench", "--family", family, *(["--model", model] if model else []),
