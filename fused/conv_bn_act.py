@@ -16,17 +16,21 @@ from .base import FusedModule, conv_weights
 from .kernels.conv2d import conv2d_bias_act
 
 
-def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:
-    """The activation after the BN of a conv-BN sequence, as ``(name, slope)`` for the kernel.
+def activation_of(act: nn.Module | None) -> tuple[str, float]:
+    """A ReLU, LeakyReLU or no activation module as ``(name, slope)`` for the kernels.
 
     A LeakyReLU with slope 0 stays a LeakyReLU: unlike ReLU it turns -inf into NaN (-inf * 0).
     """
-    if len(seq) == 2:
+    if act is None:
         return "identity", 0.0
-    act = seq[2]
     if isinstance(act, nn.ReLU):
         return "relu", 0.0
     return "leaky_relu", float(act.negative_slope)
+
+
+def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:
+    """The activation after the BN of a conv-BN sequence, as ``(name, slope)`` for the kernel."""
+    return activation_of(seq[2] if len(seq) > 2 else None)
 
 
 def unsupported_conv(conv: nn.Conv2d) -> str | None:

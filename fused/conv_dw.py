@@ -19,16 +19,12 @@ from torch import nn
 from reference.checks import check_feature_map
 
 from .base import FusedModule, conv_weights
+from .conv_bn_act import activation_of
 from .folding import fold_batchnorm
 from .kernels.conv2d import conv2d_bias_act
 from .kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
 
 KERNELS = ("fused", "two_kernels")
-
-
-def _activation(act: nn.Module) -> tuple[str, float]:
-    """``(activation, slope)`` of a ReLU or LeakyReLU (a slope-0 LeakyReLU stays one: -inf * 0 is NaN)."""
-    return ("relu", 0.0) if isinstance(act, nn.ReLU) else ("leaky_relu", float(act.negative_slope))
 
 
 class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
@@ -68,7 +64,7 @@ class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
         f = self.folded(x.dtype, x.device)
         stride = self[0].stride[0]
         precision = self.dot_precision(x)
-        (dw_activation, dw_slope), (pw_activation, pw_slope) = _activation(self[2]), _activation(self[5])
+        (dw_activation, dw_slope), (pw_activation, pw_slope) = activation_of(self[2]), activation_of(self[5])
         if self.kernel == "fused":
             return conv_dw_fused(
                 x, f["dw_weight"], f["dw_bias"], f["pw_weight"], f["pw_bias"], stride=stride,

@@ -16,7 +16,7 @@ from reference.checks import check_feature_map
 from reference.retinaface import IntermediateLayers
 
 from .base import FusedModule, conv_weights, prelu_slopes
-from .conv_bn_act import unsupported_conv
+from .conv_bn_act import activation_of, unsupported_conv
 from .kernels.conv2d import conv2d_bias_act
 
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
@@ -44,13 +44,9 @@ def find_stems(module: nn.Module, keep_outputs=()) -> tuple[tuple[str, ...], ...
 
 def _activation(module: nn.Module | None, channels: int, device):
     """``(activation, slope)`` for the conv kernel."""
-    if module is None:
-        return "identity", 0.0
     if isinstance(module, nn.PReLU):
         return "prelu", prelu_slopes(module, channels, device)
-    if isinstance(module, nn.ReLU):  # not LeakyReLU(0), which turns -inf into NaN
-        return "relu", 0.0
-    return "leaky_relu", float(module.negative_slope)
+    return activation_of(module)
 
 
 class _FusedStems(FusedModule):

@@ -52,6 +52,7 @@ from torch import nn
 
 import reference
 
+from ..conv_bn_act import activation_of
 from ..flag import enabled
 from ..folding import fold_batchnorm
 from ..fuse import REGISTRY, fuse
@@ -268,7 +269,7 @@ class DepthwiseKernel:
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module):
         self.stride = conv.stride[0]
-        self.slope = 0.0 if isinstance(act, nn.ReLU) else float(act.negative_slope)
+        self.activation, self.slope = activation_of(act)
         self.weight, self.bias = fold_batchnorm(conv.weight, conv.bias, bn)
         self.cast = {}
 
@@ -277,7 +278,7 @@ class DepthwiseKernel:
         if key not in self.cast:
             self.cast[key] = (self.weight.to(device=x.device, dtype=x.dtype), self.bias.to(x.device))
         weight, bias = self.cast[key]
-        return depthwise_conv_bias_act(x, weight, bias, stride=self.stride, activation="leaky_relu", slope=self.slope)
+        return depthwise_conv_bias_act(x, weight, bias, stride=self.stride, activation=self.activation, slope=self.slope)
 
 
 def depthwise_part(block: nn.Sequential) -> tuple[str, nn.Module, DepthwiseKernel]:
