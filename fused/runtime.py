@@ -223,6 +223,16 @@ def launching() -> str | None:
     return BF16_NOTE if _emulating_bf16.get() else None
 
 
+def launch(kernel, grid, *args, **kwargs):
+    """Launch ``kernel[grid](*args, **kwargs)``.
+
+    Every kernel launch in :mod:`fused.kernels` goes through this one function (right after
+    :func:`fused.record.kernel_launched`), so that tools which must see or redirect launches
+    (dry runs at GPU shapes, custom-op tracing) have a single place to do it.
+    """
+    return kernel[grid](*args, **kwargs)
+
+
 def launcher(function=None, *, float32_result: bool = False):
     """Decorator for a public kernel launcher (a function that calls ``kernel[grid](...)``).
 

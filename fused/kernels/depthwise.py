@@ -260,7 +260,7 @@ def depthwise_conv_bias_act(
 
     plan = depthwise_plan(N, C, H, W, stride, channels_last=x.stride(1) == 1)
     record.kernel_launched(name)
-    depthwise_conv_bias_act_kernel[plan.grid](
+    runtime.launch(depthwise_conv_bias_act_kernel, plan.grid,
         x, weight, x if bias is None else bias.contiguous(), prelu_slopes, out,
         C, H, W, OH, OW, pixels,
         *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *out.stride(),
@@ -322,7 +322,7 @@ def conv_dw_fused(
 
     plan = conv_dw_fused_plan(N, C, H, W, K, stride)
     record.kernel_launched(name)
-    conv_dw_fused_kernel[plan.grid](
+    runtime.launch(conv_dw_fused_kernel, plan.grid,
         x, dw_weight, dw_bias.contiguous(), pw_weight, pw_bias.contiguous(), out,
         C, H, W, K, OH, OW, pixels,
         *x.stride(), dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),

@@ -130,7 +130,7 @@ def lateral_upsample_add(
     coarse_h, coarse_w = (coarse.shape[2], coarse.shape[3]) if coarse is not None else (1, 1)
     plan = lateral_upsample_add_plan(N, C, H, W, K)
     record.kernel_launched(name)
-    lateral_upsample_add_kernel[plan.grid](
+    runtime.launch(lateral_upsample_add_kernel, plan.grid,
         x, weight, bias, coarse if coarse is not None else prelu_slopes, prelu_slopes, out,
         pixels, C, H, W, K, coarse_h, coarse_w, nearest_scale(coarse_h, H), nearest_scale(coarse_w, W), leaky_slope,
         *x.stride(), *weight.stride(),

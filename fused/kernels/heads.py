@@ -160,7 +160,7 @@ def anchor_heads(
     padded = outputs + (outputs[0],) * (3 - len(outputs))  # absent heads: never written (V = 0)
     strides = [s for out in padded for s in out.stride()]
     record.kernel_launched(name)
-    anchor_heads_kernel[plan.grid](
+    runtime.launch(anchor_heads_kernel, plan.grid,
         x, weight, bias, *padded,
         pixels, C, H, W, K, row_offset,
         *x.stride(), *weight.stride(), *strides,

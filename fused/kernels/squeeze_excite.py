@@ -268,7 +268,7 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     plan = se_squeeze_plan(batch, channels, height, width)
     partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_partial")
-    se_squeeze_partial_kernel[plan.partial.grid](
+    runtime.launch(se_squeeze_partial_kernel, plan.partial.grid,
         x, partial, batch, channels, height, width, *x.stride(),
         plan.positions_per_split, 1.0 / (height * width),
         USE_INT64=needs_int64(x), num_warps=plan.partial.num_warps, **plan.partial.blocks,
@@ -277,7 +277,7 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
         return partial[0]
     mean = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_finish")
-    se_squeeze_finish_kernel[plan.finish.grid](
+    runtime.launch(se_squeeze_finish_kernel, plan.finish.grid,
         partial, mean, batch * channels, plan.splits, num_warps=plan.finish.num_warps, **plan.finish.blocks,
     )
     return mean
@@ -322,7 +322,7 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     plan = se_excite_plan(batch, channels, hidden)
     prelu_stride = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
     record.kernel_launched("se_excite")
-    se_excite_kernel[plan.grid](
+    runtime.launch(se_excite_kernel, plan.grid,
         pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias, gate,
         channels, hidden, *pooled.stride(),
         *fc1_weight.stride(), fc1_bias.stride(0), prelu_stride,
@@ -371,7 +371,7 @@ def se_scale_residual_act(
     plan = se_scale_residual_act_plan(batch, channels, height, width)
     res = y if residual is None else residual  # a dummy pointer when there is no residual
     record.kernel_launched("se_scale_residual_act")
-    se_scale_residual_act_kernel[plan.grid](
+    runtime.launch(se_scale_residual_act_kernel, plan.grid,
         y, scale, res, prelu_slopes, out,
         channels, height, width, leaky_slope,
         *y.stride(), *scale.stride(), *res.stride(), *out.stride(),
