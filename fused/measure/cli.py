@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facefuse",
         description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
-                    "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
+                    "benchmark the fused Triton kernels against eager PyTorch and torch.compile, or run the "
+                    "fused detector and ArcFace on your own photos (detect, embed).",
     )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True

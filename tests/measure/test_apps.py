@@ -199,3 +199,22 @@ def test_output_folder_inside_the_input_is_not_read(photos, tmp_path):
     image(tmp_path / "other" / "a.png", 64, 64, 9)
     names = [i.name for i in files.find_images([photos / "a.png", tmp_path / "other" / "a.png", tmp_path / "nope.png"])]
     assert names == ["a.png", "a-1.png", "nope.png"]
+
+
+def test_in_a_fresh_process(tmp_path):
+    """As a user runs it: python -m fused detect, in a new process, from another folder."""
+    import os
+    import subprocess
+    import sys
+
+    import fused
+
+    image(tmp_path / "a.png", 64, 64, 0)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fused.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "fused", "detect", "a.png", "--out", "out", "--conf", "0.05", "--jsonl"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 images" in done.stdout and "images/s" in done.stderr and "Traceback" not in done.stderr
+    (record,) = jsonl(tmp_path / "out" / "records.jsonl")
+    assert record["path"] == "a.png" and record["faces"]
