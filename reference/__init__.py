@@ -17,6 +17,7 @@ from .images import to_rgb
 from .mobilenet import MobileNetV1
 from .models import arcface, randomize_batchnorm, retinaface
 from .nms import batched_nms, box_iou, nms
+from .pretrained import RELEASED, WeightsDownloadError, is_cached, load_pretrained, weights_path
 from .priors import priors
 from .residual_blocks import BasicBlock, Bottleneck, IRBlock, conv3x3, make_layer
 from .resnet50 import ResNet50
@@ -34,4 +35,5 @@ __all__ = [
     "priors", "decode_boxes", "encode_boxes", "decode_landmarks", "encode_landmarks",
     "box_iou", "nms", "batched_nms", "to_rgb", "prepare_images", "Detections", "postprocess", "detect",
     "crop_faces", "arcface_input", "embed", "cosine_similarity",
+    "RELEASED", "WeightsDownloadError", "is_cached", "load_pretrained", "weights_path",
 ]

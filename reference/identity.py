@@ -61,12 +61,13 @@ def arcface_input(faces, *, channel_order: str = "bgr", device=None, dtype: torc
     """ResNetArcFace's input ``[N, 1, 128, 128]`` from face images of any sizes.
 
     ``faces``: one image, a ``[N, 3, H, W]`` tensor, or a list/tuple of images whose sizes may
-    differ (each is resized on its own); NumPy ``H x W x 3``, PIL RGB or tensor ``[3, H, W]``,
+    differ (each is resized on its own; an empty list gives an empty batch); NumPy ``H x W x 3``, PIL RGB or tensor ``[3, H, W]``,
     ``uint8`` or float, values 0..255. Computed in float32 (or float64), then cast to ``dtype``.
     """
     compute = torch.promote_types(check_float_dtype(dtype), torch.float32)
-    images = to_rgb_list(faces, channel_order=channel_order, device=device, dtype=compute)
-    if not images:  # an empty [0, 3, H, W] batch
+    images = [] if isinstance(faces, (list, tuple)) and not faces else \
+        to_rgb_list(faces, channel_order=channel_order, device=device, dtype=compute)
+    if not images:  # no faces: an empty list, or an empty [0, 3, H, W] batch
         return torch.empty(0, 1, ARCFACE_SIZE, ARCFACE_SIZE, dtype=dtype, device=device)
     wr, wg, wb = GRAY_WEIGHTS
     resized = []
@@ -80,6 +81,8 @@ def arcface_input(faces, *, channel_order: str = "bgr", device=None, dtype: torc
 
 def embed(model: torch.nn.Module, faces, *, channel_order: str = "bgr") -> torch.Tensor:
     """``[N, 512]`` identity embeddings (not normalised) of ``faces`` (as in :func:`arcface_input`).
+
+    No faces (``[]``, e.g. the crops of an image where nothing was detected) give ``[0, 512]``.
 
     The input is built on the model's device and in its dtype; the model (eval mode) runs under
     ``torch.inference_mode()``. The result is an ordinary tensor (safe to modify in place).

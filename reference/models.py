@@ -1,4 +1,4 @@
-"""Ready-made models with deterministic initialisation, for lessons, tests and the profiler."""
+"""Ready-made models: deterministic initialisation for lessons, tests and the profiler, or the released weights."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .arcface import ResNetArcFace
+from .pretrained import load_pretrained
 from .retinaface import RetinaFace
 
 
@@ -15,14 +16,29 @@ def _seeded(seed: int, build):
         return build()
 
 
-def retinaface(network_name: str = "mobile0.25", seed: int = 0) -> RetinaFace:
-    """RetinaFace (``"mobile0.25"`` or ``"resnet50"``) with seeded initialisation, in eval mode."""
-    return _seeded(seed, lambda: RetinaFace(network_name)).eval()
+def retinaface(network_name: str = "mobile0.25", seed: int = 0, *, pretrained: bool = False,
+               weights_dir=None, sha256: str | None = None, progress: bool = True) -> RetinaFace:
+    """RetinaFace (``"mobile0.25"`` or ``"resnet50"``) in eval mode: seeded initialisation, or with
+    ``pretrained=True`` the released weights (downloaded once into ``weights_dir``, default
+    :func:`reference.pretrained.cache_dir`; ``sha256`` pins the file; see :mod:`reference.pretrained`)."""
+    model = _seeded(seed, lambda: RetinaFace(network_name))
+    if pretrained:
+        name = "retinaface" if network_name == "mobile0.25" else "retinaface-resnet50"
+        load_pretrained(model, name, directory=weights_dir, sha256=sha256, progress=progress)
+    return model.eval()
 
 
-def arcface(use_se: bool = False, seed: int = 0) -> ResNetArcFace:
-    """ResNetArcFace IR-18 (the released identity network when ``use_se=False``), seeded, eval mode."""
-    return _seeded(seed, lambda: ResNetArcFace("IRBlock", (2, 2, 2, 2), use_se=use_se)).eval()
+def arcface(use_se: bool = False, seed: int = 0, *, pretrained: bool = False,
+            weights_dir=None, sha256: str | None = None, progress: bool = True) -> ResNetArcFace:
+    """ResNetArcFace IR-18 (the released identity network when ``use_se=False``) in eval mode:
+    seeded, or with ``pretrained=True`` the released weights (as in :func:`retinaface`)."""
+    if pretrained and use_se:
+        raise ValueError("no released weights for ResNetArcFace with squeeze-excite: the released identity "
+                         "network (arcface_resnet18.pth) has use_se=False")
+    model = _seeded(seed, lambda: ResNetArcFace("IRBlock", (2, 2, 2, 2), use_se=use_se))
+    if pretrained:
+        load_pretrained(model, "arcface", directory=weights_dir, sha256=sha256, progress=progress)
+    return model.eval()
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
     facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
+    facefuse detect photos/ --pretrained --out found --draw   # faces in your photos (fused.apps)
+    facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and similarities
 
 Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
 entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
@@ -181,11 +183,36 @@ def run_gpu_check(args) -> int:
     return gpu_check.run(args, args.parser)
 
 
+def add_detect(sub) -> argparse.ArgumentParser:
+    from ..apps import detect
+
+    return detect.add_detect(sub)
+
+
+def run_detect(args) -> int:
+    from ..apps import detect
+
+    return detect.run_detect(args)
+
+
+def add_embed(sub) -> argparse.ArgumentParser:
+    from ..apps import embed
+
+    return embed.add_embed(sub)
+
+
+def run_embed(args) -> int:
+    from ..apps import embed
+
+    return embed.run_embed(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facefuse",
         description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
-                    "or benchmark the fused Triton kernels against eager PyTorch and torch.compile.",
+                    "benchmark the fused Triton kernels against eager PyTorch and torch.compile, or run the "
+                    "fused detector and ArcFace on your own photos (detect, embed).",
     )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     sub.required = True
@@ -439,6 +466,8 @@ COMMANDS = {
     "ceilings": (add_ceilings, run_ceilings),
     "results": (add_results, run_results),
     "gpu-check": (add_gpu_check, run_gpu_check),
+    "detect": (add_detect, run_detect),
+    "embed": (add_embed, run_embed),
 }
 
 

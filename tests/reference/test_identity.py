@@ -46,13 +46,13 @@ def test_arcface_input_shapes_and_sources():
     batch = torch.rand(4, 3, 50, 60) * 255
     assert arcface_input(batch).shape == (4, 1, 128, 128)
     assert arcface_input(batch[:0]).shape == (0, 1, 128, 128)
+    assert arcface_input([]).shape == (0, 1, 128, 128) and arcface_input(()).dtype == torch.float32
     assert torch.equal(arcface_input(batch, channel_order="rgb"), arcface_input(batch.flip(1)))
 
 
 @pytest.mark.parametrize(
     "faces, kwargs, error, match",
     [
-        ([], {}, ValueError, "empty list of images"),
         (random_image(0), {"channel_order": "RGB"}, ValueError, "channel_order must be 'bgr' or 'rgb'"),
         (random_image(0).astype(np.int32), {}, TypeError, "dtype int32"),
         (np.zeros((0, 4, 3), np.uint8), {}, ValueError, "empty image"),
@@ -134,6 +134,15 @@ def test_embed(identity_model):
     torch.testing.assert_close(embed(identity_model, faces[1])[0], e[1])
     with pytest.raises(ValueError, match=r"training mode; call model.eval\(\)"):
         embed(reference.ResNetArcFace("IRBlock", (2, 2, 2, 2), use_se=False), faces)
+
+
+def test_no_faces_embed_to_an_empty_result(identity_model):
+    """An image where nothing was detected: crop_faces gives [], embed [0, 512], similarity [0, 0]."""
+    crops = crop_faces(random_image(5, 64, 48), torch.empty(0, 4))
+    assert crops == []
+    e = embed(identity_model, crops)
+    assert e.shape == (0, 512) and e.dtype == torch.float32
+    assert cosine_similarity(e).shape == (0, 0)
 
 
 # -- cosine_similarity -------------------------------------------------------------------------------
