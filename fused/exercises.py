@@ -13,6 +13,7 @@ its check. Exercises that need a GPU have no check: their lessons say so.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 from unittest import mock
@@ -72,7 +73,7 @@ def check(lesson: str, number: int, answer: Any) -> bool:
 
 
 def _near(answer: Any, expected: float, what: str, *, rel: float = 0.01, abs_: float = 0.0) -> None:
-    assert isinstance(answer, (int, float)) and not isinstance(answer, bool), f"{what}: expected a number, got {answer!r}"
+    assert isinstance(answer, numbers.Real) and not isinstance(answer, bool), f"{what}: expected a number, got {answer!r}"
     assert math.isclose(answer, expected, rel_tol=rel, abs_tol=abs_), f"{what}: {answer!r} is off; recount"
 
 
