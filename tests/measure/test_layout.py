@@ -10,7 +10,7 @@ import fused
 
 FUSED = Path(fused.__file__).resolve().parent
 #: fused/ files that are tools on top of the package, not kernels or fused modules.
-TOOLS = {"__main__.py", "teaching.py"}
+TOOLS = {"__main__.py", "teaching.py", "exercises.py"}
 
 
 def imported_modules(path: Path) -> list[str]:
