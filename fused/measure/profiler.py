@@ -30,7 +30,7 @@ from .ceilings import measure as measure_ceilings
 from .blocks import find_rows, record, run_calls
 from .columns import compile_columns, fused_columns, peak_row, time_row, trace_runs
 from .models import MEMORY_FORMATS, MODELS, build_model, example_input, profile_options
-from .rows import OUTSIDE, PATHS, SUM, TOTAL, Profile, Row
+from .rows import OUTSIDE, PATHS, SUM, TOTAL, Profile, Row, flag_rows
 from .tensors import nbytes, shapes, state_bytes
 
 
@@ -152,7 +152,8 @@ def profile_model(
 
     notes.append(
         f"'{SUM}' adds the rows up; '{OUTSIDE}' is the whole-model time minus that sum: work between modules "
-        "(concatenations, reshapes, softmax) and Python overhead; timing noise can make it negative."
+        "(concatenations, reshapes, softmax) and Python overhead; timing noise can make it slightly negative "
+        "(more than that is flagged, as is an outside time above the sum)."
     )
     notes.append(
         "FLOPs are 2 x MACs of Conv2d and Linear layers only (elementwise ops are not counted); "
@@ -165,17 +166,7 @@ def profile_model(
             f"FLOP/B with the ridge point of the measured ceilings ({ceil.ridge:.3g} FLOP/B = matmul "
             f"{ceil.matmul_flops / 1e9:.4g} GFLOP/s {ceil.matmul_dtype} / copy bandwidth): below it a block is memory-bound."
         )
-    if ceil is not None:
-        above = [r.path for r in out_rows + [total] for p, _ in PATHS
-                 if (getattr(r, f"{p}_bw_pct") or 0) > 110
-                 or (r.flops and getattr(r, f"{p}_median_ms") and r.flops / (getattr(r, f"{p}_median_ms") * 1e-3) > 1.1 * ceil.matmul_flops)]
-        if above:
-            notes.append(
-                f"{len(set(above))} row(s) ran above a measured ceiling ({', '.join(sorted(set(above))[:4])}"
-                f"{', ...' if len(set(above)) > 4 else ''}): a block whose data fits in the caches can beat the copy "
-                "bandwidth of a large buffer, and ceilings measured while the machine was busy are too low; "
-                "--remeasure on an idle machine measures them again"
-            )
+    notes.extend(flag_rows(all_rows, ceil))
     if device.type != "cuda":
         notes.append("peak memory is measured on CUDA only (torch.cuda.max_memory_allocated around one call); the "
                      "CPU allocator keeps no peak statistic, so the peak columns are empty here.")
@@ -222,7 +213,7 @@ def profile_model(
         and example_input.is_contiguous(memory_format=torch.channels_last) else "nchw",
         "device": device.type,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": repeats if device.type == "cuda" else max(repeats, timing.CPU_MIN_REPEATS),
         "fused": fused,
         "compile": bool(compile),
         "compile_mode": compile_mode if compile else None,
