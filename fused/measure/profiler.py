@@ -51,6 +51,7 @@ def profile_model(
     ceilings=None,
     trace=None,
     trace_steps: int = 3,
+    threads: int | None = None,
 ) -> Profile:
     """Profile ``model`` on ``example_input`` block by block (see the module docstring).
 
@@ -64,10 +65,22 @@ def profile_model(
     (CUDA only) times every path as CUDA graph replays. ``ceilings``: a
     :class:`fused.measure.ceilings.Ceilings`, ``None`` to measure them now (without the cache file), or
     ``False`` for no roofline columns. ``trace``: a file name for a torch.profiler Chrome trace of
-    ``trace_steps`` forward passes of each timed model.
+    ``trace_steps`` forward passes of each timed model. ``threads`` (CPU only): the torch thread
+    count for the whole profile, default :func:`fused.measure.timing.cpu_threads` (the idle cores).
     """
-    say = progress or (lambda line: None)
     device = torch.device(device) if device is not None else example_input.device
+    if device.type == "cuda":
+        threads = None
+    elif threads is None:
+        threads = timing.cpu_threads()
+    with timing.torch_threads(threads):
+        return _profile_model(model, example_input, warmup, repeats, fused, device, check_input, settings,
+                              progress, compile, compile_mode, cuda_graphs, ceilings, trace, trace_steps)
+
+
+def _profile_model(model, example_input, warmup, repeats, fused, device, check_input, settings, progress,
+                   compile, compile_mode, cuda_graphs, ceilings, trace, trace_steps) -> Profile:
+    say = progress or (lambda line: None)
     if cuda_graphs and device.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
     model = model.to(device).eval()
@@ -293,6 +306,7 @@ def profile(
     cuda_graphs: bool = False,
     ceilings=None,
     trace=None,
+    threads: int | None = None,
 ) -> Profile:
     """Build ``model`` (a name in :data:`MODELS`) and profile it; what ``facefuse profile`` runs.
 
@@ -302,7 +316,7 @@ def profile(
     :data:`~fused.measure.models.CPU_CHECK_SIZE`, the interpreter is slow; on a GPU: ``size``).
     ``memory_format`` is ``"nchw"`` or ``"channels_last"`` (model and input). ``compile``,
     ``compile_mode``, ``cuda_graphs``, ``ceilings`` and ``trace`` are passed to
-    :func:`profile_model` (``compile`` is off by default here: compiling every block takes a
+    :func:`profile_model`, and ``threads`` too (``compile`` is off by default here: compiling every block takes a
     minute or two on a small CPU).
     """
     opts = profile_options(model, size=size, batch=batch, dtype=dtype, device=device, warmup=warmup,
@@ -329,6 +343,7 @@ def profile(
     }
     prof = profile_model(net, x, warmup=opts.warmup, repeats=opts.repeats, fused=fused, device=dev,
                          check_input=check_input, settings=settings, progress=progress, compile=compile,
-                         compile_mode=compile_mode, cuda_graphs=cuda_graphs, ceilings=ceilings, trace=trace)
+                         compile_mode=compile_mode, cuda_graphs=cuda_graphs, ceilings=ceilings, trace=trace,
+                         threads=threads)
     prof.notes.insert(0, settings["initialisation"])
     return prof

@@ -1,17 +1,21 @@
 """Timing a callable the same way everywhere: warm-up, then the median and the minimum of many runs.
 
-On a GPU each run is timed with CUDA events (what the GPU spent, not what Python spent); on a
-CPU with the wall clock, under a fixed number of torch threads (the count in force when the timing
-starts, unless ``threads=`` says otherwise), and with at least :data:`CPU_MIN_REPEATS` runs: on a
-small CPU shared with other work a single slow run is common, and the median of a handful of runs
-can land on one. The minimum is what the code can do; the median what it did. Interpreter timings of Triton kernels are never speedups: the profiler
-and the benchmark never time the fused path in the interpreter.
+On a GPU each run is timed with CUDA events (what the GPU spent, not what Python spent). On a CPU
+it is timed with the wall clock, under a fixed number of torch threads (``threads=``, else the
+count an enclosing :func:`torch_threads` fixed, else :func:`cpu_threads`: the idle cores), and
+with at least :data:`CPU_MIN_REPEATS` runs: on a small CPU shared with other work a slow run is
+common, and the median of a handful of runs can land on one. The minimum is what the code can
+do; the median what it did. Interpreter timings of Triton kernels are never speedups: the
+profiler and the benchmark never time the fused path in the interpreter.
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +43,41 @@ class Timing:
         return f"{self.median_ms:.4g} ms (median of {self.runs}, min {self.min_ms:.4g} ms, {self.method}{where})"
 
 
+def cpu_threads() -> int:
+    """The torch thread count for timing on this CPU now: ``torch.get_num_threads()`` less the cores
+    that other work keeps busy (the 1-minute load average), at least 1.
+
+    On a 2-core CPU shared with other work, two torch threads wait for each other at every operator:
+    RetinaFace at 160x160 took 347 ms with two threads against 11 ms with one. Read once per
+    profile and then kept fixed (:func:`torch_threads`), so every row is timed alike.
+    """
+    threads = torch.get_num_threads()
+    if not hasattr(os, "getloadavg"):
+        return threads
+    idle = (os.cpu_count() or 1) - int(os.getloadavg()[0] + 0.5)
+    return max(1, min(threads, idle))
+
+
+_FIXED_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("facefuse_timing_threads", default=None)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged); restore the count after.
+    Inside it, :func:`time_callable` on a CPU times with ``threads`` unless told otherwise."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    token = _FIXED_THREADS.set(threads if threads is not None else _FIXED_THREADS.get())
+    try:
+        yield
+    finally:
+        _FIXED_THREADS.reset(token)
+        torch.set_num_threads(before)
+
+
 def times_fused(device) -> bool:
     """True where fused timings mean something: a CUDA device with compiled (not interpreted) kernels."""
     return torch.device(device).type == "cuda" and not runtime.INTERPRETED
@@ -59,9 +98,9 @@ def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_
     """Time ``fn()`` after ``warmup`` calls; return the median and minimum of ``repeats`` runs.
 
     With ``cuda_graph=True`` (CUDA only) ``fn`` is captured once in a CUDA graph and the graph is
-    replayed, which removes launch overhead from microsecond kernels. On a CPU, ``threads`` (default:
-    the current ``torch.get_num_threads()``) is set for the warm-up and the runs and restored after,
-    and at least :data:`CPU_MIN_REPEATS` runs are timed.
+    replayed, which removes launch overhead from microsecond kernels. On a CPU, ``threads`` is set
+    for the warm-up and the runs and restored after (default: the count fixed by an enclosing
+    :func:`torch_threads`, else :func:`cpu_threads`), and at least :data:`CPU_MIN_REPEATS` runs are timed.
     """
     device = torch.device(device)
     if repeats < 1:
@@ -69,12 +108,9 @@ def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_
     if device.type != "cuda":
         if cuda_graph:
             raise ValueError("CUDA graphs need a CUDA device")
-        before = torch.get_num_threads()
-        threads = before if threads is None else threads
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-        try:
+        if threads is None:
+            threads = _FIXED_THREADS.get() or cpu_threads()
+        with torch_threads(threads):
             for _ in range(warmup):
                 fn()
             samples = []
@@ -82,8 +118,6 @@ def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_
                 start = time.perf_counter()
                 fn()
                 samples.append((time.perf_counter() - start) * 1e3)
-        finally:
-            torch.set_num_threads(before)
         return _summary(samples, "wall-clock", threads)
 
     for _ in range(max(warmup, 1)):

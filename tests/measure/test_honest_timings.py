@@ -106,6 +106,34 @@ def test_cpu_timing_fixes_the_thread_count_and_times_enough_runs():
         timing.time_callable(lambda: None, "cpu", threads=0)
 
 
+def test_cpu_threads_leave_the_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    with timing.torch_threads(2):
+        monkeypatch.setattr(timing.os, "getloadavg", lambda: (6.6, 5.0, 4.0))  # a busy 2-core machine
+        assert timing.cpu_threads() == 1
+        monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # an idle one
+        assert timing.cpu_threads() == 2
+
+
+def test_a_profile_times_every_row_with_one_fixed_thread_count(monkeypatch):
+    seen = set()
+    real = timing.time_callable
+
+    def spy(fn, device="cpu", **kwargs):
+        t = real(fn, device, **kwargs)
+        seen.add(t.threads)
+        return t
+
+    monkeypatch.setattr(timing, "time_callable", spy)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    before = torch.get_num_threads()
+    prof = M.profiler.profile_model(model, torch.randn(1, 3, 8, 8), warmup=0, repeats=1, fused=False, device="cpu",
+                                    ceilings=False, threads=1)
+    assert seen == {1} and prof.settings["torch_threads"] == 1 and torch.get_num_threads() == before
+    with timing.torch_threads(1):  # time_callable inside a fixed block keeps its count
+        assert timing.time_callable(lambda: None, "cpu").threads == 1
+
+
 # -- ceilings -------------------------------------------------------------------------------------
 
 @pytest.fixture
