@@ -10,7 +10,7 @@ Two markers, as an HTML comment on the last non-blank line before a block's open
 * ``<!-- readme-test: continues -->``: the block goes on from the block before it (its names,
   ``model`` and ``x`` say), so it runs after it in the same process;
 * ``<!-- readme-test: skip: REASON -->``: the block cannot run here (it needs a GPU, or takes many
-  minutes); :func:`test_skipped_blocks_say_why` lists every such block with its reason. Keep them rare.
+  minutes); each such block is a skipped test whose reason pytest's summary lists (``-ra``). Keep them rare.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def sessions(blocks: list[Block]) -> list[list[Block]]:
 
 
 BLOCKS = python_blocks(README.read_text())
-SESSIONS = sessions(BLOCKS)
+#: What test_readme_block_runs runs: each process's blocks, then each skipped block on its own (reported as a skip).
+SESSIONS = sessions(BLOCKS) + [[b] for b in BLOCKS if b.marker == "skip"]
 
 #: Runs each block of a session in one namespace, compiled with the README's line numbers.
 DRIVER = textwrap.dedent("""
@@ -100,12 +101,6 @@ DRIVER = textwrap.dedent("""
 def test_the_readme_has_python_blocks_and_few_skips():
     assert len(BLOCKS) >= 4
     assert sum(b.marker == "skip" for b in BLOCKS) <= max(2, len(BLOCKS) // 4), "skips must stay rare"
-
-
-def test_skipped_blocks_say_why():
-    skipped = [f"README.md line {b.line}: {b.reason}" for b in BLOCKS if b.marker == "skip"]
-    print("\n".join(skipped) or "no README block is skipped")
-    assert all(b.reason for b in BLOCKS if b.marker == "skip")
 
 
 def test_the_parser_reads_markers_and_line_numbers():
@@ -140,6 +135,8 @@ def test_a_failing_block_is_reported_with_its_readme_line(tmp_path):
 @pytest.mark.lesson
 @pytest.mark.parametrize("session", SESSIONS, ids=[f"line-{s[0].line}" for s in SESSIONS])
 def test_readme_block_runs(session, tmp_path):
+    if session[0].marker == "skip":
+        pytest.skip(f"README.md line {session[0].line}: {session[0].reason}")
     done = run_session(session, tmp_path)
     if done.returncode != 0:
         failed = re.search(r"README-BLOCK-FAILED (\d+)", done.stderr)
