@@ -13,32 +13,73 @@ from matplotlib.figure import Figure
 from .rows import PATHS, Profile
 
 
+#: A time axis is logarithmic when its largest positive value is at least this many times its smallest.
+LOG_SPAN = 100.0
+
+COLORS = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452"}
+
+
+def spans_decades(values) -> bool:
+    """True when the positive ``values`` span at least :data:`LOG_SPAN` (a linear axis would hide the small ones)."""
+    positive = [v for v in values if v is not None and v > 0]
+    return bool(positive) and max(positive) >= LOG_SPAN * min(positive)
+
+
+def _summary_line(prof: Profile) -> str:
+    """The synthetic rows (whole model, sum of blocks, outside blocks) as text, with their flags:
+    they are not blocks, so they are said in the title rather than drawn among the blocks' bars."""
+    parts = []
+    for kind, name in (("total", "whole model"), ("sum", "sum of blocks"), ("outside", "outside blocks")):
+        row = next((r for r in prof.rows if r.kind == kind), None)
+        if row is None:
+            continue
+        times = [f"{label.split(' ')[0]} {getattr(row, f'{p}_median_ms'):.3g} ms" for p, label in PATHS
+                 if getattr(row, f"{p}_median_ms") is not None]
+        if times:
+            parts.append(f"{name}: {', '.join(times)}" + (f" [FLAGGED {row.flags}]" if row.flags else ""))
+    return "; ".join(parts)
+
+
 def profile_chart(prof: Profile) -> Figure:
-    """The per-block time chart of a profile: reference vs torch.compile vs fused, one bar each."""
-    rows = [r for r in prof.rows if r.kind in ("block", "module") or (r.kind == "outside" and (r.ref_median_ms or 0) > 0)]
-    labels = [f"{r.path} [{r.block_type}]" if r.kind != "outside" else r.path for r in rows]
+    """The per-block time chart of a profile: reference vs torch.compile vs fused, one bar each.
+
+    Only blocks are bars; the whole model, the sum of blocks and the time outside them are in the
+    title (with their flags). The time axis is logarithmic where the times span decades
+    (:func:`spans_decades`); a block whose numbers are flagged has its label marked ``[!]``."""
+    rows = prof.blocks()
+    labels = [f"{r.path} [{r.block_type}]" + (" [!]" if r.flags else "") for r in rows]
     series = [(label, [getattr(r, f"{p}_median_ms") for r in rows]) for p, label in PATHS]
-    series = [(label, times) for label, times in series if any(t is not None for t in times)]
-    colors = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452"}
-    fig = Figure(figsize=(10, max(3.0, 0.28 * len(rows) * max(1, len(series)) ** 0.5 + 1.5)))
+    series = [(label, times) for label, times in series if any(t is not None and t > 0 for t in times)]
+    fig = Figure(figsize=(10, max(3.5, 0.28 * len(rows) * max(1, len(series)) ** 0.5 + 2.0)))
     ax = fig.subplots()
     ys = list(range(len(rows)))
     h = 0.8 / max(len(series), 1)
+    every = [t for _, times in series for t in times]
+    log = spans_decades(every)
     for j, (label, times) in enumerate(series):
         offset = (j - (len(series) - 1) / 2) * h
-        ax.barh([y + offset for y in ys], [t or 0.0 for t in times], height=h, label=label, color=colors[label])
-    if len(series) > 1:
-        ax.legend(loc="lower right", fontsize=8)
+        kept = [(y + offset, t) for y, t in zip(ys, times) if t is not None and t > 0]
+        ax.barh([y for y, _ in kept], [t for _, t in kept], height=h, label=label, color=COLORS[label])
+    if not series:
+        ax.plot([], [], label="no timed path")
+    method = rows[0].timing_method if rows else ""
+    if log:
+        positive = [t for t in every if t is not None and t > 0]
+        ax.set_xscale("log")
+        ax.set_xlim(min(positive) / 2, max(positive) * 2)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
-    method = rows[0].timing_method if rows else ""
-    ax.set_xlabel(f"median time per block (ms, {method})")
+    ax.set_xlabel(f"median time per block (ms, {method}{', log scale' if log else ''})")
     title = prof.short_title()
+    summary = _summary_line(prof)
+    if summary:
+        title += "\n" + summary
     if prof.settings.get("device") == "cpu" and any(r.fused_backend for r in prof.rows):
         title += "\nfused kernels not timed: on a CPU they run in Triton's interpreter (correctness only)"
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    ax.grid(axis="x", which="both" if log else "major", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -107,33 +148,52 @@ def roofline_chart(prof: Profile, label_top: int = 6) -> Figure | None:
     return fig
 
 
-def bench_chart(results: list[dict], path, env: dict) -> None:
-    """Save the benchmark's chart to ``path`` (PNG): the fused speedups per case, or the baseline
-    times when nothing fused was timed (on a CPU)."""
+def bench_figure(results: list[dict], env: dict) -> Figure:
+    """The benchmark's chart: one panel per kernel family, the fused speedups per case, or the
+    baseline times when nothing fused was timed (on a CPU); a log axis where the values span decades."""
     timed = [r for r in results if r.get("status") == "ok"]
     has_speedups = any(r.get("speedup_eager") is not None for r in timed)
-    fig = Figure(figsize=(max(6.0, 0.6 * len(timed) + 2), 4.5))
-    ax = fig.subplots()
-    xs = list(range(len(timed)))
     if has_speedups:
         keys = [("speedup_eager", "vs eager NCHW"), ("speedup_eager_cl", "vs eager channels_last"),
                 ("speedup_compile", "vs torch.compile")]
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_ylabel("speedup of the fused kernel (x)")
+        ylabel = "fused speedup (x)"
     else:
         keys = [("eager_ms", "eager NCHW"), ("eager_cl_ms", "eager channels_last"), ("compile_ms", "torch.compile")]
-        ax.set_ylabel("median time (ms)")
-    w = 0.8 / len(keys)
-    for j, (key, label) in enumerate(keys):
-        ax.bar([x + (j - (len(keys) - 1) / 2) * w for x in xs], [r.get(key) or 0.0 for r in timed], width=w, label=label)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([r["case"] for r in timed], rotation=60, ha="right", fontsize=6)
+        ylabel = "median time (ms)"
+    families = list(dict.fromkeys(r["family"] for r in timed)) or ["(nothing timed)"]
+    widest = max([sum(r["family"] == f for r in timed) for f in families] + [1])
+    fig = Figure(figsize=(max(8.0, 0.45 * widest + 3), 3.4 * len(families)))
+    axes = fig.subplots(len(families), 1, squeeze=False)[:, 0]
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for ax, family in zip(axes, families):
+        rows = [r for r in timed if r["family"] == family]
+        xs = list(range(len(rows)))
+        values = [r.get(k) for r in rows for k, _ in keys]
+        log = spans_decades(values)
+        w = 0.8 / len(keys)
+        for j, (key, label) in enumerate(keys):
+            kept = [(x + (j - (len(keys) - 1) / 2) * w, r.get(key)) for x, r in zip(xs, rows)
+                    if r.get(key) is not None and r.get(key) > 0]
+            ax.bar([x for x, _ in kept], [v for _, v in kept], width=w, label=label, color=colors[j])
+        if has_speedups:
+            ax.axhline(1.0, color="gray", lw=0.8)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r["case"] for r in rows], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel + (", log" if log else ""), fontsize=8)
+        ax.set_title(family, fontsize=9, loc="left")
+        ax.grid(axis="y", which="both" if log else "major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
     where = env.get("gpu") or env.get("cpu") or env.get("device")
     title = f"facefuse bench on {where}"
     if not has_speedups:
         title += " (no fused timings: interpreter timings are not speedups)"
-    ax.set_title(title, fontsize=9)
-    if timed:
-        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def bench_chart(results: list[dict], path, env: dict) -> None:
+    """Save :func:`bench_figure` to ``path`` (PNG)."""
+    bench_figure(results, env).savefig(path, dpi=110)

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from . import models
+from . import models, timing
 from .models import DTYPES, profile_options
 
 PROFILE_DEFAULT_OUT = "facefuse-profile"
@@ -300,13 +300,15 @@ def run_profile(args) -> int:
                 "the first time (Inductor caches its work, so reruns are faster); --no-compile skips it")
     from .profiler import profile
 
-    result = profile(
-        args.model, size=opts.size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
-        repeats=args.repeats, fused=not args.no_fused, seed=args.seed, weights=args.weights,
-        check_size=args.check_size, progress=say, compile=args.compile, compile_mode=args.compile_mode,
-        memory_format=args.memory_format, cuda_graphs=args.cuda_graphs,
-        ceilings=_ceilings(args, device, dtype, say), trace=args.trace,
-    )
+    threads = timing.cpu_threads() if device.type == "cpu" else None  # fixed for the ceilings and every row
+    with timing.torch_threads(threads):
+        result = profile(
+            args.model, size=opts.size, batch=args.batch, dtype=dtype, device=device, warmup=args.warmup,
+            repeats=args.repeats, fused=not args.no_fused, seed=args.seed, weights=args.weights,
+            check_size=args.check_size, progress=say, compile=args.compile, compile_mode=args.compile_mode,
+            memory_format=args.memory_format, cuda_graphs=args.cuda_graphs,
+            ceilings=_ceilings(args, device, dtype, say), trace=args.trace, threads=threads,
+        )
     paths = result.save(args.out)
     if args.trace:
         paths["trace"] = args.trace
@@ -375,17 +377,20 @@ def run_bench(args) -> int:
         if not on_gpu:
             say("CPU: correctness in Triton's interpreter and CPU baselines only; fused timings are left "
                 "empty (interpreter timings are not speedups)")
-    results = benchmark.run_cases(
-        cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
-        compile_mode=None if compile_mode == "none" else compile_mode, progress=say, ceilings=ceil or None,
-    )
+    threads = timing.cpu_threads() if not on_gpu else None  # one thread count for every case
+    with timing.torch_threads(threads):
+        results = benchmark.run_cases(
+            cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
+            compile_mode=None if compile_mode == "none" else compile_mode, progress=say, ceilings=ceil or None,
+        )
     notes = []
     if not on_gpu:
         notes.append("run on a CPU with --allow-cpu: the fused kernels ran in Triton's interpreter for "
                      "correctness only; interpreter timings are not speedups, so fused times are empty")
     settings = {"families": wanted, "model": args.model, "size": size, "batches": list(batches),
                 "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
-                "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed}
+                "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed,
+                "torch_threads": threads}
     paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes,
                                     ceilings=ceil or None)
     print(format_results(results))

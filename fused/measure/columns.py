@@ -119,7 +119,7 @@ def compile_columns(model, example_input, units, out_rows, total, device, warmup
             t = time_row(lambda: call(compiled), device, warmup, repeats, use_graph, row, "torch.compile")
             row.compile_peak_bytes = peak_row(lambda: call(compiled), device, row, "torch.compile")
         if t is not None:
-            row.compile_median_ms = t.median_ms
+            row.compile_median_ms, row.compile_min_ms = t.median_ms, t.min_ms
         if path == TOTAL:
             compiled_model = compiled
         say(f"[compile {i}/{len(targets)}] {path} ({kind}): " + (f"{t.median_ms:.4g} ms" if t else "not timed")

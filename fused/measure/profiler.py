@@ -30,7 +30,7 @@ from .ceilings import measure as measure_ceilings
 from .blocks import find_rows, record, run_calls
 from .columns import compile_columns, fused_columns, peak_row, time_row, trace_runs
 from .models import MEMORY_FORMATS, MODELS, build_model, example_input, profile_options
-from .rows import OUTSIDE, PATHS, SUM, TOTAL, Profile, Row
+from .rows import OUTSIDE, PATHS, SUM, TOTAL, Profile, Row, flag_rows
 from .tensors import nbytes, shapes, state_bytes
 
 
@@ -51,6 +51,7 @@ def profile_model(
     ceilings=None,
     trace=None,
     trace_steps: int = 3,
+    threads: int | None = None,
 ) -> Profile:
     """Profile ``model`` on ``example_input`` block by block (see the module docstring).
 
@@ -64,10 +65,22 @@ def profile_model(
     (CUDA only) times every path as CUDA graph replays. ``ceilings``: a
     :class:`fused.measure.ceilings.Ceilings`, ``None`` to measure them now (without the cache file), or
     ``False`` for no roofline columns. ``trace``: a file name for a torch.profiler Chrome trace of
-    ``trace_steps`` forward passes of each timed model.
+    ``trace_steps`` forward passes of each timed model. ``threads`` (CPU only): the torch thread
+    count for the whole profile, default :func:`fused.measure.timing.cpu_threads` (the idle cores).
     """
-    say = progress or (lambda line: None)
     device = torch.device(device) if device is not None else example_input.device
+    if device.type == "cuda":
+        threads = None
+    elif threads is None:
+        threads = timing.cpu_threads()
+    with timing.torch_threads(threads):
+        return _profile_model(model, example_input, warmup, repeats, fused, device, check_input, settings,
+                              progress, compile, compile_mode, cuda_graphs, ceilings, trace, trace_steps)
+
+
+def _profile_model(model, example_input, warmup, repeats, fused, device, check_input, settings, progress,
+                   compile, compile_mode, cuda_graphs, ceilings, trace, trace_steps) -> Profile:
+    say = progress or (lambda line: None)
     if cuda_graphs and device.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
     model = model.to(device).eval()
@@ -152,7 +165,8 @@ def profile_model(
 
     notes.append(
         f"'{SUM}' adds the rows up; '{OUTSIDE}' is the whole-model time minus that sum: work between modules "
-        "(concatenations, reshapes, softmax) and Python overhead; timing noise can make it negative."
+        "(concatenations, reshapes, softmax) and Python overhead; timing noise can make it slightly negative "
+        "(more than that is flagged, as is an outside time above the sum)."
     )
     notes.append(
         "FLOPs are 2 x MACs of Conv2d and Linear layers only (elementwise ops are not counted); "
@@ -165,17 +179,7 @@ def profile_model(
             f"FLOP/B with the ridge point of the measured ceilings ({ceil.ridge:.3g} FLOP/B = matmul "
             f"{ceil.matmul_flops / 1e9:.4g} GFLOP/s {ceil.matmul_dtype} / copy bandwidth): below it a block is memory-bound."
         )
-    if ceil is not None:
-        above = [r.path for r in out_rows + [total] for p, _ in PATHS
-                 if (getattr(r, f"{p}_bw_pct") or 0) > 110
-                 or (r.flops and getattr(r, f"{p}_median_ms") and r.flops / (getattr(r, f"{p}_median_ms") * 1e-3) > 1.1 * ceil.matmul_flops)]
-        if above:
-            notes.append(
-                f"{len(set(above))} row(s) ran above a measured ceiling ({', '.join(sorted(set(above))[:4])}"
-                f"{', ...' if len(set(above)) > 4 else ''}): a block whose data fits in the caches can beat the copy "
-                "bandwidth of a large buffer, and ceilings measured while the machine was busy are too low; "
-                "--remeasure on an idle machine measures them again"
-            )
+    notes.extend(flag_rows(all_rows, ceil))
     if device.type != "cuda":
         notes.append("peak memory is measured on CUDA only (torch.cuda.max_memory_allocated around one call); the "
                      "CPU allocator keeps no peak statistic, so the peak columns are empty here.")
@@ -222,7 +226,7 @@ def profile_model(
         and example_input.is_contiguous(memory_format=torch.channels_last) else "nchw",
         "device": device.type,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": repeats if device.type == "cuda" else max(repeats, timing.CPU_MIN_REPEATS),
         "fused": fused,
         "compile": bool(compile),
         "compile_mode": compile_mode if compile else None,
@@ -302,6 +306,7 @@ def profile(
     cuda_graphs: bool = False,
     ceilings=None,
     trace=None,
+    threads: int | None = None,
 ) -> Profile:
     """Build ``model`` (a name in :data:`MODELS`) and profile it; what ``facefuse profile`` runs.
 
@@ -311,7 +316,7 @@ def profile(
     :data:`~fused.measure.models.CPU_CHECK_SIZE`, the interpreter is slow; on a GPU: ``size``).
     ``memory_format`` is ``"nchw"`` or ``"channels_last"`` (model and input). ``compile``,
     ``compile_mode``, ``cuda_graphs``, ``ceilings`` and ``trace`` are passed to
-    :func:`profile_model` (``compile`` is off by default here: compiling every block takes a
+    :func:`profile_model`, and ``threads`` too (``compile`` is off by default here: compiling every block takes a
     minute or two on a small CPU).
     """
     opts = profile_options(model, size=size, batch=batch, dtype=dtype, device=device, warmup=warmup,
@@ -338,6 +343,7 @@ def profile(
     }
     prof = profile_model(net, x, warmup=opts.warmup, repeats=opts.repeats, fused=fused, device=dev,
                          check_input=check_input, settings=settings, progress=progress, compile=compile,
-                         compile_mode=compile_mode, cuda_graphs=cuda_graphs, ceilings=ceilings, trace=trace)
+                         compile_mode=compile_mode, cuda_graphs=cuda_graphs, ceilings=ceilings, trace=trace,
+                         threads=threads)
     prof.notes.insert(0, settings["initialisation"])
     return prof

@@ -96,6 +96,7 @@ class Row:
     ref_peak_bytes: int | None = None
     # torch.compile of the reference
     compile_median_ms: float | None = None
+    compile_min_ms: float | None = None
     compile_seconds: float | None = None
     compile_speedup: float | None = None
     compile_gbps: float | None = None
@@ -114,13 +115,14 @@ class Row:
     fused_peak_bytes: int | None = None
     fused_note: str = ""
     note: str = ""
+    flags: str = ""  # numbers in this row that cannot be right (FLAGS), "; "-separated
 
 
 COLUMNS = [f.name for f in fields(Row)]
 _INT_COLUMNS = {"calls", "parameters", "flops", "min_bytes", "eager_bytes", "reduction_length",
                 "ref_peak_bytes", "compile_peak_bytes", "fused_peak_bytes"}
 _FLOAT_COLUMNS = {"intensity", "ref_median_ms", "ref_min_ms", "ref_max_ms", "ref_gbps", "ref_bw_pct",
-                  "compile_median_ms", "compile_seconds", "compile_speedup", "compile_gbps", "compile_bw_pct",
+                  "compile_median_ms", "compile_min_ms", "compile_seconds", "compile_speedup", "compile_gbps", "compile_bw_pct",
                   "fused_max_abs_error", "fused_median_ms", "speedup", "speedup_vs_compile", "fused_gbps",
                   "fused_bw_pct"}
 _BOOL_COLUMNS = {"fused_within_tolerance"}
@@ -129,6 +131,80 @@ _BOOL_COLUMNS = {"fused_within_tolerance"}
 def add_note(row: Row, text: str) -> None:
     """Append ``text`` to the row's note."""
     row.note = "; ".join(filter(None, [row.note, text]))
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers that cannot be right
+# --------------------------------------------------------------------------------------------
+
+#: What each flag of :func:`flag_rows` means. A flagged number stays in the row (it was measured)
+#: but the table shows the flag beside it, and the notes say why it cannot be right.
+FLAGS = {
+    "outside>sum": f"'{OUTSIDE}' is larger than '{SUM}': the model cannot spend more time between its blocks than "
+                   "in them; the whole model and the blocks were timed under different load (a busy machine)",
+    "outside<0": f"'{OUTSIDE}' is negative by more than a fifth of '{SUM}': the whole model ran faster than its "
+                 "blocks one by one; the blocks were timed under heavier load than the model",
+    "above-roof": "above 100% of a measured ceiling (copy bandwidth or matmul throughput): the ceilings were measured "
+                  "while the machine was busy (facefuse profile --remeasure on an idle machine), or the block's data "
+                  "fits in the caches, which beat the copy bandwidth of a large buffer",
+    "compile-ratio": "torch.compile under 0.01x of eager: not a real compiled speed (it recompiled on every call, or "
+                     "the machine was busy while it ran); rerun before reading anything into it",
+}
+
+#: Below this, a torch.compile ratio is flagged (it prints as "0.00x").
+MIN_COMPILE_RATIO = 0.01
+#: ``(outside blocks)`` may be negative by timing noise, down to this fraction of the sum of blocks.
+OUTSIDE_NOISE = 0.2
+
+
+def flag_rows(rows: list[Row], ceil: Ceilings | None = None) -> list[str]:
+    """Set each row's ``flags`` to the numbers that cannot be right (see :data:`FLAGS`); return one
+    note per flag that occurred, naming the rows. Run after the percentages and speedups are derived."""
+    summed = next((r for r in rows if r.kind == "sum"), None)
+    found: dict[str, list[str]] = {}
+
+    def flag(row: Row, code: str, detail: str = "") -> None:
+        label = f"{code}({detail})" if detail else code
+        if label not in row.flags.split("; "):
+            row.flags = "; ".join(filter(None, [row.flags, label]))
+        found.setdefault(code, []).append(row.path + (f" ({detail})" if detail else ""))
+
+    for r in rows:
+        for p, _ in PATHS:
+            ms = getattr(r, f"{p}_median_ms")
+            if r.kind in ("sum", "outside") or not ms or ms <= 0:
+                continue
+            above_bw = (getattr(r, f"{p}_bw_pct") or 0) > 100
+            above_flops = ceil is not None and bool(r.flops) and r.flops / (ms * 1e-3) > ceil.matmul_flops
+            if above_bw or above_flops:
+                flag(r, "above-roof", p)
+        if r.compile_speedup is not None and r.compile_speedup < MIN_COMPILE_RATIO:
+            flag(r, "compile-ratio")
+        if r.kind == "outside" and summed is not None:
+            for p, _ in PATHS:
+                out, total = getattr(r, f"{p}_median_ms"), getattr(summed, f"{p}_median_ms")
+                if out is None or not total:
+                    continue
+                if out > total:
+                    flag(r, "outside>sum", p)
+                elif out < -OUTSIDE_NOISE * total:
+                    flag(r, "outside<0", p)
+    notes = []
+    for code, where in found.items():
+        shown = ", ".join(where[:4]) + (", ..." if len(where) > 4 else "")
+        notes.append(f"FLAGGED {code}, {len(where)} row(s) ({shown}): {FLAGS[code]}")
+    return notes
+
+
+def percent(part: float | None, whole: float | None, what: str = "share") -> str:
+    """``part / whole`` as a percentage for a share that must lie in [0, 100]; outside that range
+    (timing noise on a busy machine) the text says the number cannot be right instead of printing it bare."""
+    if part is None or not whole:
+        return "n/a"
+    value = 100.0 * part / whole
+    if 0.0 <= value <= 100.0:
+        return f"{value:.0f}%"
+    return f"{value:.0f}% (FLAGGED: a {what} must lie in [0, 100]%; timing noise, rerun on an idle machine)"
 
 
 @dataclass
@@ -152,6 +228,10 @@ class Profile:
             if r.path == path:
                 return r
         raise KeyError(f"no row {path!r} in the profile")
+
+    def flagged(self) -> list[Row]:
+        """Rows with a number that cannot be right (:data:`FLAGS`)."""
+        return [r for r in self.rows if r.flags]
 
     def has_fused_times(self) -> bool:
         return any(r.fused_median_ms is not None for r in self.rows)
@@ -190,6 +270,7 @@ class Profile:
         if any(r.bound for r in self.rows):
             cols.append(("bound", lambda r: r.bound, False))
         cols += [("ref ms", lambda r: _fmt(r.ref_median_ms, 1, 4), True),
+                 ("ref min", lambda r: _fmt(r.ref_min_ms, 1, 4), True),
                  ("ref GB/s", lambda r: _fmt(r.ref_gbps, 1, 3), True)]
         if bw:
             cols.append(("ref %BW", lambda r: _fmt_pct(r.ref_bw_pct), True))
@@ -215,6 +296,8 @@ class Profile:
                 ("max |err|", lambda r: _fmt(r.fused_max_abs_error, 1, 2), True),
                 ("ok", lambda r: "" if r.fused_within_tolerance is None else ("yes" if r.fused_within_tolerance else "NO"), False),
             ]
+        if any(r.flags for r in self.rows):
+            cols.append(("FLAGS", lambda r: r.flags, False))
         return cols
 
     def table(self) -> str:
@@ -230,10 +313,11 @@ class Profile:
 
         s = self.settings
         extras = [f"batch {s['batch']}" if "batch" in s else "", s.get("memory_format", ""),
-                  "CUDA graphs" if s.get("cuda_graphs") else ""]
+                  "CUDA graphs" if s.get("cuda_graphs") else "",
+                  f"{s['torch_threads']} torch threads" if s.get("device") == "cpu" and s.get("torch_threads") else ""]
         title = (f"facefuse profile: {s.get('model', '?')}, input {s.get('input_shape', '?')} {s.get('dtype', '')} "
                  f"on {s.get('device', '?')} ({', '.join(e for e in extras if e)}), median of {s.get('repeats', '?')} "
-                 f"runs after {s.get('warmup', '?')} warm-up ({self.rows[0].timing_method if self.rows else ''})")
+                 f"runs (and their min) after {s.get('warmup', '?')} warm-up ({self.rows[0].timing_method if self.rows else ''})")
         out = [title]
         ceil = self.machine_ceilings()
         if ceil is not None:
@@ -390,7 +474,9 @@ def _fmt_int(v) -> str:
 
 
 def _fmt_x(v) -> str:
-    return "" if v is None else f"{v:.2f}x"
+    if v is None:
+        return ""
+    return f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x"  # never "0.00x"
 
 
 def _fmt_pct(v) -> str:

@@ -1,33 +1,81 @@
-"""Timing a callable the same way everywhere: warm-up, then the median of many runs.
+"""Timing a callable the same way everywhere: warm-up, then the median and the minimum of many runs.
 
-On a GPU each run is timed with CUDA events (what the GPU spent, not what Python spent); on a
-CPU with the wall clock. Interpreter timings of Triton kernels are never speedups: the profiler
-and the benchmark never time the fused path in the interpreter.
+On a GPU each run is timed with CUDA events (what the GPU spent, not what Python spent). On a CPU
+it is timed with the wall clock, under a fixed number of torch threads (``threads=``, else the
+count an enclosing :func:`torch_threads` fixed, else :func:`cpu_threads`: the idle cores), and
+with at least :data:`CPU_MIN_REPEATS` runs: on a small CPU shared with other work a slow run is
+common, and the median of a handful of runs can land on one. The minimum is what the code can
+do; the median what it did. Interpreter timings of Triton kernels are never speedups: the
+profiler and the benchmark never time the fused path in the interpreter.
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .. import runtime
 
+#: Fewest timed runs on a CPU, whatever ``repeats`` asks: fewer make the median a coin toss on a busy machine.
+CPU_MIN_REPEATS = 7
+
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and spread of ``runs`` timed runs, in milliseconds, and how they were timed."""
+    """Median and spread of ``runs`` timed runs, in milliseconds, and how they were timed
+    (``threads``: the torch CPU threads during the timing; None on a GPU)."""
 
     median_ms: float
     min_ms: float
     max_ms: float
     runs: int
     method: str  # "cuda-event", "cuda-graph" or "wall-clock"
+    threads: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.median_ms:.4g} ms (median of {self.runs}, {self.method})"
+        where = f", {self.threads} threads" if self.threads else ""
+        return f"{self.median_ms:.4g} ms (median of {self.runs}, min {self.min_ms:.4g} ms, {self.method}{where})"
+
+
+def cpu_threads() -> int:
+    """The torch thread count for timing on this CPU now: ``torch.get_num_threads()`` less the cores
+    that other work keeps busy (the 1-minute load average), at least 1.
+
+    On a 2-core CPU shared with other work, two torch threads wait for each other at every operator:
+    RetinaFace at 160x160 took 347 ms with two threads against 11 ms with one. Read once per
+    profile and then kept fixed (:func:`torch_threads`), so every row is timed alike.
+    """
+    threads = torch.get_num_threads()
+    if not hasattr(os, "getloadavg"):
+        return threads
+    idle = (os.cpu_count() or 1) - int(os.getloadavg()[0] + 0.5)
+    return max(1, min(threads, idle))
+
+
+_FIXED_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("facefuse_timing_threads", default=None)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged); restore the count after.
+    Inside it, :func:`time_callable` on a CPU times with ``threads`` unless told otherwise."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    token = _FIXED_THREADS.set(threads if threads is not None else _FIXED_THREADS.get())
+    try:
+        yield
+    finally:
+        _FIXED_THREADS.reset(token)
+        torch.set_num_threads(before)
 
 
 def times_fused(device) -> bool:
@@ -45,11 +93,14 @@ def timing_method(device) -> str:
     return "cuda-event" if torch.device(device).type == "cuda" else "wall-clock"
 
 
-def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_graph: bool = False) -> Timing:
-    """Time ``fn()`` after ``warmup`` calls; return the median of ``repeats`` runs.
+def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_graph: bool = False,
+                  threads: int | None = None) -> Timing:
+    """Time ``fn()`` after ``warmup`` calls; return the median and minimum of ``repeats`` runs.
 
     With ``cuda_graph=True`` (CUDA only) ``fn`` is captured once in a CUDA graph and the graph is
-    replayed, which removes launch overhead from microsecond kernels.
+    replayed, which removes launch overhead from microsecond kernels. On a CPU, ``threads`` is set
+    for the warm-up and the runs and restored after (default: the count fixed by an enclosing
+    :func:`torch_threads`, else :func:`cpu_threads`), and at least :data:`CPU_MIN_REPEATS` runs are timed.
     """
     device = torch.device(device)
     if repeats < 1:
@@ -57,14 +108,17 @@ def time_callable(fn, device="cpu", *, warmup: int = 3, repeats: int = 20, cuda_
     if device.type != "cuda":
         if cuda_graph:
             raise ValueError("CUDA graphs need a CUDA device")
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return _summary(samples, "wall-clock")
+        if threads is None:
+            threads = _FIXED_THREADS.get() or cpu_threads()
+        with torch_threads(threads):
+            for _ in range(warmup):
+                fn()
+            samples = []
+            for _ in range(max(repeats, CPU_MIN_REPEATS)):
+                start = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - start) * 1e3)
+        return _summary(samples, "wall-clock", threads)
 
     for _ in range(max(warmup, 1)):
         fn()
@@ -115,5 +169,5 @@ def peak_memory_bytes(fn, device="cpu") -> int | None:
     return max(int(peak), 0)
 
 
-def _summary(samples, method: str) -> Timing:
-    return Timing(statistics.median(samples), min(samples), max(samples), len(samples), method)
+def _summary(samples, method: str, threads: int | None = None) -> Timing:
+    return Timing(statistics.median(samples), min(samples), max(samples), len(samples), method, threads)

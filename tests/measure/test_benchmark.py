@@ -117,7 +117,10 @@ def test_conv_bn_cases():
 
 
 @pytest.mark.skipif(ON_GPU, reason="the CPU path of the command")
-def test_bench_command_on_cpu(tmp_path, capsys):
+def test_bench_command_on_cpu(tmp_path, capsys, monkeypatch):
+    from fused.measure import ceilings
+
+    monkeypatch.setattr(ceilings, "machine_load", lambda device: None)  # idle, so the ceilings are cached
     args = ["bench", "--allow-cpu", "--family", "conv_bn", "--size", "32", "--compile-mode", "none",
             "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path)]
     assert main(args) == 0

@@ -1,0 +1,144 @@
+"""Every ```python block of README.md runs as written, in a fresh Python process (issue 18).
+
+A block runs with the README's own line numbers in its traceback (``File "README.md", line N``),
+on the CPU (``CUDA_VISIBLE_DEVICES=""``: the kernels run in Triton's interpreter), with random
+weights (nothing is downloaded: ``FACEFUSE_CACHE`` points at an empty folder), in a temporary
+working folder that holds ``group.jpg``, a made-up photo for the snippets that open one.
+
+Two markers, as an HTML comment on the last non-blank line before a block's opening fence:
+
+* ``<!-- readme-test: continues -->``: the block goes on from the block before it (its names,
+  ``model`` and ``x`` say), so it runs after it in the same process;
+* ``<!-- readme-test: skip: REASON -->``: the block cannot run here (it needs a GPU, or takes many
+  minutes); each such block is a skipped test whose reason pytest's summary lists (``-ra``). Keep them rare.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+MARKER = re.compile(r"^<!--\s*readme-test:\s*(continues|skip:\s*(?P<reason>.*?))\s*-->$")
+FENCE = re.compile(r"^```(\S*)\s*$")
+
+
+@dataclass
+class Block:
+    line: int  # README line of the block's first code line
+    code: str
+    marker: str | None  # "continues", "skip" or None
+    reason: str = ""
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The ```python blocks of ``text``, with the marker above each."""
+    lines = text.splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m or not m.group(1):  # not an opening fence with a language
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
+        if end is None:
+            raise AssertionError(f"README.md line {i + 1}: a ``` block that never closes")
+        if m.group(1) == "python":
+            above = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            mark = MARKER.match(above)
+            marker = None if mark is None else ("continues" if mark.group(1) == "continues" else "skip")
+            reason = (mark.group("reason") or "") if mark else ""
+            if above.startswith("<!--") and "readme-test" in above and mark is None:
+                raise AssertionError(f"README.md line {i}: unknown readme-test marker {above!r}")
+            if marker == "skip" and not reason.strip():
+                raise AssertionError(f"README.md line {i}: a skipped block must say why (skip: REASON)")
+            blocks.append(Block(i + 2, "\n".join(lines[i + 1:end]), marker, reason.strip()))
+        i = end + 1
+    return blocks
+
+
+def sessions(blocks: list[Block]) -> list[list[Block]]:
+    """Blocks grouped into the processes that run them: a ``continues`` block joins the one before it."""
+    out: list[list[Block]] = []
+    for b in blocks:
+        if b.marker == "skip":
+            continue
+        if b.marker == "continues":
+            if not out:
+                raise AssertionError(f"README.md line {b.line}: 'continues' with no python block before it")
+            out[-1].append(b)
+        else:
+            out.append([b])
+    return out
+
+
+BLOCKS = python_blocks(README.read_text())
+#: What test_readme_block_runs runs: each process's blocks, then each skipped block on its own (reported as a skip).
+SESSIONS = sessions(BLOCKS) + [[b] for b in BLOCKS if b.marker == "skip"]
+
+#: Runs each block of a session in one namespace, compiled with the README's line numbers.
+DRIVER = textwrap.dedent("""
+    import sys, traceback
+    namespace = {"__name__": "__main__"}
+    for line, code in BLOCKS:
+        try:
+            exec(compile("\\n" * (line - 1) + code, "README.md", "exec"), namespace)
+        except BaseException:
+            traceback.print_exc()
+            print(f"README-BLOCK-FAILED {line}", file=sys.stderr)
+            sys.exit(1)
+""")
+
+
+def test_the_readme_has_python_blocks_and_few_skips():
+    assert len(BLOCKS) >= 4
+    assert sum(b.marker == "skip" for b in BLOCKS) <= max(2, len(BLOCKS) // 4), "skips must stay rare"
+
+
+def test_the_parser_reads_markers_and_line_numbers():
+    text = "# t\n\n```python\na = 1\n```\n<!-- readme-test: continues -->\n```python\nb = a\n```\n\n" \
+           "<!-- readme-test: skip: needs a GPU -->\n\n```python\nimport cuda_only\n```\n```bash\nls\n```\n"
+    blocks = python_blocks(text)
+    assert [(b.line, b.marker, b.reason) for b in blocks] == [(4, None, ""), (8, "continues", ""), (14, "skip", "needs a GPU")]
+    assert [[b.line for b in s] for s in sessions(blocks)] == [[4, 8]]
+    with pytest.raises(AssertionError, match="must say why"):
+        python_blocks("<!-- readme-test: skip: -->\n```python\nx\n```\n")
+
+
+def run_session(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProcess:
+    from PIL import Image
+    import numpy as np
+
+    photo = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "group.jpg")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg", "FACEFUSE_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    script = f"BLOCKS = {[(b.line, b.code) for b in blocks]!r}\n" + DRIVER
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_a_failing_block_is_reported_with_its_readme_line(tmp_path):
+    done = run_session([Block(3, "a = 1", None), Block(7, "b = a\nraise ValueError('boom')", "continues")], tmp_path)
+    assert done.returncode == 1
+    assert 'File "README.md", line 8' in done.stderr and "README-BLOCK-FAILED 7" in done.stderr
+
+
+@pytest.mark.lesson
+@pytest.mark.parametrize("session", SESSIONS, ids=[f"line-{s[0].line}" for s in SESSIONS])
+def test_readme_block_runs(session, tmp_path):
+    if session[0].marker == "skip":
+        pytest.skip(f"README.md line {session[0].line}: {session[0].reason}")
+    done = run_session(session, tmp_path)
+    if done.returncode != 0:
+        failed = re.search(r"README-BLOCK-FAILED (\d+)", done.stderr)
+        where = f"README.md line {failed.group(1)}" if failed else f"README.md blocks at lines {[b.line for b in session]}"
+        pytest.fail(f"the python block at {where} fails as written:\n{done.stderr[-4000:]}")
