@@ -2,7 +2,9 @@
 
 A block runs with the README's own line numbers in its traceback (``File "README.md", line N``),
 on the CPU (``CUDA_VISIBLE_DEVICES=""``: the kernels run in Triton's interpreter), with random
-weights (nothing is downloaded: ``FACEFUSE_CACHE`` points at an empty folder), in a temporary
+weights (nothing is downloaded: ``FACEFUSE_CACHE`` points at an empty folder; a block calling
+``pretrained=True`` gets the released files' keys and shapes from a local mirror folder,
+``FACEFUSE_WEIGHTS_URL``), in a temporary
 working folder that holds ``group.jpg``, a made-up photo for the snippets that open one.
 
 Two markers, as an HTML comment on the last non-blank line before a block's opening fence:
@@ -121,6 +123,15 @@ def run_session(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProc
     Image.fromarray(photo).save(tmp_path / "group.jpg")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg", "FACEFUSE_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if any("pretrained=True" in b.code for b in blocks):  # the released files, from a local mirror
+        from tests.reference.test_pretrained import spec_file
+        from reference import RELEASED
+
+        mirror = tmp_path / "mirror"
+        mirror.mkdir()
+        for name, release in RELEASED.items():
+            (mirror / release.filename).write_bytes(spec_file(name))
+        env |= {"FACEFUSE_WEIGHTS_URL": str(mirror), "FACEFUSE_WEIGHTS_DIR": str(tmp_path / "weights")}
     script = f"BLOCKS = {[(b.line, b.code) for b in blocks]!r}\n" + DRIVER
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
