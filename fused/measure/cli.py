@@ -6,6 +6,7 @@
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
     facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
+    facefuse inspect --model all           # the code a GPU would run, compiled here: spills, tensor cores, loads
 
 Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
 entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
@@ -173,6 +174,22 @@ def add_gpu_check(sub) -> argparse.ArgumentParser:
                        description=gpu_check.__doc__.split("\n\n")[0])
     gpu_check.add_arguments(g)
     return g
+
+
+def add_inspect(sub) -> argparse.ArgumentParser:
+    from .inspect import command
+
+    i = sub.add_parser("inspect", help="compile the kernels of a model for a GPU on any machine: registers, spills, "
+                                       "tensor cores, loads, occupancy per variant",
+                       description=command.__doc__.split("\n\n")[0])
+    command.add_arguments(i)
+    return i
+
+
+def run_inspect(args) -> int:
+    from .inspect import command
+
+    return command.run(args, args.parser)
 
 
 def run_gpu_check(args) -> int:
@@ -439,6 +456,7 @@ COMMANDS = {
     "ceilings": (add_ceilings, run_ceilings),
     "results": (add_results, run_results),
     "gpu-check": (add_gpu_check, run_gpu_check),
+    "inspect": (add_inspect, run_inspect),
 }
 
 
