@@ -43,7 +43,7 @@ from .report import Row, compare_with_baseline
 
 __all__ = ["ARCHS", "Arch", "Config", "DEFAULT_CONFIGS", "DEFAULT_TARGET", "Inspection", "Row", "TARGETS",
            "BASELINE_PATH", "cache_dir", "compare_with_baseline", "default_configs", "inspect_models", "occupancy",
-           "run_worker"]
+           "record_launches", "run_worker"]
 
 #: The recorded baseline the CI check compares against (``facefuse inspect --write-baseline``).
 BASELINE_PATH = Path(__file__).resolve().parents[3] / "tests" / "data" / "inspect_baseline.json"
@@ -154,3 +154,11 @@ def inspect_models(configs=None, *, target: str = DEFAULT_TARGET, jobs: int | No
     result = run_worker(request, progress=progress, timeout=timeout)
     result["cache"] = None if cache is None else str(cache)
     return Inspection.from_result(result)
+
+
+def record_launches(configs, *, progress: bool = False, timeout: float | None = None) -> dict[str, list[dict]]:
+    """The dry runs only (nothing compiled): per configuration name, its launches in order, each
+    with ``kernel``, ``block``, ``grid``, ``args`` (described), ``variant`` and ``flops``."""
+    result = run_worker({"configs": [c.to_json() for c in configs], "compile": False}, progress=progress,
+                        timeout=timeout)
+    return {entry["name"]: entry["launches"] for entry in result["configs"]}

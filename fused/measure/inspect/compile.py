@@ -36,7 +36,7 @@ from . import analyse
 TARGETS = {"sm_80": 80, "sm_90a": 90, "sm_100a": 100}
 DEFAULT_TARGET = "sm_90a"
 #: Bumped when what a cache entry holds changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: The compiler products kept per variant (gzip-compressed text, the cubin as bytes).
 ARTIFACTS = ("ttir", "ttgir", "ptx", "sass", "ptxas_log")
 
@@ -96,8 +96,9 @@ def tool_version(path: str) -> str:
 
 def source_args(kernel, spec: dict):
     """``(signature, constexprs, attrs)`` for ``ASTSource`` from a :func:`~.specialize.specialise`
-    result, in the form ``JITFunction.run`` builds them (Triton 3.3 and later: constants and
-    attributes keyed by ``(parameter index,)``)."""
+    result, in the form ``JITFunction.run`` builds them (Triton 3.3 and later): constants and
+    attributes keyed by ``(parameter index,)``; every parameter but floats and bools gets an
+    attribute list, empty unless divisible by 16 (the lists enter the kernel's hash)."""
     from triton.backends.compiler import BaseBackend
 
     names = list(spec["signature"])
@@ -105,7 +106,9 @@ def source_args(kernel, spec: dict):
     constexprs = {index[n]: v for n, v in spec["constexprs"].items()}
     parse = getattr(BaseBackend, "parse_attr", None)
     divisible = parse("D") if parse is not None else [["tt.divisibility", 16]]
-    attrs = {index[n]: divisible for n in spec["divisible"]}
+    plain = parse("") if parse is not None else []
+    attrs = {index[n]: (divisible if n in spec["divisible"] else plain)
+             for n, t in spec["signature"].items() if t not in ("fp32", "i1")}
     return dict(spec["signature"]), constexprs, attrs
 
 

@@ -26,7 +26,8 @@ def _compile(args):
 
 
 def run(request: dict, say=None) -> dict:
-    """Do what ``request`` asks (``configs``, ``target``, ``cache``, ``jobs``); the result as JSON."""
+    """Do what ``request`` asks (``configs``, ``target``, ``cache``, ``jobs``; ``compile`` False for
+    the dry runs only); the result as JSON."""
     from . import dryrun
     from .compile import compile_variant, ptxas_for, tool_version, TARGETS, triton_version
 
@@ -45,6 +46,9 @@ def run(request: dict, say=None) -> dict:
         configs.append({"config": config.to_json(), "name": config.name, "launches": launches})
         say(f"dry run {config.name}: {len(launches)} launches ({time.perf_counter() - started:.1f} s)")
     ids = list(variants)
+    if request.get("compile") is False:
+        return {"target": target, "configs": configs,
+                "variants": {vid: {"variant": variants[vid], "analysis": None} for vid in ids}}
     say(f"{len(ids)} distinct variants for {target}")
     results: dict[str, dict] = {}
     todo = []
