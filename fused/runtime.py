@@ -29,6 +29,7 @@ and shares no Python-level state with other launches, and CUDA has real bfloat16
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import contextvars
 import functools
 import os
@@ -165,7 +166,7 @@ def check_inputs(name: str, *tensors: torch.Tensor | None) -> None:
         raise ValueError(f"{name}: tensors are on different devices: {sorted(map(str, devices))}")
     device = first.device
     expected = "cpu" if INTERPRETED else "cuda"
-    if device.type == expected:
+    if device.type == expected or (device.type == "meta" and _launch_recorder.get() is not None):
         return
     if device.type == "meta":
         raise RuntimeError(
@@ -223,14 +224,33 @@ def launching() -> str | None:
     return BF16_NOTE if _emulating_bf16.get() else None
 
 
+_launch_recorder: contextvars.ContextVar = contextvars.ContextVar("facefuse_launch_recorder", default=None)
+
+
 def launch(kernel, grid, *args, **kwargs):
-    """Launch ``kernel[grid](*args, **kwargs)``.
+    """Launch ``kernel[grid](*args, **kwargs)``, or hand it to the active :func:`recording_launches`.
 
     Every kernel launch in :mod:`fused.kernels` goes through this one function (right after
     :func:`fused.record.kernel_launched`), so that tools which must see or redirect launches
     (dry runs at GPU shapes, custom-op tracing) have a single place to do it.
     """
+    recorder = _launch_recorder.get()
+    if recorder is not None:
+        return recorder(kernel, grid, args, kwargs)
     return kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def recording_launches(recorder):
+    """Within this context, :func:`launch` calls ``recorder(kernel, grid, args, kwargs)`` instead of
+    launching, and :func:`check_inputs` accepts meta tensors: a dry run of a model at real shapes
+    with nothing computed (``facefuse inspect``, :mod:`fused.measure.inspect`). Launchers return
+    their (unwritten) outputs as usual. Per context, like :func:`fused.recording`."""
+    token = _launch_recorder.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _launch_recorder.reset(token)
 
 
 def launcher(function=None, *, float32_result: bool = False):

@@ -197,3 +197,40 @@ def bench_figure(results: list[dict], env: dict) -> Figure:
 def bench_chart(results: list[dict], path, env: dict) -> None:
     """Save :func:`bench_figure` to ``path`` (PNG)."""
     bench_figure(results, env).savefig(path, dpi=110)
+
+
+def inspect_chart(summary: dict, target: str) -> Figure:
+    """``facefuse inspect``'s chart: per model configuration, where its FLOPs go: by how their
+    ``tl.dot`` lowered, and the shares in spilling variants, in launches with fewer programs than
+    SMs, and in variants whose main loop loads one element per instruction."""
+    configs = list(summary)
+    lowerings = sorted({k for s in summary.values() for k in s["share_by_lowering"]})
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+    fig = Figure(figsize=(11, max(3.0, 0.42 * len(configs) + 1.6)))
+    left, right = fig.subplots(1, 2, sharey=True)
+    ys = list(range(len(configs)))
+    start = [0.0] * len(configs)
+    for i, lowering in enumerate(lowerings):
+        shares = [100 * summary[c]["share_by_lowering"].get(lowering, 0.0) for c in configs]
+        left.barh(ys, shares, left=start, label=lowering, color=palette[i % len(palette)])
+        start = [a + b for a, b in zip(start, shares)]
+    left.set_xlabel("% of the model's FLOPs, by tl.dot lowering")
+    left.set_xlim(0, 100)
+    left.legend(loc="lower right", fontsize=7)
+    left.set_yticks(ys)
+    left.set_yticklabels(configs, fontsize=7)
+    left.invert_yaxis()
+    h = 0.27
+    for j, (key, label) in enumerate((("share_spilling", "in spilling variants"),
+                                      ("share_below_sms", "in launches with fewer programs than SMs"),
+                                      ("share_scalar_loads", "with scalar main-loop loads"))):
+        right.barh([y + (j - 1) * h for y in ys], [100 * summary[c][key] for c in configs], height=h, label=label,
+                   color=palette[(j + 3) % len(palette)])
+    right.set_xlabel("% of the model's FLOPs")
+    right.set_xlim(0, 100)
+    right.legend(loc="lower right", fontsize=7)
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"facefuse inspect: where the FLOPs go when compiled for {target}", fontsize=9)
+    fig.tight_layout()
+    return fig

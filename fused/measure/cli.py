@@ -8,6 +8,7 @@
     facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
     facefuse detect photos/ --pretrained --out found --draw   # faces in your photos (fused.apps)
     facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and similarities
+    facefuse inspect --model all           # the code a GPU would run, compiled here: spills, tensor cores, loads
 
 Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
 entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
@@ -175,6 +176,22 @@ def add_gpu_check(sub) -> argparse.ArgumentParser:
                        description=gpu_check.__doc__.split("\n\n")[0])
     gpu_check.add_arguments(g)
     return g
+
+
+def add_inspect(sub) -> argparse.ArgumentParser:
+    from .inspect import command
+
+    i = sub.add_parser("inspect", help="compile the kernels of a model for a GPU on any machine: registers, spills, "
+                                       "tensor cores, loads, occupancy per variant",
+                       description=command.__doc__.split("\n\n")[0])
+    command.add_arguments(i)
+    return i
+
+
+def run_inspect(args) -> int:
+    from .inspect import command
+
+    return command.run(args, args.parser)
 
 
 def run_gpu_check(args) -> int:
@@ -473,6 +490,7 @@ COMMANDS = {
     "gpu-check": (add_gpu_check, run_gpu_check),
     "detect": (add_detect, run_detect),
     "embed": (add_embed, run_embed),
+    "inspect": (add_inspect, run_inspect),
 }
 
 

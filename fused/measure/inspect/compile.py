@@ -1,0 +1,239 @@
+"""Compile one kernel variant for an NVIDIA GPU on a machine without one, and cache what came out.
+
+A *variant* is a kernel with one specialisation (:mod:`.specialize`) and one set of launch options
+(``num_warps``, ``num_stages``). :func:`compile_variant` compiles it with ``triton.compile`` for a
+target (``sm_90a`` by default), exactly as ``JITFunction.run`` would (same ``ASTSource``
+signature, constants and attributes, same options), then reads the compiler's products:
+``ptxas -v``'s log (registers, spills, stack), ``cuobjdump --dump-resource-usage`` and the SASS
+(``cuobjdump -sass``), and analyses them (:mod:`.analyse`).
+
+It must run in a process where Triton compiles (``TRITON_INTERPRET`` off): the
+``facefuse inspect`` worker (:mod:`.worker`). Results are cached on disk, one folder per variant
+under :func:`cache_dir`, keyed by the kernel's source hash (Triton's ``cache_key``, which covers
+the ``@triton.jit`` functions it calls), the specialisation, the target, the options and the
+Triton and ptxas versions: a change to any of them compiles again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import importlib
+import io
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import analyse
+
+#: Targets by name: Triton's compute capability (``GPUTarget("cuda", capability, 32)``); Triton
+#: turns 90 into ``sm_90a`` and 100 into ``sm_100a`` (their architecture-specific features).
+TARGETS = {"sm_80": 80, "sm_90a": 90, "sm_100a": 100}
+DEFAULT_TARGET = "sm_90a"
+#: Bumped when what a cache entry holds changes.
+CACHE_FORMAT = 2
+#: The compiler products kept per variant (gzip-compressed text, the cubin as bytes).
+ARTIFACTS = ("ttir", "ttgir", "ptx", "sass", "ptxas_log")
+
+
+def cache_dir() -> Path:
+    """``$FACEFUSE_INSPECT_CACHE``, or ``$FACEFUSE_CACHE/inspect`` (default ``~/.cache/facefuse/inspect``)."""
+    explicit = os.environ.get("FACEFUSE_INSPECT_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("FACEFUSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "facefuse")
+    return Path(base) / "inspect"
+
+
+def load_kernel(path: str):
+    """The ``@triton.jit`` function named ``"module:name"``."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def _nvidia_tool(name: str) -> str:
+    """Path of a tool Triton ships (``ptxas``, ``cuobjdump``, ...), through its knobs when it has them."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    nvidia = getattr(knobs, "nvidia", None)
+    tool = getattr(nvidia, name.replace("-", "_"), None) if nvidia is not None else None
+    path = getattr(tool, "path", None)
+    if path:
+        return path
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def ptxas_for(capability: int) -> str:
+    """The ptxas Triton uses for this capability (Triton 3.9 has a separate one for Blackwell)."""
+    if capability >= 100:
+        blackwell = _nvidia_tool("ptxas-blackwell")
+        if os.path.exists(blackwell):
+            return blackwell
+    return _nvidia_tool("ptxas")
+
+
+@functools.lru_cache(maxsize=None)
+def tool_version(path: str) -> str:
+    try:
+        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError:
+        return "missing"
+    found = re.search(r"release (\S+?),? V?(\S+)", text)
+    return found.group(2) if found else text.strip().splitlines()[-1] if text.strip() else "unknown"
+
+
+def source_args(kernel, spec: dict):
+    """``(signature, constexprs, attrs)`` for ``ASTSource`` from a :func:`~.specialize.specialise`
+    result, in the form ``JITFunction.run`` builds them (Triton 3.3 and later): constants and
+    attributes keyed by ``(parameter index,)``; every parameter but floats and bools gets an
+    attribute list, empty unless divisible by 16 (the lists enter the kernel's hash)."""
+    from triton.backends.compiler import BaseBackend
+
+    names = list(spec["signature"])
+    index = {n: (i,) for i, n in enumerate(names)}
+    constexprs = {index[n]: v for n, v in spec["constexprs"].items()}
+    parse = getattr(BaseBackend, "parse_attr", None)
+    divisible = parse("D") if parse is not None else [["tt.divisibility", 16]]
+    plain = parse("") if parse is not None else []
+    attrs = {index[n]: (divisible if n in spec["divisible"] else plain)
+             for n, t in spec["signature"].items() if t not in ("fp32", "i1")}
+    return dict(spec["signature"]), constexprs, attrs
+
+
+def variant_key(variant: dict, target: str) -> str:
+    """The cache key of a variant compiled for ``target``."""
+    kernel = load_kernel(variant["kernel"])
+    capability = TARGETS[target]
+    text = json.dumps({
+        "format": CACHE_FORMAT, "source": kernel.cache_key, "kernel": variant["kernel"], "spec": variant["spec"],
+        "options": variant["options"], "target": target, "triton": triton_version(),
+        "ptxas": tool_version(ptxas_for(capability)),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _gpu_target(capability: int):
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", capability, 32)
+
+
+@contextlib.contextmanager
+def _ptxas_log():
+    """Capture the ``ptxas -v`` log Triton prints when its ``dump_ptxas_log`` knob is on (None if
+    this Triton has no such knob: the log is then made by running ptxas again)."""
+    import triton
+
+    nvidia = getattr(getattr(triton, "knobs", None), "nvidia", None)
+    if nvidia is None or not hasattr(nvidia, "dump_ptxas_log"):
+        yield None
+        return
+    buffer = io.StringIO()
+    old = nvidia.dump_ptxas_log
+    nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield buffer
+    finally:
+        nvidia.dump_ptxas_log = old
+
+
+def _run_ptxas(ptx: str, capability: int, arch_name: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        done = subprocess.run([ptxas_for(capability), "-v", "--regAllocOptLevel=2", f"--gpu-name={arch_name}",
+                               str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+        return done.stderr + done.stdout
+
+
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        done = subprocess.run([_nvidia_tool("cuobjdump"), *flags, str(path)], capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"cuobjdump {' '.join(flags)} failed: {done.stderr.strip()[-400:]}")
+        return done.stdout
+
+
+def compile_source(variant: dict, target: str = DEFAULT_TARGET):
+    """``triton.compile`` of a variant for ``target``: the ``CompiledKernel`` (``.asm["ptx"]``, ...)."""
+    import triton
+    from triton.compiler import ASTSource
+
+    kernel = load_kernel(variant["kernel"])
+    signature, constexprs, attrs = source_args(kernel, variant["spec"])
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=_gpu_target(TARGETS[target]), options=dict(variant["options"]))
+
+
+def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path | None = None) -> dict:
+    """Compile (or read from the cache) one variant for ``target``; its analysis as JSON
+    (:func:`~.analyse.analyse`), with ``key`` (the cache folder's name), ``hash`` (Triton's kernel
+    hash), ``compiled`` (False when read from the cache) or ``error``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    cache = cache_dir() if cache is None else Path(cache)
+    key = variant_key(variant, target)
+    folder = cache / key
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            meta["compiled"] = False
+            return meta
+        except (OSError, ValueError):
+            pass  # a damaged entry: compile again
+    capability = TARGETS[target]
+    meta = {"key": key, "target": target, "kernel": variant["kernel"]}
+    try:
+        with _ptxas_log() as log:
+            compiled = compile_source(variant, target)
+        asm = compiled.asm
+        ptxas_log = log.getvalue() if log is not None else ""
+        if "spill" not in ptxas_log:
+            ptxas_log = _run_ptxas(asm["ptx"], capability, _arch_name(asm["ptx"], target))
+        products = {"ttir": asm.get("ttir", ""), "ttgir": asm.get("ttgir", ""), "ptx": asm["ptx"],
+                    "sass": _cuobjdump(asm["cubin"], "-sass"), "ptxas_log": ptxas_log}
+        resources = _cuobjdump(asm["cubin"], "--dump-resource-usage")
+        meta.update(analyse.analyse(products, resources))
+        meta["hash"] = getattr(compiled, "hash", None)
+        meta["shared_triton"] = getattr(compiled.metadata, "shared", None)
+    except Exception as exc:  # a variant that does not compile is a finding, not a crash
+        meta["error"] = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
+        return {**meta, "compiled": True}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in products.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(text.encode()))
+    (folder / "cubin").write_bytes(asm["cubin"])
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    tmp.replace(meta_path)
+    return {**meta, "compiled": True}
+
+
+def _arch_name(ptx: str, target: str) -> str:
+    found = re.search(r"^\s*\.target\s+(sm_\w+)", ptx, re.M)
+    return found.group(1) if found else target
+
+
+def artifact(key: str, name: str, *, cache: Path | None = None) -> str:
+    """One compiler product of a cached variant: ``ttir``, ``ttgir``, ``ptx``, ``sass`` or ``ptxas_log``."""
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown product {name!r}; choose from {', '.join(ARTIFACTS)}")
+    path = (cache_dir() if cache is None else Path(cache)) / key / f"{name}.gz"
+    return gzip.decompress(path.read_bytes()).decode()

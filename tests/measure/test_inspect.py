@@ -1,0 +1,257 @@
+"""``facefuse inspect``: the dry run, the JIT specialisation, the analysis of compiler output, the CLI.
+
+The slow checks that compile every default variant are in ``test_inspect_baseline.py``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import fused
+from fused import runtime
+from fused.kernels import conv2d
+from fused.kernels.conv2d import conv2d_bias_act, conv2d_plan
+from fused.measure import cli
+from fused.measure.inspect import ARCHS, Config, analyse, occupancy, record_launches, report, specialize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- the dry-run hook and the specialisation ------------------------------------------------------
+
+
+def _recorded_conv(x, weight, **kwargs):
+    calls = []
+    with runtime.recording_launches(lambda kernel, grid, args, kw: calls.append((kernel, grid, args, kw))):
+        out = conv2d_bias_act(x, weight, **kwargs)
+    return calls, out
+
+
+def test_recording_launches_runs_nothing_and_restores_launching():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(8, 4, 3, 3)
+    zeros = torch.zeros(1, 8, 6, 6)
+    calls, out = _recorded_conv(x, w, padding=1, out=zeros)
+    assert len(calls) == 1 and calls[0][0] is conv2d.conv2d_bias_act_kernel
+    assert calls[0][1] == conv2d_plan(1, 4, 6, 6, 8, 3, 1, 1).grid
+    assert out is zeros and not out.any()  # recorded, not run
+    fused.assert_close(conv2d_bias_act(x, w, padding=1), torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def test_meta_tensors_pass_the_checks_only_while_recording():
+    x, w = torch.empty(1, 4, 6, 6, device="meta"), torch.empty(8, 4, 3, 3, device="meta")
+    with pytest.raises(RuntimeError, match="meta tensors"):
+        conv2d_bias_act(x, w)
+    calls, out = _recorded_conv(x, w)
+    assert len(calls) == 1 and out.device.type == "meta" and out.shape == (1, 8, 4, 4)
+
+
+def _spec(calls):
+    kernel, _, args, kwargs = calls[0]
+    described = specialize.describe_arguments(kernel, args, kwargs)
+    return described, specialize.specialise(kernel, described["args"])
+
+
+def test_specialisation_follows_the_jit_rules():
+    """Ints equal to 1 become constants, ints divisible by 16 and aligned pointers get
+    tt.divisibility=16, floats are fp32; a width of 40 is not divisible, a view at a 4-byte offset
+    is not aligned."""
+    odd = torch.empty(2 * 8 * 40 * 40 + 1)[1:].view(2, 8, 40, 40)
+    calls, _ = _recorded_conv(torch.randn(2, 8, 40, 40), torch.randn(8, 8, 3, 3), padding=1, out=odd)
+    described, spec = _spec(calls)
+    assert spec["signature"]["x_ptr"] == "*fp32" and "x_ptr" in spec["divisible"]
+    assert "out_ptr" not in spec["divisible"]  # 4-byte offset
+    assert spec["signature"]["W"] == "i32" and "W" not in spec["divisible"]  # 40 % 16 != 0
+    assert spec["signature"]["x_stride_w"] == "constexpr" and spec["constexprs"]["x_stride_w"] == 1
+    assert "x_stride_w" in spec["ones"] and "padding" in spec["ones"] and "x_stride_h" not in spec["ones"]
+    assert spec["signature"]["leaky_slope"] == "fp32"
+    assert spec["signature"]["C"] == "i32" and "C" not in spec["divisible"]  # 8
+    assert spec["constexprs"]["BLOCK_M"] == calls[0][3]["BLOCK_M"] and "num_warps" in described["options"]
+    assert "R" not in spec["ones"] and spec["constexprs"]["R"] == 3  # a constexpr parameter, not an int == 1
+
+    buffer = torch.empty(1, 48, 8, 8)  # a channel slice at 16 channels * 64 floats: aligned
+    calls, _ = _recorded_conv(torch.randn(1, 16, 8, 8), torch.randn(32, 16, 3, 3), padding=1, out=buffer[:, 16:])
+    _, spec = _spec(calls)
+    assert {"C", "K", "out_ptr", "out_stride_n"} <= set(spec["divisible"])
+    assert spec["signature"]["out_stride_n"] == "i32" and "W" not in spec["divisible"]
+
+
+# -- the dry run at GPU shapes (a worker process) -------------------------------------------------
+
+
+def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
+    launches = record_launches([Config("retinaface", (640, 640), 16, "float16")], timeout=600)
+    (name, recorded), = launches.items()
+    assert name == "retinaface 640x640 b16 float16"
+    convs = [launch for launch in recorded if launch["kernel"].endswith(":conv2d_bias_act_kernel")]
+    assert convs and all(launch["block"] for launch in recorded)
+    for launch in convs:
+        a = launch["args"]
+        x = a["x_ptr"]["shape"]
+        plan = conv2d_plan(x[0], x[1], x[2], x[3], a["K"], a["R"], a["conv_stride"], a.get("padding", 1),
+                           interpreter=False)
+        assert tuple(launch["grid"]) == plan.grid
+        assert {k: launch["variant"]["spec"]["constexprs"][k] for k in plan.blocks} == plan.blocks
+        assert launch["flops"][0] == 2 * a["pixels"] * a["K"] * a["C"] * a["R"] ** 2
+    assert recorded[0]["args"]["x_ptr"]["shape"] == [16, 3, 640, 640]
+
+
+# -- reading compiler output ------------------------------------------------------------------------
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                                 /* 0x00000a00ff017b82 */
+        /*1f80*/              @!P0 BRA 0x34a0 ;                                           /* 0x0000001400448947 */
+        /*2c60*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR16][R4.64] ;           /* 0x0 */
+        /*2cc0*/               @P5 LDG.E.U16 R125, desc[UR16][R88.64] ;                   /* 0x00000010587d5981 */
+        /*2d10*/               @P5 LDG.E.U16 R110, desc[UR16][R116.64] ;                  /* 0x00000010746e5981 */
+        /*3440*/                   HGMMA.64x16x16.F32 R32, gdesc[UR8].tnspB, R32 ;        /* 0x40200000082079f0 */
+        /*3490*/               @P5 BRA 0x2c60 ;                                           /* 0xfffffff400f05947 */
+        /*3650*/              @!P0 LDG.E.128 R11, desc[UR16][R6.64] ;                     /* 0x00000010060b8981 */
+        /*3660*/                   STL.64 [R1], R4 ;                                      /* 0x0 */
+        /*4210*/                   BRA 0x4210;                                            /* 0xfffffffc00fc7947 */
+"""
+
+
+def test_sass_main_loop_and_its_loads():
+    ins = analyse.parse_sass(SASS)
+    assert [op for _, op, _ in ins][:3] == ["LDC", "BRA", "LDGSTS.E.BYPASS.128"]
+    mix = analyse.opcode_mix(ins)
+    assert mix["LDG"] == 3 and mix["HGMMA"] == 1 and mix["STL"] == 1
+    assert analyse.loops(ins) == [(0x2c60, 0x3490)]  # BRA 0x4210 at 0x4210 is the end, not a loop
+    loop = analyse.main_loop(ins)
+    assert loop == (0x2c60, 0x3490)
+    loads = analyse.global_loads(ins, loop)
+    assert loads == {"ldg_bits": {"16": 2}, "ldgsts": 1, "tma": 0}
+    assert analyse.classify_loads(loads, 16) == "cp.async+scalar"
+    assert analyse.classify_loads(analyse.global_loads(ins), 16) == "cp.async+scalar"
+    assert analyse.classify_loads({"ldg_bits": {"128": 3, "16": 1}, "ldgsts": 0, "tma": 0}, 16) == "vector"
+    assert analyse.classify_loads({"ldg_bits": {}, "ldgsts": 0, "tma": 0}, 32) == "none"
+
+
+def test_dot_lowering_from_ptx_and_sass():
+    ttir = "%1 = tt.dot %a, %b, %c : ..."
+    wgmma = "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {...}"
+    assert analyse.dot_lowering(ttir, wgmma, Counter(HGMMA=2)) == {"dots": 1, "lowering": "wgmma", "operands": "bf16"}
+    mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {...}"
+    assert analyse.dot_lowering(ttir, mma, Counter(HMMA=4))["operands"] == "tf32"
+    assert analyse.dot_lowering(ttir, "fma.rn.f32", Counter(FFMA=99))["lowering"] == "FMA"
+    assert analyse.dot_lowering("tt.load", "", Counter())["lowering"] == "-"
+
+
+def test_ptxas_log_and_resource_usage():
+    log = ("ptxas info    : Function properties for k\n    48 bytes stack frame, 56 bytes spill stores, "
+           "60 bytes spill loads\nptxas info    : Used 255 registers, used 1 barriers, 48 bytes cumulative stack size")
+    assert analyse.parse_ptxas_log(log) == {"ptxas_registers": 255, "stack_frame": 48, "spill_stores": 56,
+                                            "spill_loads": 60}
+    dump = " Function k:\n  REG:128 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:720 TEXTURE:0"
+    assert analyse.parse_resource_usage(dump) == {"registers": 128, "stack": 0, "shared": 1024, "local": 0}
+
+
+def test_occupancy_worked_by_hand():
+    h100 = ARCHS["sm_90a"]
+    # 4 warps x 128 registers: 4096 per warp, 16 warps fit in 64K registers -> 4 programs
+    assert occupancy(h100, num_warps=4, registers=128, shared=5 * 1024)[:2] == (4, "registers")
+    # 72 registers round up to 2304 per warp: 28 warps -> 7 programs
+    assert occupancy(h100, num_warps=4, registers=72, shared=5 * 1024)[:2] == (7, "registers")
+    # 40 registers: 64K / 1280 = 51 warps -> 12 programs, but 2048 threads allow 16, 60 KB of shared 3
+    assert occupancy(h100, num_warps=4, registers=40, shared=60 * 1024)[:2] == (3, "shared")
+    assert occupancy(h100, num_warps=8, registers=32, shared=0)[:2] == (8, "threads")
+    assert all(a.source for a in ARCHS.values())
+
+
+def _row(label, **kw):
+    base = dict(config="c", id="v01", kernel="conv2d_bias_act", blocks="b", dtype="fp16", tiles="", constexprs="",
+                specialisation="", num_warps=4, num_stages=3, lowering="wgmma", operands="f16", spill_bytes=0,
+                label=label)
+    base.update(kw)
+    return report.Row(**base)
+
+
+def test_baseline_comparison_fails_on_a_new_spill_or_a_lost_tensor_core():
+    old = report.baseline([_row("a"), _row("b", spill_bytes=64)], {}, "sm_90a", {})
+    assert report.compare_with_baseline([_row("a"), _row("b", spill_bytes=64)], old) == []
+    assert report.compare_with_baseline([_row("b", spill_bytes=32)], old) == []  # fewer spills: fine
+    problems = report.compare_with_baseline([_row("a", spill_bytes=8), _row("b", lowering="FMA")], old)
+    assert len(problems) == 2 and "spills 8" in problems[0] and "FMA" in problems[1]
+    assert "new variant spills" in report.compare_with_baseline([_row("c", spill_bytes=4)], old)[0]
+    assert "does not compile" in report.compare_with_baseline([_row("a", error="PTXASError: x")], old)[0]
+
+
+def test_summary_shares():
+    rows = [_row("a", dot_flops=60, flop_share=0.6, spill_bytes=8, flops_below_sms=60, loads="scalar"),
+            _row("b", dot_flops=30, flop_share=0.3, lowering="FMA", operands="fp32 exact"),
+            _row("c", other_flops=10, flop_share=0.1, lowering="-", operands="-")]
+    s = report.summarise(rows)["c"]
+    assert s["share_by_lowering"] == {"FMA (fp32 exact)": 0.3, "no dot": 0.1, "wgmma": 0.6}
+    assert s["share_spilling"] == 0.6 and s["share_below_sms"] == 0.6 and s["share_scalar_loads"] == 0.6
+    assert s["variants"] == 3 and s["spilling_variants"] == 1
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "all", "--size", "320"], "--size and --batch apply to one model"),
+    (["--model", "arcface", "--size", "112"], "takes 128x128 inputs only"),
+    (["--show", "cubin"], "--show: unknown cubin"),
+    (["--write-baseline", "--dtype", "float32"], "inspect the default set"),
+    (["--arch", "sm_75"], "invalid choice"),
+])
+def test_cli_usage_errors(argv, message, capsys):
+    assert cli.main(["inspect", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_m_fused_inspect_help():
+    done = subprocess.run([sys.executable, "-m", "fused", "inspect", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "--write-baseline" in done.stdout
+
+
+# -- faithful: Triton's own JIT compiles the same kernel ----------------------------------------------
+
+_JIT_CHECK = r"""
+import json, sys, torch
+import fused
+from fused import runtime
+from fused.measure.inspect import compile as C, dryrun, specialize
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+class NoGpuDriver:  # what JITFunction.run asks the driver; nothing is launched with warmup=True
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+    def get_active_torch_device(self): return torch.device("meta")
+
+driver.set_active(NoGpuDriver())
+model, x = dryrun.build_meta_model(dryrun.Config("retinaface", (96, 160), 1, sys.argv[1]))
+calls = []
+with torch.inference_mode(), runtime.recording_launches(lambda k, g, a, kw: calls.append((k, g, a, kw))):
+    model(x)
+out = []
+for name in ("conv2d_bias_act_kernel", "conv_dw_fused_kernel", "anchor_heads_kernel"):
+    k, g, a, kw = next(c for c in calls if c[0].fn.__name__ == name)
+    jit = k.run(*a, grid=g, warmup=True, **kw)
+    variant = dryrun._variant(k, specialize.describe_arguments(k, a, kw))
+    out.append([name, jit.hash, C.compile_source(variant, "sm_90a").hash])
+print(json.dumps(out))
+"""
+
+
+def test_jit_warmup_compiles_the_same_kernel_hash():
+    """Triton's own launch path (JITFunction.run with warmup=True, a driver that only names the
+    target) compiles the kernels with the same hash as our specialisation does."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", _JIT_CHECK, "float16"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 3
+    for name, jit_hash, our_hash in results:
+        assert jit_hash == our_hash, name
