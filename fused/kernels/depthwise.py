@@ -222,12 +222,12 @@ def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, 
     16 input channels per step and 8 warps (4 warps spill at stride 2 on NCHW input). Exact float32
     products (``dtype`` float32, ``precision`` "ieee") run on FMA units, which hold more per
     thread than the tensor cores' ``wgmma`` (which wants 64-row tiles): 32 pixels per tile there
-    when ``BLOCK_N`` is 256. ``interpreter`` as in :func:`depthwise_plan`.
+    once ``BLOCK_N`` reaches 128. ``interpreter`` as in :func:`depthwise_plan`.
     """
     pixels = N * _out_size(H, stride) * _out_size(W, stride)
     block_n = min(256, max(16, triton.next_power_of_2(K)))
     fma = dtype == torch.float32 and precision == "ieee"
-    block_m = interpreter_tile(min(32 if fma and block_n > 128 else 64, max(16, triton.next_power_of_2(pixels))),
+    block_m = interpreter_tile(min(32 if fma and block_n >= 128 else 64, max(16, triton.next_power_of_2(pixels))),
                                pixels, interpreter=interpreting(interpreter))
     block_c = 16
     return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)),
