@@ -164,7 +164,8 @@ class CudaGraphModel:
             raise ValueError("fused.cuda_graph: the model is in training mode (BatchNorm statistics would "
                              "update on every replay); call model.eval() first")
         self._replay = self._outputs = None  # free the old graph's buffers first
-        self._input = torch.empty_like(x)
+        with torch.inference_mode(False):  # a normal tensor: calls inside and outside inference mode copy into it
+            self._input = torch.empty_like(x)
         self._input.copy_(x)
         self._replay, self._outputs = self.capture(self._input)
         # The graph reads the folds by address; the key holds them, and every parameter and buffer.

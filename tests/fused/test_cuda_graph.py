@@ -117,6 +117,14 @@ def test_flag_and_mode_changes_recapture():
         graph(x)
 
 
+def test_calls_inside_and_outside_inference_mode_mix():
+    model, x = block(), torch.randn(1, 4, 6, 6)
+    with torch.inference_mode():
+        graph = FakeGraph(model, x)
+        inside = graph(x)
+    assert torch.equal(graph(x), inside) and graph.captures == 1
+
+
 def test_outputs_are_clones_unless_asked_otherwise():
     model, x = block(), torch.randn(1, 4, 6, 6)
     graph = FakeGraph(model, x)
