@@ -24,13 +24,14 @@ from .stems import FusedIntermediateLayers, FusedResNet50
 from .flag import enabled, is_enabled, set_enabled
 from .folding import batchnorm_affine, fold_batchnorm
 from .fuse import FuseReport, fuse
+from .graphs import CudaGraphModel, cuda_graph
 from .registry import REGISTRY, register
 from .record import recording
 from .runtime import backend, device
 from .tolerance import assert_close, max_error, reduction_length, tolerance
 
 __all__ = [
-    "fuse", "register", "REGISTRY", "FuseReport", "FusedModule", "refresh", "verify_folds",
+    "fuse", "cuda_graph", "CudaGraphModel", "register", "REGISTRY", "FuseReport", "FusedModule", "refresh", "verify_folds",
     "enabled", "is_enabled", "set_enabled", "recording", "backend", "device",
     "fold_batchnorm", "batchnorm_affine", "FusedConvBNAct", "conv_bn", "conv_bn_no_relu", "conv_bn1X1",
     "FusedConvDW", "conv_dw", "FusedSEBlock", "FusedIRBlock", "FusedBasicBlock", "FusedBottleneck",

@@ -392,6 +392,21 @@ def prelu_slopes(prelu: nn.PReLU, channels: int, device) -> torch.Tensor:
     return slopes.expand(channels).contiguous().to(device) if slopes.numel() == 1 else slopes.contiguous().to(device)
 
 
+def channels_last_output(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | None:
+    """An empty channels_last (NHWC) output for ``conv`` applied to ``x``, for the ``out=`` of a
+    model's first kernel: it reads the user's layout and writes NHWC, so the activations are
+    channels_last from there on with no conversion copy. None when ``conv`` does not fit ``x``
+    (the launcher then raises its own error)."""
+    if x.dim() != 4:
+        return None
+    (r, s), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    oh, ow = (x.shape[2] + 2 * ph - r) // sh + 1, (x.shape[3] + 2 * pw - s) // sw + 1
+    if oh < 1 or ow < 1:
+        return None
+    return torch.empty((x.shape[0], conv.out_channels, oh, ow), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
 def kernel_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A conv weight ``[K, C, R, S]`` cast to ``dtype`` and laid out with K innermost.
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from reference.checks import check_feature_map
 
-from .base import FusedModule, conv_weights
+from .base import FusedModule, conv_weights, kernel_weight
 from .conv_bn_act import activation_of
 from .folding import fold_batchnorm
 from .kernels.conv2d import conv2d_bias_act
@@ -53,7 +53,7 @@ class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
         dw_weight, dw_bias = fold_batchnorm(self[0].weight, self[0].bias, self[1])
         pw_weight, pw_bias = conv_weights(self[3], self[4], dtype, device)
         return {
-            "dw_weight": dw_weight.to(device=device, dtype=dtype),
+            "dw_weight": kernel_weight(dw_weight, dtype).to(device),  # channels innermost: vector loads
             "dw_bias": dw_bias.to(device),
             "pw_weight": pw_weight,
             "pw_bias": pw_bias,

@@ -1,4 +1,5 @@
-"""Fused SEBlock: squeeze (pool), excite (tiny MLP) and scale as three small Triton kernels.
+"""Fused SEBlock: squeeze (pool), excite (tiny MLP) and scale as three small Triton kernels
+(the excite kernel sums a split squeeze's partial means, so no fourth launch on large maps).
 
 Eager PyTorch runs six kernels (pool, linear, PReLU, linear, sigmoid, multiply). Inside an
 IRBlock the scale is fused further into the residual epilogue (see :mod:`fused.residual_blocks`).
@@ -12,7 +13,7 @@ import reference
 from reference.checks import check_feature_map
 
 from .base import FusedModule
-from .kernels.squeeze_excite import se_excite, se_scale_residual_act, se_squeeze
+from .kernels.squeeze_excite import se_scale_residual_act, se_squeeze_excite
 
 
 def se_parameters(se: reference.SEBlock) -> tuple[torch.Tensor, ...]:
@@ -32,7 +33,7 @@ def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
     if fc1.out_features == 0:
         bias = fc2.bias.detach().float() if fc2.bias is not None else torch.zeros(fc2.out_features, device=y.device)
         return torch.sigmoid(bias).expand(y.shape[0], fc2.out_features)
-    return se_excite(se_squeeze(y), *se_parameters(se))
+    return se_squeeze_excite(y, *se_parameters(se))  # two launches: the excite sums the squeeze's splits
 
 
 class FusedSEBlock(FusedModule, reference.SEBlock, block_types=("SEBlock",)):

@@ -86,7 +86,8 @@ class FusedSSH(FusedModule, reference.SSH, block_types=("SSH",)):
                         out=shared, precision=precision)
         conv2d_bias_act(scratch, *f["conv5X5_2"], padding=padding, activation="relu", out=conv5x5, precision=precision)
         activation, slope = conv_bn_activation(self.conv7X7_2)
-        mid = conv2d_bias_act(scratch, *f["conv7X7_2"], padding=padding, activation=activation, slope=slope, precision=precision)
+        mid = conv2d_bias_act(scratch, *f["conv7X7_2"], padding=padding, activation=activation, slope=slope, precision=precision,
+                              out=new_output(x, (N, quarter, H, W)))  # x's layout: the scratch slice is not dense
         conv2d_bias_act(mid, *f["conv7x7_3"], padding=padding, activation="relu", out=conv7x7, precision=precision)
         return out
 

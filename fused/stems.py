@@ -4,6 +4,13 @@ RetinaFace's ``body``, which holds a backbone's children directly.
 A stem that is a bare ``Conv2d → BatchNorm2d [→ activation]`` run of children (not wrapped in a
 block) is folded and run as one conv kernel; every other child runs as it is (fused blocks
 included). This covers the 7x7 stride-2 stem of the ResNet-50 detector.
+
+Activations are channels_last (NHWC) from the first kernel on: a stem that comes first reads
+the input as given and writes NHWC (no conversion copy); otherwise the input is converted once.
+Every later kernel reads and writes by strides and PyTorch's pooling keeps the layout, so the
+feature maps these modules return (``FusedIntermediateLayers``' list, ``FusedResNet50``'s
+``layer4`` map) are channels_last, with the reference's values and shapes: call
+``.contiguous()`` where NCHW memory is needed (``.view`` of the flattened map, say).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import reference
 from reference.checks import check_feature_map
 from reference.retinaface import IntermediateLayers
 
-from .base import FusedModule, conv_weights, prelu_slopes
+from .base import FusedModule, channels_last_output, conv_weights, prelu_slopes
 from .conv_bn_act import activation_of, unsupported_conv
 from .kernels.conv2d import conv2d_bias_act
 
@@ -77,10 +84,13 @@ class _FusedStems(FusedModule):
         return out
 
     def run_children(self, x: torch.Tensor, tap=()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run every child (stems fused); return the last output and those of the children in ``tap``."""
+        """Run every child (stems fused), activations channels_last; return the last output and
+        those of the children in ``tap``."""
 
         folded = self.folded(x.dtype, x.device)
         starts = {run[0]: run for run in self.stems}
+        if x.dim() == 4 and next(iter(self._modules), None) not in starts:
+            x = x.contiguous(memory_format=torch.channels_last)  # no stem first to write NHWC
         skip: tuple[str, ...] = ()
         taps = []
         for name, child in self.named_children():
@@ -88,7 +98,8 @@ class _FusedStems(FusedModule):
                 (weight, bias), (activation, slope) = folded[name]
                 conv = getattr(self, name)
                 x = conv2d_bias_act(x, weight, bias, stride=conv.stride[0], padding=conv.padding[0],
-                                    activation=activation, slope=slope, precision=self.dot_precision(x))
+                                    activation=activation, slope=slope, precision=self.dot_precision(x),
+                                    out=channels_last_output(x, conv))
                 skip = starts[name][1:]
             elif name not in skip:
                 x = child(x)

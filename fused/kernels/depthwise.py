@@ -210,20 +210,29 @@ def depthwise_plan(N: int, C: int, H: int, W: int, stride: int = 1, *, channels_
 
 
 def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, *,
+                       dtype: torch.dtype = torch.float32, precision: str = "ieee",
                        interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`conv_dw_fused` makes for ``x`` ``[N, C, H, W]`` and ``K`` output channels.
 
-    tl.dot needs every tile side >= 16. BLOCK_N covers up to 128 output channels so the
-    depthwise part, recomputed for every BLOCK_N tile, runs at most twice for K = 256.
-    ``interpreter`` as in :func:`depthwise_plan`.
+    One program covers all output channels (``BLOCK_N`` >= K, up to 256): the depthwise step is
+    computed once per pixel and channel, never again per output-channel tile (past K = 256 it
+    runs ``cdiv(K, 256)`` times). tl.dot needs every tile side >= 16. Register budget (sm_90a,
+    checked with the compiler at MobileNet0.25's shapes, stride 1 and 2, every dtype): a
+    ``64 x BLOCK_N`` fp32 accumulator plus the nine prefetched input taps fit without spills with
+    16 input channels per step and 8 warps (4 warps spill at stride 2 on NCHW input). Exact float32
+    products (``dtype`` float32, ``precision`` "ieee") run on FMA units, which hold more per
+    thread than the tensor cores' ``wgmma`` (which wants 64-row tiles): 32 pixels per tile there
+    once ``BLOCK_N`` reaches 128. ``interpreter`` as in :func:`depthwise_plan`.
     """
     pixels = N * _out_size(H, stride) * _out_size(W, stride)
-    block_m = interpreter_tile(min(64, max(16, triton.next_power_of_2(pixels))), pixels,
-                               interpreter=interpreting(interpreter))
-    block_c = min(32, max(16, triton.next_power_of_2(C)))
-    block_n = min(128, max(16, triton.next_power_of_2(K)))
+    block_n = min(256, max(16, triton.next_power_of_2(K)))
+    fma = dtype == torch.float32 and precision == "ieee"
+    block_m = interpreter_tile(min(32 if fma and block_n >= 128 else 64, max(16, triton.next_power_of_2(pixels))),
+                               pixels, interpreter=interpreting(interpreter))
+    block_c = 16
     return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)),
-                      {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c})
+                      {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c},
+                      num_warps=8)
 
 
 @runtime.launcher
@@ -320,7 +329,7 @@ def conv_dw_fused(
     if pixels == 0 or K == 0:
         return out
 
-    plan = conv_dw_fused_plan(N, C, H, W, K, stride)
+    plan = conv_dw_fused_plan(N, C, H, W, K, stride, dtype=x.dtype, precision=precision)
     record.kernel_launched(name)
     runtime.launch(conv_dw_fused_kernel, plan.grid,
         x, dw_weight, dw_bias.contiguous(), pw_weight, pw_bias.contiguous(), out,

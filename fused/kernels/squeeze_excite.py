@@ -5,7 +5,9 @@ reads ``x`` for the pool, then reads it again and writes a scaled copy, which IR
 add the residual and apply PReLU. Here three kernels do the work:
 
 * ``se_squeeze``: the per-(n, c) mean over H*W, with large maps split across programs;
-* ``se_excite``: the MLP, one program per sample (it is tiny: C x C/16 weights);
+* ``se_excite``: the MLP, one program per sample (it is tiny: C x C/16 weights). Inside the fused
+  modules ``se_squeeze_excite`` runs both, and the excite kernel sums the squeeze's split partial
+  means itself, so the small ``se_squeeze_finish`` launch is never needed there;
 * ``se_scale_residual_act``: ``activate(y * scale[n, c] + residual)``, so the scaled tensor is
   never written on its own.
 
@@ -88,13 +90,16 @@ def se_squeeze_finish_kernel(partial_ptr, mean_ptr, count, splits, BLOCK: tl.con
 @triton.jit
 def se_excite_kernel(
     pooled_ptr, fc1_weight_ptr, fc1_bias_ptr, prelu_weight_ptr, fc2_weight_ptr, fc2_bias_ptr, gate_ptr,
-    C, hidden,
-    pooled_stride_n, pooled_stride_c,
+    C, hidden, splits,
+    pooled_stride_split, pooled_stride_n, pooled_stride_c,
     fc1_stride_out, fc1_stride_in, fc1_bias_stride, prelu_stride,
     fc2_stride_out, fc2_stride_in, fc2_bias_stride,
     BLOCK_C: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """gate[n] = sigmoid(fc2(prelu(fc1(pooled[n])))) for one sample ``n`` per program, in fp32.
+
+    ``pooled`` is ``splits`` partial means ``[splits, N, C]`` summed here in split order, as
+    ``se_squeeze_finish_kernel`` sums them (one split: the mean itself).
 
     Both layers are matrix-vector products, done as broadcast-multiply-and-sum over BLOCK_C
     channels at a time (tl.dot needs 16 rows; one sample has one). The hidden vector stays in
@@ -110,10 +115,13 @@ def se_excite_kernel(
     for c_start in range(0, C, BLOCK_C):
         c = c_start + tl.arange(0, BLOCK_C)
         c_mask = c < C
-        p = tl.load(pooled_ptr + n * pooled_stride_n + c * pooled_stride_c, mask=c_mask, other=0.0)
+        pooled = pooled_ptr + n * pooled_stride_n + c * pooled_stride_c
+        p = tl.load(pooled, mask=c_mask, other=0.0).to(tl.float32)
+        for split in range(1, splits):
+            p += tl.load(pooled + split * pooled_stride_split, mask=c_mask, other=0.0).to(tl.float32)
         w1 = tl.load(fc1_weight_ptr + r[:, None] * fc1_stride_out + c[None, :] * fc1_stride_in,
                      mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        z += tl.sum(w1.to(tl.float32) * p.to(tl.float32)[None, :], axis=1)
+        z += tl.sum(w1.to(tl.float32) * p[None, :], axis=1)
     z += tl.load(fc1_bias_ptr + r * fc1_bias_stride, mask=r_mask, other=0.0).to(tl.float32)
     slope = tl.load(prelu_weight_ptr + r * prelu_stride, mask=r_mask, other=0.0).to(tl.float32)
     # Padded lanes must be exactly 0 for fc2: their fc1 sums are 0 * pooled, NaN when pooled has an Inf.
@@ -246,6 +254,27 @@ def _check_4d(name: str, what: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(t.shape)}")
 
 
+def _squeeze_partials(name: str, x: torch.Tensor):
+    """Check ``x`` and launch the squeeze's first stage: ``(partial [splits, N, C], plan)``, or
+    ``(None, None)`` for an empty batch or no channels."""
+    check_launch(name, x)
+    _check_4d(name, "x", x)
+    batch, channels, height, width = x.shape
+    if batch == 0 or channels == 0:
+        return None, None
+    if height * width == 0:
+        raise ValueError(f"{name}: the mean over an empty {height}x{width} map is undefined")
+    plan = se_squeeze_plan(batch, channels, height, width)
+    partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
+    record.kernel_launched("se_squeeze_partial")
+    runtime.launch(se_squeeze_partial_kernel, plan.partial.grid,
+        x, partial, batch, channels, height, width, *x.stride(),
+        plan.positions_per_split, 1.0 / (height * width),
+        USE_INT64=needs_int64(x), num_warps=plan.partial.num_warps, **plan.partial.blocks,
+    )
+    return partial, plan
+
+
 @runtime.launcher(float32_result=True)
 def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     """Per-(n, c) mean of ``x`` [N, C, H, W] (any strides) over H*W, as float32 [N, C].
@@ -258,27 +287,15 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     bit-identical run to run, and no zero-fill is needed. With one split the partials are the mean
     and the second launch is skipped.
     """
-    check_launch("se_squeeze", x)
-    _check_4d("se_squeeze", "x", x)
-    batch, channels, height, width = x.shape
-    if batch == 0 or channels == 0:
-        return torch.empty(batch, channels, dtype=torch.float32, device=x.device)
-    if height * width == 0:
-        raise ValueError(f"se_squeeze: the mean over an empty {height}x{width} map is undefined")
-    plan = se_squeeze_plan(batch, channels, height, width)
-    partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
-    record.kernel_launched("se_squeeze_partial")
-    runtime.launch(se_squeeze_partial_kernel, plan.partial.grid,
-        x, partial, batch, channels, height, width, *x.stride(),
-        plan.positions_per_split, 1.0 / (height * width),
-        USE_INT64=needs_int64(x), num_warps=plan.partial.num_warps, **plan.partial.blocks,
-    )
+    partial, plan = _squeeze_partials("se_squeeze", x)
+    if partial is None:
+        return torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
     if plan.finish is None:
         return partial[0]
-    mean = torch.empty(batch, channels, dtype=torch.float32, device=x.device)
+    mean = torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_finish")
     runtime.launch(se_squeeze_finish_kernel, plan.finish.grid,
-        partial, mean, batch * channels, plan.splits, num_warps=plan.finish.num_warps, **plan.finish.blocks,
+        partial, mean, mean.numel(), plan.splits, num_warps=plan.finish.num_warps, **plan.finish.blocks,
     )
     return mean
 
@@ -294,6 +311,38 @@ def _check_param(name: str, what: str, t, *shapes: tuple[int, ...]) -> None:
         raise ValueError(f"{name}: {what} must have shape {expected}, got {tuple(t.shape)}")
 
 
+def _check_mlp(name: str, channels: int, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> int:
+    """Check the excite MLP's parameters against ``channels``; return its hidden width."""
+    if not isinstance(fc1_weight, torch.Tensor) or fc1_weight.dim() != 2 or fc1_weight.shape[0] < 1:
+        shape = tuple(fc1_weight.shape) if isinstance(fc1_weight, torch.Tensor) else type(fc1_weight).__name__
+        raise ValueError(f"{name}: fc1_weight must have shape (hidden >= 1, {channels}), got {shape}")
+    hidden = fc1_weight.shape[0]
+    _check_param(name, "fc1_weight", fc1_weight, (hidden, channels))
+    _check_param(name, "fc1_bias", fc1_bias, (hidden,))
+    _check_param(name, "prelu_weight", prelu_weight, (1,), (hidden,))
+    _check_param(name, "fc2_weight", fc2_weight, (channels, hidden))
+    _check_param(name, "fc2_bias", fc2_bias, (channels,))
+    return hidden
+
+
+def _launch_excite(partial, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
+    """Launch the excite kernel on ``partial`` ``[splits, N, C]`` (summed over splits); the gate [N, C]."""
+    splits, batch, channels = partial.shape
+    hidden = fc1_weight.shape[0]
+    gate = torch.empty(batch, channels, dtype=torch.float32, device=partial.device)
+    plan = se_excite_plan(batch, channels, hidden)
+    prelu_stride = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
+    record.kernel_launched("se_excite")
+    runtime.launch(se_excite_kernel, plan.grid,
+        partial, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias, gate,
+        channels, hidden, splits, *partial.stride(),
+        *fc1_weight.stride(), fc1_bias.stride(0), prelu_stride,
+        *fc2_weight.stride(), fc2_bias.stride(0),
+        USE_INT64=needs_int64(partial), num_warps=plan.num_warps, **plan.blocks,
+    )
+    return gate
+
+
 @runtime.launcher(float32_result=True)
 def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
     """The SE gate ``sigmoid(fc2(prelu(fc1(pooled))))`` as float32 [N, C].
@@ -307,29 +356,27 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     if pooled.dim() != 2:
         raise ValueError(f"{name}: pooled must be 2-D [N, C], got shape {tuple(pooled.shape)}")
     batch, channels = pooled.shape
-    if fc1_weight.dim() != 2 or fc1_weight.shape[0] < 1:
-        shape = tuple(fc1_weight.shape)
-        raise ValueError(f"{name}: fc1_weight must have shape (hidden >= 1, {channels}), got {shape}")
-    hidden = fc1_weight.shape[0]
-    _check_param(name, "fc1_weight", fc1_weight, (hidden, channels))
-    _check_param(name, "fc1_bias", fc1_bias, (hidden,))
-    _check_param(name, "prelu_weight", prelu_weight, (1,), (hidden,))
-    _check_param(name, "fc2_weight", fc2_weight, (channels, hidden))
-    _check_param(name, "fc2_bias", fc2_bias, (channels,))
-    gate = torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
-    if gate.numel() == 0:
-        return gate
-    plan = se_excite_plan(batch, channels, hidden)
-    prelu_stride = 0 if prelu_weight.numel() == 1 else prelu_weight.stride(0)  # 0: one shared slope
-    record.kernel_launched("se_excite")
-    runtime.launch(se_excite_kernel, plan.grid,
-        pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias, gate,
-        channels, hidden, *pooled.stride(),
-        *fc1_weight.stride(), fc1_bias.stride(0), prelu_stride,
-        *fc2_weight.stride(), fc2_bias.stride(0),
-        USE_INT64=needs_int64(pooled), num_warps=plan.num_warps, **plan.blocks,
-    )
-    return gate
+    _check_mlp(name, channels, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    if batch == 0 or channels == 0:
+        return torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
+    return _launch_excite(pooled[None], fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+
+
+@runtime.launcher(float32_result=True)
+def se_squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
+    """``se_excite(se_squeeze(x), ...)`` in two launches whatever the map size: the excite kernel
+    sums the squeeze's split partial means itself, in the order ``se_squeeze_finish`` does, so the
+    gate is bit for bit the three-launch one. x [N, C, H, W] (any strides); parameters as
+    :func:`se_excite`. Returns the float32 gate [N, C].
+    """
+    name = "se_squeeze_excite"
+    check_launch(name, x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    _check_4d(name, "x", x)
+    _check_mlp(name, x.shape[1], fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    partial, _ = _squeeze_partials(name, x)
+    if partial is None:
+        return torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    return _launch_excite(partial, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
 
 
 @runtime.launcher
@@ -382,6 +429,6 @@ def se_scale_residual_act(
 
 
 def squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) -> torch.Tensor:
-    """The standalone fused SEBlock: ``x * gate[n, c]`` in x's dtype and memory format."""
-    gate = se_excite(se_squeeze(x), fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    """The standalone fused SEBlock: ``x * gate[n, c]`` in x's dtype and memory format (three launches)."""
+    gate = se_squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     return se_scale_residual_act(x, gate)

@@ -167,7 +167,8 @@ def test_arcface_head_fold_is_exact_and_cached_separately_from_the_blocks():
     with torch.no_grad():
         expected = model.bn5(model.fc5(model.bn4(x.float()).reshape(3, -1))).double()
         weight, bias = model.folded(torch.float32, x.device)["head"]
-        fused.assert_close(F.linear(x.float().reshape(3, -1), weight, bias), expected, reduction_length=512 * 64)
+        nhwc = x.float().permute(0, 2, 3, 1).reshape(3, -1)  # the fused model's map is channels_last
+        fused.assert_close(F.linear(nhwc, weight, bias), expected, reduction_length=512 * 64)
         head = model.folded(torch.float32, x.device)["head"]
         model.layer1[0].conv1.weight.mul_(2)
         assert model.folded(torch.float32, x.device)["head"] is head  # not re-folded

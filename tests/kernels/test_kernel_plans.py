@@ -25,9 +25,31 @@ def test_plans_do_not_depend_on_the_machine():
     assert conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=True).blocks["BLOCK_M"] == 1024
     assert depthwise.depthwise_plan(1, 128, 40, 40, channels_last=True, interpreter=False).blocks == \
         {"BLOCK_M": 32, "BLOCK_C": 64}
-    assert depthwise.conv_dw_fused_plan(16, 128, 40, 40, 256, interpreter=False).grid == (400, 2)
+    assert depthwise.conv_dw_fused_plan(16, 128, 40, 40, 256, dtype=torch.float16, interpreter=False).grid == (400, 1)
     assert fpn.lateral_upsample_add_plan(1, 64, 80, 80, 64, interpreter=False).grid == (50, 1)
     assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (50,)
+
+
+# MobileNet0.25's conv_dw blocks at 640x640: (C, K, stride, input size).
+MOBILENET_CONV_DW = [(8, 16, 1, 320), (16, 32, 2, 320), (32, 32, 1, 160), (32, 64, 2, 160), (64, 64, 1, 80),
+                     (64, 128, 2, 80), (128, 128, 1, 40), (128, 256, 2, 40), (256, 256, 1, 20)]
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float16, "ieee"), (torch.bfloat16, "ieee"),
+                                              (torch.float32, "tf32"), (torch.float32, "ieee")])
+def test_conv_dw_fused_computes_the_depthwise_step_once_per_pixel(dtype, precision):
+    """One program covers every output channel (up to 256), so no program repeats another's
+    depthwise work; the tiles are those the compiler showed spill-free on sm_90a (8 warps, 16
+    input channels per step, 64 pixels on tensor cores, 32 with 128 or more exact fp32 columns)."""
+    for C, K, stride, size in MOBILENET_CONV_DW:
+        for batch in (1, 16):
+            plan = depthwise.conv_dw_fused_plan(batch, C, size, size, K, stride, dtype=dtype, precision=precision,
+                                                interpreter=False)
+            assert plan.grid[1] == 1 and plan.blocks["BLOCK_N"] >= K
+            assert plan.blocks["BLOCK_C"] == 16 and plan.num_warps == 8
+            fma_wide = dtype == torch.float32 and precision == "ieee" and K >= 128
+            assert plan.blocks["BLOCK_M"] == (32 if fma_wide else 64)
+    assert depthwise.conv_dw_fused_plan(1, 512, 8, 8, 512, interpreter=False).grid[1] == 2  # past 256: twice
 
 
 def test_launchers_launch_their_plan():
@@ -40,6 +62,12 @@ def test_launchers_launch_their_plan():
         se.se_squeeze(torch.randn(1, 16, 16, 32))
     plan = se.se_squeeze_plan(1, 16, 16, 32)
     assert launches == [(plan.partial.grid, plan.partial.blocks)] and plan.splits > 1
+    x = torch.randn(1, 8, 9, 7, dtype=torch.float16)
+    with watch_launches(depthwise, "conv_dw_fused_kernel") as launches:
+        depthwise.conv_dw_fused(x, torch.randn(8, 1, 3, 3, dtype=x.dtype), torch.zeros(8), torch.randn(200, 8, dtype=x.dtype),
+                                torch.zeros(200), stride=2)
+    plan = depthwise.conv_dw_fused_plan(1, 8, 9, 7, 200, 2, dtype=torch.float16)
+    assert launches == [(plan.grid, plan.blocks)] and plan.blocks["BLOCK_N"] == 256
 
 
 @pytest.mark.parametrize("launch", [

@@ -236,11 +236,30 @@ def test_squeeze_excite_real_widths(device, batch, channels, size):
 
 
 def test_triton_kernels_ran(device):
+    """A split map takes three launches, not four: the excite kernel sums the squeeze's partials."""
     params = make_params(3, 1, 0, torch.float32, device)
     x = make_x((1, 3, 33, 33), 0, torch.float32, device, torch.contiguous_format, False)
+    assert se.se_squeeze_plan(1, 3, 33, 33).splits > 1
     with record.recording() as rec:
         se.squeeze_excite(x, *params)
-    assert KERNELS | {"se_squeeze_finish"} <= rec.kernels()
+    assert rec.kernel_counts() == {name: 1 for name in KERNELS}
+
+
+@FIXTURE_OK
+@given(batch=st.sampled_from([1, 2]), channels=st.sampled_from([3, 16, 40]), size=st.sampled_from([(5, 4), (33, 35)]),
+       dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, seed=SEEDS, specials=NONFINITE)
+def test_squeeze_excite_in_two_launches_is_bitwise_the_three_launch_gate(device, batch, channels, size, dtype,
+                                                                         memory_format, seed, specials):
+    """se_squeeze_excite sums the split partial means in se_squeeze_finish's order: the same bits
+    (NaN and Inf included) with one launch fewer on a split map."""
+    params = make_params(channels, max(channels // 16, 1), seed, dtype, device)
+    x = plant(make_x((batch, channels, *size), seed, dtype, device, memory_format, False), specials, seed)
+    with record.recording() as rec:
+        gate = se.se_squeeze_excite(x, *params)
+    assert rec.kernel_counts() == {"se_squeeze_partial": 1, "se_excite": 1}
+    expected = se.se_excite(se.se_squeeze(x), *params)
+    assert gate.dtype == torch.float32 and torch.equal(gate.isnan(), expected.isnan())
+    assert torch.equal(gate.nan_to_num(), expected.nan_to_num())
 
 
 def test_empty_batch_launches_nothing(device):
