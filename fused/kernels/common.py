@@ -198,7 +198,7 @@ def interpreter_tile(gpu_tile: int, extent: int, *, interpreter: bool, big: int 
 SM_COUNT = 132
 
 
-def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = False,
+def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = False, tf32: bool = False,
                scalar_loads: bool = False) -> dict[str, int]:
     """``BLOCK_M, BLOCK_N, BLOCK_C`` for a GEMM of ``rows`` output pixels x ``K`` output channels
     over ``C`` input channels (the convolutions and the FPN lateral).
@@ -209,9 +209,13 @@ def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = Fals
     shape class, so that no variant spills registers (checked on the compiler's output for sm_90a):
 
     * ``fma``: float32 with exact (``"ieee"``) products runs the dot on FMA units, which hold
-      whole rows and columns of both operands in registers: 64 x 64 tiles, 16 channels at a time;
+      whole rows and columns of both operands in registers: 64 x 64 tiles, 16 channels at a time,
+      and eight warps (:func:`gemm_warps`);
+    * ``tf32``: float32 operands on TF32 tensor cores take twice the registers and shared memory
+      of half ones: 32 channels at a time;
     * ``scalar_loads``: the input tile is not contiguous along channels (NCHW input, or fewer than
-      8 channels), so each element is its own load with its own address: 32 channels at a time;
+      8 channels), so each element is its own load with its own 64-bit address, and so is each
+      element of an NCHW residual and output: 64 x 64 tiles, 32 channels at a time;
     * fewer than :data:`SM_COUNT` programs: halve ``BLOCK_M`` down to 64 (the smallest ``wgmma``
       tile for four warps), then ``BLOCK_N`` down to 32, so that small maps (batch 1, the 20x20
       and 8x8 levels) spread over more SMs.
@@ -228,6 +232,8 @@ def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = Fals
     if fma:
         block_m, block_n, block_c = min(block_m, 64), min(block_n, 64), 16
     elif scalar_loads:
+        block_m, block_n, block_c = min(block_m, 64), min(block_n, 64), min(block_c, 32)
+    elif tf32:
         block_c = min(block_c, 32)
     while triton.cdiv(rows, block_m) * triton.cdiv(K, block_n) < SM_COUNT:
         if block_m > 64:
@@ -237,6 +243,13 @@ def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = Fals
         else:
             break
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c}
+
+
+def gemm_warps(*, fma: bool) -> int:
+    """Warps per program for :func:`gemm_tiles`' tiles: 8 for FMA dots (exact float32), which
+    spread a thread's share of both operands over twice the threads (4 warps spill some shapes),
+    else 4 (one warpgroup, the ``wgmma`` unit)."""
+    return 8 if fma else 4
 
 
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
@@ -282,10 +295,11 @@ def config_key(plan: LaunchPlan) -> tuple[int, int, int, int, int]:
 
 
 def tuned_variants(plan: LaunchPlan) -> list[LaunchPlan]:
-    """``plan`` first, then its tiles with 2 and 4 pipeline stages and with 8 warps: what a GPU
+    """``plan`` first, then its tiles with 2 and 4 pipeline stages and with the other warp count
+    (8, or 4 when the plan has 8): what a GPU
     launch autotunes over (a small set, so the first launch of each shape times four configs)."""
     return [plan, dataclasses.replace(plan, num_stages=2), dataclasses.replace(plan, num_stages=4),
-            dataclasses.replace(plan, num_warps=8)]
+            dataclasses.replace(plan, num_warps=4 if plan.num_warps == 8 else 8)]
 
 
 def autotuned(kernel, key: list[str], candidates, **options):

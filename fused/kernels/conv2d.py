@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, RELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, \
+from .common import PRELU, RELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
     interpreting, needs_int64, new_output, resolve_activation, tuned_variants
 
 
@@ -142,9 +142,12 @@ def conv2d_plan(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1,
     # The input tile arrives as vectors when it is contiguous along channels (channels_last, 8+
     # channels), or along pixels with aligned rows (NCHW 1x1, stride 1, width a multiple of 16).
     vector = (channels_last and C % 8 == 0) or (not channels_last and R == 1 and stride == 1 and OW % 16 == 0)
-    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter),
-                        fma=dtype == torch.float32 and precision == "ieee", scalar_loads=not vector)
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
+    interpreter = interpreting(interpreter)
+    fma = dtype == torch.float32 and precision == "ieee" and not interpreter
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreter, fma=fma,
+                        tf32=dtype == torch.float32 and precision == "tf32", scalar_loads=not vector)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks,
+                      num_warps=gemm_warps(fma=fma))
 
 
 def conv2d_configs(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,

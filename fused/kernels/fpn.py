@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, interpreting, \
-    needs_int64, new_output, pointwise_gemm, resolve_activation, tuned_variants
+from .common import PRELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
+    interpreting, needs_int64, new_output, pointwise_gemm, resolve_activation, tuned_variants
 
 
 @triton.jit
@@ -84,9 +84,12 @@ def lateral_upsample_add_plan(N: int, C: int, H: int, W: int, K: int, *, channel
     this machine's."""
     pixels = N * H * W
     vector = (channels_last and C % 8 == 0) or (not channels_last and W % 16 == 0)
-    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter),
-                        fma=dtype == torch.float32 and precision == "ieee", scalar_loads=not vector)
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
+    interpreter = interpreting(interpreter)
+    fma = dtype == torch.float32 and precision == "ieee" and not interpreter
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreter, fma=fma,
+                        tf32=dtype == torch.float32 and precision == "tf32", scalar_loads=not vector)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks,
+                      num_warps=gemm_warps(fma=fma))
 
 
 @runtime.launcher
@@ -152,8 +155,9 @@ def lateral_upsample_add(
 def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
     """The launches a GPU autotunes over: the GPU plan first (:func:`~fused.kernels.common.tuned_variants`)."""
     N = args["pixels"] // (args["H"] * args["W"])
-    plan = lateral_upsample_add_plan(N, args["C"], args["H"], args["W"], args["K"], channels_last=args["x_stride_c"] == 1,
-                                     dtype=args["x_ptr"].dtype, precision=constexprs["INPUT_PRECISION"], interpreter=False)
+    plan = lateral_upsample_add_plan(N, args["C"], args["H"], args["W"], args["K"],
+                                     channels_last=args["x_stride_c"] == 1, dtype=args["x_ptr"].dtype,
+                                     precision=constexprs["INPUT_PRECISION"], interpreter=False)
     return tuned_variants(plan)
 
 

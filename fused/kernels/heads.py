@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import LaunchPlan, autotuned, autotuning, check_launch, interpreter_tile, interpreting, needs_int64, \
-    pointwise_gemm, tuned_variants
+from .common import LaunchPlan, autotuned, autotuning, check_launch, gemm_warps, interpreter_tile, interpreting, \
+    needs_int64, pointwise_gemm, tuned_variants
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
 #: groups never straddle two programs).
@@ -91,18 +91,19 @@ def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: 
     """The launch :func:`anchor_heads` makes for ``x`` ``[N, C, H, W]`` and ``K`` stacked head
     columns: one program per ``BLOCK_M`` pixels, each covering all ``K`` columns (``BLOCK_N``), so
     the softmax groups never straddle two programs. On a GPU, as for the convolutions
-    (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time for exact
-    float32 products (FMA), 32 channels when the input tile arrives by scalar loads.
+    (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time and 8 warps
+    for exact float32 products (FMA), 32 channels when the input tile arrives by scalar loads.
     ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
     this machine's."""
     interpreter = interpreting(interpreter)
     pixels = N * H * W
+    num_warps = gemm_warps(fma=False)
     block_m = min(128, max(triton.next_power_of_2(pixels), 16))
     block_c = min(max(triton.next_power_of_2(C), 16), 64)
     if not interpreter:
         vector = (channels_last and C % 8 == 0) or (not channels_last and W % 16 == 0)
         if dtype == torch.float32 and precision == "ieee":
-            block_m, block_c = min(block_m, 64), 16
+            block_m, block_c, num_warps = min(block_m, 64), 16, gemm_warps(fma=True)
         elif not vector:
             block_c = min(block_c, 32)
     blocks = {
@@ -110,7 +111,7 @@ def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: 
         "BLOCK_N": max(triton.next_power_of_2(K), 16),
         "BLOCK_C": interpreter_tile(block_c, C, interpreter=interpreter, big=64, max_tile=512),
     }
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks, num_warps=num_warps)
 
 
 @runtime.launcher
