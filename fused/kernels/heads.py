@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import LaunchPlan, autotuned, autotuning, check_launch, gemm_warps, interpreter_tile, interpreting, \
+from .common import SM_COUNT, LaunchPlan, autotuned, autotuning, check_launch, gemm_warps, interpreter_tile, interpreting, \
     needs_int64, pointwise_gemm, tuned_variants
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
@@ -92,7 +92,8 @@ def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: 
     columns: one program per ``BLOCK_M`` pixels, each covering all ``K`` columns (``BLOCK_N``), so
     the softmax groups never straddle two programs. On a GPU, as for the convolutions
     (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time and 8 warps
-    for exact float32 products (FMA), 32 channels when the input tile arrives by scalar loads.
+    for exact float32 products (FMA), 32 channels when the input tile arrives by scalar loads, 64
+    pixels when 128 would leave SMs idle.
     ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
     this machine's."""
     interpreter = interpreting(interpreter)
@@ -106,6 +107,8 @@ def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: 
             block_m, block_c, num_warps = min(block_m, 64), 16, gemm_warps(fma=True)
         elif not vector:
             block_c = min(block_c, 32)
+        while triton.cdiv(pixels, block_m) < SM_COUNT and block_m > 64:  # spread small maps over more SMs
+            block_m //= 2
     blocks = {
         "BLOCK_M": interpreter_tile(block_m, pixels, interpreter=interpreter),
         "BLOCK_N": max(triton.next_power_of_2(K), 16),
