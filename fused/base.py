@@ -143,6 +143,23 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+#: The values of ``fuse(model, precision=...)`` and :attr:`FusedModule.precision`.
+PRECISIONS = ("auto", "ieee", "tf32")
+
+
+def float32_precision(device) -> str:
+    """The dot precision PyTorch's own float32 convolutions use on ``device``, read now.
+
+    ``"tf32"`` on a CUDA GPU with TF32 tensor cores (compute capability 8.0 or newer) while
+    ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default for convolutions), else
+    ``"ieee"``. Triton's interpreter (CPU tensors) has no TF32: always ``"ieee"`` there.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or runtime.INTERPRETED or not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32" if torch.cuda.get_device_capability(device)[0] >= 8 else "ieee"
+
+
 class FusedModule(nn.Module):
     """Mixin for fused modules. Subclasses define ``fused_forward``, ``reference_forward`` and ``fold``.
 
@@ -214,18 +231,23 @@ class FusedModule(nn.Module):
     # -- shared ------------------------------------------------------------------------------
     @property
     def precision(self) -> str:
-        """``"ieee"`` (exact float32 dot products, the default) or ``"tf32"`` (float32 inputs only)."""
-        return self.__dict__.get("_precision", "ieee")
+        """``"auto"`` (the default: float32 dots as PyTorch's own convolutions do them, see
+        :func:`float32_precision`), ``"ieee"`` (exact float32 products) or ``"tf32"`` (TF32
+        tensor cores); the last two apply to float32 inputs only."""
+        return self.__dict__.get("_precision", "auto")
 
     @precision.setter
     def precision(self, value: str) -> None:
-        if value not in ("ieee", "tf32"):
-            raise ValueError(f"precision must be 'ieee' or 'tf32', got {value!r}")
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {value!r}")
         self.__dict__["_precision"] = value
 
     def dot_precision(self, x: torch.Tensor) -> str:
-        """The precision to pass to the kernels for input ``x`` (TF32 applies to float32 only)."""
-        return self.precision if x.dtype == torch.float32 else "ieee"
+        """The precision to pass to the kernels for input ``x``: ``"ieee"`` for half inputs,
+        :attr:`precision` for float32, with ``"auto"`` resolved now by :func:`float32_precision`."""
+        if x.dtype != torch.float32:
+            return "ieee"
+        return float32_precision(x.device) if self.precision == "auto" else self.precision
 
     def forward(self, *args):
         self.check_input_dtypes(*args)

@@ -16,7 +16,7 @@ from torch import nn
 
 import reference
 
-from .base import FusedModule
+from .base import PRECISIONS, FusedModule
 from .registry import REGISTRY
 
 
@@ -58,20 +58,22 @@ class FuseReport:
         return "\n".join(lines)
 
 
-def fuse(model: nn.Module, *, precision: str = "ieee", verbose: bool = False) -> nn.Module:
+def fuse(model: nn.Module, *, precision: str = "auto", verbose: bool = False) -> nn.Module:
     """Replace every supported block of ``model`` with its fused module and return the model.
 
     The swap is in place (the same object is returned, with ``model.fuse_report`` describing what
     was swapped and what was not). Parameters and buffers are shared, so ``state_dict()`` is
-    unchanged and weights load before or after fusing. ``precision="tf32"`` lets float32 convs
-    use TF32 dot products on GPUs that have them (faster, about 3 decimal digits); the default
-    ``"ieee"`` matches the reference. A single block (``fuse(reference.conv_bn(3, 8))``) is
-    fused in place too.
+    unchanged and weights load before or after fusing. ``precision`` applies to float32 inputs:
+    the default ``"auto"`` does what PyTorch's own float32 convolutions do, read at each forward
+    (TF32 tensor cores on GPUs that have them while ``torch.backends.cudnn.allow_tf32`` is True,
+    its default; exact products otherwise and in the interpreter: :func:`fused.base.float32_precision`);
+    ``"ieee"`` always computes exact float32 products, ``"tf32"`` always TF32 (about 3 decimal
+    digits). A single block (``fuse(reference.conv_bn(3, 8))``) is fused in place too.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse() takes a torch.nn.Module (a reference model or block), got {type(model).__name__}")
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     report = FuseReport()
     if _fused_or_none(model, "", report, precision) is None or getattr(model, "fuses_children", False):
         _fuse_children(model, "", report, precision)

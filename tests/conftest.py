@@ -38,6 +38,14 @@ def device() -> torch.device:
     return torch.device("cuda" if HAS_CUDA and not fused.runtime.INTERPRETED else "cpu")
 
 
+@pytest.fixture(autouse=True)
+def exact_float32_by_default(monkeypatch):
+    """Fused float32 models follow ``torch.backends.cudnn.allow_tf32`` (TF32 on a GPU by default,
+    ``fuse(precision="auto")``); the tests compare float32 results with the float32 tolerance, so
+    they turn it off. Tests of TF32 ask for it (``precision="tf32"``) or set the flag themselves."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

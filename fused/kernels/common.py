@@ -18,11 +18,14 @@ Kernel conventions (every family follows them, so one kernel reads like the next
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 from .. import runtime
 
@@ -153,11 +156,13 @@ def check_launch(name: str, x: torch.Tensor, *tensors: torch.Tensor | None, prec
 
 @dataclasses.dataclass(frozen=True)
 class LaunchPlan:
-    """What one kernel launch uses: its ``grid``, its ``BLOCK_*`` sizes and warps per program."""
+    """What one kernel launch uses: its ``grid``, its ``BLOCK_*`` sizes, warps per program and
+    software-pipeline stages (how many loads of the main loop are in flight ahead of the MMA)."""
 
     grid: tuple[int, ...]
     blocks: dict[str, int]
     num_warps: int = 4
+    num_stages: int = 3
 
     @property
     def programs(self) -> int:
@@ -188,21 +193,63 @@ def interpreter_tile(gpu_tile: int, extent: int, *, interpreter: bool, big: int 
     return gpu_tile
 
 
-def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool) -> dict[str, int]:
+#: Streaming multiprocessors of the GPU the plans are made for (H100 SXM: 132). A launch with
+#: fewer programs leaves SMs idle, so the GPU plans shrink tiles until a launch has this many.
+SM_COUNT = 132
+
+
+def gemm_tiles(rows: int, K: int, C: int, *, interpreter: bool, fma: bool = False, tf32: bool = False,
+               scalar_loads: bool = False) -> dict[str, int]:
     """``BLOCK_M, BLOCK_N, BLOCK_C`` for a GEMM of ``rows`` output pixels x ``K`` output channels
     over ``C`` input channels (the convolutions and the FPN lateral).
 
-    Powers of two, each >= 16 because ``tl.dot`` needs that (masks cover the excess); 128 pixels
-    per tile, 64 when the tile is 128 channels wide to bound the fp32 accumulator.
+    Powers of two, each >= 16 because ``tl.dot`` needs that (masks cover the excess). The
+    interpreter's tiles: 128 pixels, 64 when the tile is 128 channels wide, 64 input channels at a
+    time (wider for big extents, see :func:`interpreter_tile`). On a GPU the tiles depend on the
+    shape class, so that no variant spills registers (checked on the compiler's output for sm_90a):
+
+    * ``fma``: float32 with exact (``"ieee"``) products runs the dot on FMA units, which hold
+      whole rows and columns of both operands in registers: 64 x 64 tiles, 16 channels at a time,
+      and eight warps (:func:`gemm_warps`);
+    * ``tf32``: float32 operands on TF32 tensor cores take twice the registers and shared memory
+      of half ones: 32 channels at a time;
+    * ``scalar_loads``: the input tile is not contiguous along channels (NCHW input, or fewer than
+      8 channels), so each element is its own load with its own 64-bit address, and so is each
+      element of an NCHW residual and output: 64 x 64 tiles, 32 channels at a time;
+    * fewer than :data:`SM_COUNT` programs: halve ``BLOCK_M`` down to 64 (the smallest ``wgmma``
+      tile for four warps), then ``BLOCK_N`` down to 32, so that small maps (batch 1, the 20x20
+      and 8x8 levels) spread over more SMs.
     """
     block_n = min(max(triton.next_power_of_2(K), 16), 128)
     block_c = min(max(triton.next_power_of_2(C), 16), 64)
     block_m = min(64 if block_n == 128 else 128, max(triton.next_power_of_2(rows), 16))
-    return {
-        "BLOCK_M": interpreter_tile(block_m, rows, interpreter=interpreter),
-        "BLOCK_N": interpreter_tile(block_n, K, interpreter=interpreter, big=128, max_tile=512),
-        "BLOCK_C": interpreter_tile(block_c, C, interpreter=interpreter, big=64, max_tile=512),
-    }
+    if interpreter:
+        return {
+            "BLOCK_M": interpreter_tile(block_m, rows, interpreter=True),
+            "BLOCK_N": interpreter_tile(block_n, K, interpreter=True, big=128, max_tile=512),
+            "BLOCK_C": interpreter_tile(block_c, C, interpreter=True, big=64, max_tile=512),
+        }
+    if fma:
+        block_m, block_n, block_c = min(block_m, 64), min(block_n, 64), 16
+    elif scalar_loads:
+        block_m, block_n, block_c = min(block_m, 64), min(block_n, 64), min(block_c, 32)
+    elif tf32:
+        block_c = min(block_c, 32)
+    while triton.cdiv(rows, block_m) * triton.cdiv(K, block_n) < SM_COUNT:
+        if block_m > 64:
+            block_m //= 2
+        elif block_n > 32:
+            block_n //= 2
+        else:
+            break
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c}
+
+
+def gemm_warps(*, fma: bool) -> int:
+    """Warps per program for :func:`gemm_tiles`' tiles: 8 for FMA dots (exact float32), which
+    spread a thread's share of both operands over twice the threads (4 warps spill some shapes),
+    else 4 (one warpgroup, the ``wgmma`` unit)."""
+    return 8 if fma else 4
 
 
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
@@ -216,3 +263,63 @@ def needs_int64(*tensors: torch.Tensor | None) -> bool:
         if span > INT32_MAX // 2:
             return True
     return False
+
+
+# -- autotuning (compiled for a GPU only) --------------------------------------------------------
+
+#: Whether GEMM launches on a GPU autotune (``FACEFUSE_AUTOTUNE=0`` in the environment turns it
+#: off: every launch then uses its plan). Never in the interpreter, whose launches are the plans.
+AUTOTUNE = os.environ.get("FACEFUSE_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+#: Every tile configuration an autotuned kernel may be given; each launch tries the few of them
+#: that its family's ``<family>_configs`` function lists for its shape (its plan first).
+TILE_SPACE = tuple(itertools.product((32, 64, 128), (16, 32, 64, 128, 256), (16, 32, 64), (4, 8), (2, 3, 4)))
+
+
+#: A ``do_bench`` for ``triton.autotune`` to time with instead of Triton's own (which needs a
+#: GPU): tests set it to exercise the autotuned launch path in the interpreter. None in normal use.
+AUTOTUNE_TIMER = None
+
+
+def autotuning(kernel=None) -> bool:
+    """True when launches of ``kernel`` autotune here: compiled for a GPU, :data:`AUTOTUNE` on, and
+    ``kernel`` (the module's kernel object at launch time) the real ``@triton.jit`` function, not a
+    stand-in such as :func:`fused.teaching.watch_launches`'s, which then sees the plan's launch."""
+    return AUTOTUNE and not runtime.INTERPRETED and (kernel is None or isinstance(kernel, JITFunction))
+
+
+def config_key(plan: LaunchPlan) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages)`` of a plan: one point of :data:`TILE_SPACE`."""
+    b = plan.blocks
+    return b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_C"], plan.num_warps, plan.num_stages
+
+
+def tuned_variants(plan: LaunchPlan) -> list[LaunchPlan]:
+    """``plan`` first, then its tiles with 2 and 4 pipeline stages and with the other warp count
+    (8, or 4 when the plan has 8): what a GPU
+    launch autotunes over (a small set, so the first launch of each shape times four configs)."""
+    return [plan, dataclasses.replace(plan, num_stages=2), dataclasses.replace(plan, num_stages=4),
+            dataclasses.replace(plan, num_warps=4 if plan.num_warps == 8 else 8)]
+
+
+def autotuned(kernel, key: list[str], candidates, **options):
+    """``kernel`` under ``triton.autotune``: for each new value of the ``key`` arguments the first
+    launch times the configurations that ``candidates(named_args, constexprs)`` returns (a list of
+    :class:`LaunchPlan`, the deterministic plan first) and keeps the fastest.
+
+    The config list is all of :data:`TILE_SPACE`; ``early_config_prune`` keeps the candidates.
+    ``options`` go to ``triton.autotune`` (``restore_value``: outputs a timing run must not leave
+    changed). Only called when :func:`autotuning` (``triton.autotune`` needs a GPU to time on).
+    """
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=st)
+               for m, n, c, w, st in TILE_SPACE]
+
+    def prune(configs, named_args, **kwargs):
+        wanted = [config_key(plan) for plan in candidates(named_args, kwargs)]
+        by_key = {(cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_N"], cf.kwargs["BLOCK_C"], cf.num_warps, cf.num_stages): cf
+                  for cf in configs}
+        return [by_key[k] for k in dict.fromkeys(wanted) if k in by_key]
+
+    if AUTOTUNE_TIMER is not None:
+        options["do_bench"] = AUTOTUNE_TIMER
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **options)(kernel)

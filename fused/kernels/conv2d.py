@@ -14,6 +14,13 @@ zero where the window falls in the padding), and feeds it to ``tl.dot`` with a `
 BLOCK_N]`` weight tile, accumulating in fp32. Because the accumulator tile stays in registers,
 the bias, the residual add and the activation are applied to it before the single store: the
 "fusion" is that none of them reads or writes the output again.
+
+The taps and channel blocks are walked by **one** loop of ``R*R*ceil(C/BLOCK_C)`` steps, not
+three nested loops. Triton software-pipelines the loop that feeds a ``tl.dot``: it issues the
+loads of the next ``num_stages - 1`` steps (asynchronous copies to shared memory where the
+addresses allow, ``cp.async``) while the tensor cores work on this one. Nested, only the
+innermost channel loop was pipelined, and with ``C <= BLOCK_C`` it had one step, so every MMA
+waited for its loads; flat, the loads of the next tap overlap the MMAs of this one.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, RELU, LaunchPlan, activate, check_launch, gemm_tiles, interpreting, needs_int64, \
-    new_output, resolve_activation
+from .common import PRELU, RELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
+    interpreting, needs_int64, new_output, resolve_activation, tuned_variants
 
 
 @triton.jit
@@ -44,7 +51,13 @@ def conv2d_bias_act_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (i, j) computes output pixels i*BLOCK_M.. x output channels j*BLOCK_N.. of
-    conv(x, w), sums over taps and channel blocks in fp32, then applies the epilogue once."""
+    conv(x, w) in fp32, then applies the epilogue once.
+
+    The reduction over ``(r, s, c)`` is one flat loop of ``R*R*c_blocks`` steps (tap-major): step
+    ``k`` reads tap ``k // c_blocks`` and channel block ``k % c_blocks``. One loop, not three
+    nested ones, so Triton's software pipeliner prefetches the next tiles while the tensor cores
+    work on this one, across taps as well as channel blocks.
+    """
     pid_m = tl.program_id(0)
     if USE_INT64:  # offsets may pass 2**31: do all index arithmetic in int64
         pid_m = pid_m.to(tl.int64)
@@ -58,29 +71,35 @@ def conv2d_bias_act_kernel(
     ow = rows % OW
     oh = (rows // OW) % OH
     n = rows // (OW * OH)
+    # Top-left corner of each row's window (tap r, s reads ih0 + r, iw0 + s), and its address.
+    ih0 = oh * conv_stride - padding
+    iw0 = ow * conv_stride - padding
+    x_corner = x_ptr + n * x_stride_n + ih0 * x_stride_h + iw0 * x_stride_w
+    w_cols = weight_ptr + cols * w_stride_k
 
+    c_blocks = tl.cdiv(C, BLOCK_C)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r in range(R):
-        for s in range(R):
-            # Where this tap reads the input; outside [0, H) x [0, W) is zero padding.
-            ih = oh * conv_stride - padding + r
-            iw = ow * conv_stride - padding + s
-            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_row = x_ptr + n * x_stride_n + ih * x_stride_h + iw * x_stride_w
-            w_col = weight_ptr + cols * w_stride_k + r * w_stride_r + s * w_stride_s
-            for c0 in range(0, C, BLOCK_C):
-                c = c0 + chans
-                c_ok = c < C
-                x_ok = pixel_ok[:, None] & c_ok[None, :]
-                a = tl.load(x_row[:, None] + c[None, :] * x_stride_c, mask=x_ok, other=0.0)
-                if HAS_INPUT_AFFINE:  # x*scale + shift on real pixels; padding stays zero
-                    scale = tl.load(input_scale_ptr + c, mask=c_ok, other=0.0)
-                    shift = tl.load(input_shift_ptr + c, mask=c_ok, other=0.0)
-                    a = a.to(tl.float32) * scale[None, :] + shift[None, :]
-                    a = tl.where(x_ok, a, 0.0).to(x_ptr.dtype.element_ty)
-                b = tl.load(w_col[None, :] + c[:, None] * w_stride_c,
-                            mask=c_ok[:, None] & col_ok[None, :], other=0.0)
-                acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
+    for k in range(0, R * R * c_blocks):
+        tap = k // c_blocks
+        if USE_INT64:
+            tap = tap.to(tl.int64)
+        r = tap // R
+        s = tap % R
+        c = (k % c_blocks) * BLOCK_C + chans
+        c_ok = c < C
+        # Where tap (r, s) reads the input; outside [0, H) x [0, W) is zero padding.
+        pixel_ok = row_ok & (ih0 >= -r) & (ih0 < H - r) & (iw0 >= -s) & (iw0 < W - s)
+        x_ok = pixel_ok[:, None] & c_ok[None, :]
+        x_tap = x_corner + (r * x_stride_h + s * x_stride_w)
+        a = tl.load(x_tap[:, None] + c[None, :] * x_stride_c, mask=x_ok, other=0.0)
+        if HAS_INPUT_AFFINE:  # x*scale + shift on real pixels; padding stays zero
+            scale = tl.load(input_scale_ptr + c, mask=c_ok, other=0.0)
+            shift = tl.load(input_shift_ptr + c, mask=c_ok, other=0.0)
+            a = a.to(tl.float32) * scale[None, :] + shift[None, :]
+            a = tl.where(x_ok, a, 0.0).to(x_ptr.dtype.element_ty)
+        b = tl.load(w_cols[None, :] + (r * w_stride_r + s * w_stride_s) + c[:, None] * w_stride_c,
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
 
     # Epilogue on the fp32 tile: bias, scaled residual, activation, then one store.
     out_ok = row_ok[:, None] & col_ok[None, :]
@@ -109,15 +128,57 @@ def conv2d_bias_act_kernel(
 
 
 def conv2d_plan(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
+                channels_last: bool = False, dtype: torch.dtype = torch.float16, precision: str = "ieee",
                 interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`conv2d_bias_act` makes for ``x`` ``[N, C, H, W]`` and a ``[K, C, R, R]``
-    weight: one program per ``BLOCK_M`` output pixels x ``BLOCK_N`` output channels
-    (:func:`~fused.kernels.common.gemm_tiles`). ``interpreter=False`` gives the GPU's plan on any
-    machine, ``True`` the interpreter's, None this machine's."""
+    weight: one program per ``BLOCK_M`` output pixels x ``BLOCK_N`` output channels, tiles by
+    shape class (:func:`~fused.kernels.common.gemm_tiles`). ``channels_last``: ``x``'s channels
+    are contiguous (``x.stride(1) == 1``); ``dtype`` and ``precision`` are ``x``'s and the dot's.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's. On a GPU the launch may autotune over :func:`conv2d_configs`, which starts
+    with this plan."""
     OH, OW = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - R) // stride + 1
     pixels = N * OH * OW
-    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter))
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
+    # The input tile arrives as vectors when it is contiguous along channels (channels_last, 8+
+    # channels), or along pixels with aligned rows (NCHW 1x1, stride 1, width a multiple of 16).
+    vector = (channels_last and C % 8 == 0) or (not channels_last and R == 1 and stride == 1 and OW % 16 == 0)
+    interpreter = interpreting(interpreter)
+    fma = dtype == torch.float32 and precision == "ieee" and not interpreter
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreter, fma=fma,
+                        tf32=dtype == torch.float32 and precision == "tf32", scalar_loads=not vector)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks,
+                      num_warps=gemm_warps(fma=fma))
+
+
+def conv2d_configs(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
+                   channels_last: bool = False, dtype: torch.dtype = torch.float16,
+                   precision: str = "ieee") -> list[LaunchPlan]:
+    """The launches a GPU autotunes over (:func:`~fused.kernels.common.autotuned`): the GPU plan
+    of :func:`conv2d_plan` first, then the same tiles with 2 or 4 pipeline stages, and with 8
+    warps; none of them spills at the models' shapes (checked on the compiler's output)."""
+    plan = conv2d_plan(N, C, H, W, K, R, stride, padding, channels_last=channels_last, dtype=dtype,
+                       precision=precision, interpreter=False)
+    return tuned_variants(plan)
+
+
+def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
+    """:func:`conv2d_configs` for one launch, from the kernel's arguments."""
+    N = args["pixels"] // (args["OH"] * args["OW"])
+    return conv2d_configs(N, args["C"], args["H"], args["W"], args["K"], constexprs["R"], args["conv_stride"],
+                          args["padding"], channels_last=args["x_stride_c"] == 1, dtype=args["x_ptr"].dtype,
+                          precision=constexprs["INPUT_PRECISION"])
+
+
+_TUNED = []
+
+
+def _tuned_kernel():
+    """The kernel under ``triton.autotune`` (made on first use: only a GPU can time configs).
+    A timing run rewrites ``out``; ``restore_value`` puts it back, so ``out`` may alias an input."""
+    if not _TUNED:
+        key = ["pixels", "C", "H", "W", "K", "conv_stride", "padding", "x_stride_c", "R", "INPUT_PRECISION"]
+        _TUNED.append(autotuned(conv2d_bias_act_kernel, key, _candidates, restore_value=["out_ptr"]))
+    return _TUNED[0]
 
 
 def _check_shape(name: str, t: torch.Tensor | None, expected: tuple[int, ...]) -> None:
@@ -208,19 +269,26 @@ def conv2d_bias_act(
     if pixels == 0 or K == 0:
         return out
 
-    plan = conv2d_plan(N, C, H, W, K, R, stride, padding)
+    shape = (N, C, H, W, K, R, stride, padding)
+    layout = {"channels_last": x.stride(1) == 1, "dtype": x.dtype, "precision": precision}
+    plan = conv2d_plan(*shape, **layout)
     dummy = prelu_slopes  # stands in for absent tensors; the kernel never reads it for them
-    record.kernel_launched(name)
-    runtime.launch(conv2d_bias_act_kernel, plan.grid,
-        x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
-        _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
-        pixels, C, H, W, K, OH, OW,
-        stride, padding, leaky_slope, K if relu_from is None else relu_from,
-        *x.stride(), *weight.stride(), *_strides(residual, 4), *_strides(residual_scale, 2), *out.stride(),
+    args = (x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
+            _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
+            pixels, C, H, W, K, OH, OW,
+            stride, padding, leaky_slope, K if relu_from is None else relu_from,
+            *x.stride(), *weight.stride(), *_strides(residual, 4), *_strides(residual_scale, 2), *out.stride())
+    switches = dict(
         R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
         ACTIVATION=code, HAS_RELU_FROM=relu_from is not None, INPUT_PRECISION=precision,
         USE_INT64=needs_int64(x, weight, residual, residual_scale, out),
-        num_warps=plan.num_warps, **plan.blocks,
     )
+    record.kernel_launched(name)
+    if autotuning(kernel=conv2d_bias_act_kernel):
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(K, meta["BLOCK_N"]))  # noqa: E731
+        runtime.launch(_tuned_kernel(), grid, *args, **switches)
+    else:
+        runtime.launch(conv2d_bias_act_kernel, plan.grid, *args, **switches,
+                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
     return out

@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, LaunchPlan, activate, check_launch, gemm_tiles, interpreting, needs_int64, new_output, \
-    pointwise_gemm, resolve_activation
+from .common import PRELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
+    interpreting, needs_int64, new_output, pointwise_gemm, resolve_activation, tuned_variants
 
 
 @triton.jit
@@ -74,14 +74,22 @@ def nearest_scale(in_size: int, out_size: int) -> float:
     return float(np.float32(in_size) / np.float32(out_size))
 
 
-def lateral_upsample_add_plan(N: int, C: int, H: int, W: int, K: int, *, interpreter: bool | None = None) -> LaunchPlan:
+def lateral_upsample_add_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: bool = False,
+                              dtype: torch.dtype = torch.float16, precision: str = "ieee",
+                              interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`lateral_upsample_add` makes for ``x`` ``[N, C, H, W]`` and ``K`` output
     channels: the convolutions' GEMM tiles (:func:`~fused.kernels.common.gemm_tiles`) over the
-    ``N*H*W`` pixels. ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the
-    interpreter's, None this machine's."""
+    ``N*H*W`` pixels, by shape class as in :func:`~fused.kernels.conv2d.conv2d_plan`.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's."""
     pixels = N * H * W
-    blocks = gemm_tiles(pixels, K, C, interpreter=interpreting(interpreter))
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks)
+    vector = (channels_last and C % 8 == 0) or (not channels_last and W % 16 == 0)
+    interpreter = interpreting(interpreter)
+    fma = dtype == torch.float32 and precision == "ieee" and not interpreter
+    blocks = gemm_tiles(pixels, K, C, interpreter=interpreter, fma=fma,
+                        tf32=dtype == torch.float32 and precision == "tf32", scalar_loads=not vector)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks,
+                      num_warps=gemm_warps(fma=fma))
 
 
 @runtime.launcher
@@ -128,14 +136,37 @@ def lateral_upsample_add(
     if pixels == 0 or K == 0:
         return out
     coarse_h, coarse_w = (coarse.shape[2], coarse.shape[3]) if coarse is not None else (1, 1)
-    plan = lateral_upsample_add_plan(N, C, H, W, K)
+    plan = lateral_upsample_add_plan(N, C, H, W, K, channels_last=x.stride(1) == 1, dtype=x.dtype, precision=precision)
+    args = (x, weight, bias, coarse if coarse is not None else prelu_slopes, prelu_slopes, out,
+            pixels, C, H, W, K, coarse_h, coarse_w, nearest_scale(coarse_h, H), nearest_scale(coarse_w, W), leaky_slope,
+            *x.stride(), *weight.stride(), *(coarse.stride() if coarse is not None else (0, 0, 0, 0)), *out.stride())
+    switches = dict(HAS_COARSE=coarse is not None, ACTIVATION=code, INPUT_PRECISION=precision,
+                    USE_INT64=needs_int64(x, coarse, out))
     record.kernel_launched(name)
-    runtime.launch(lateral_upsample_add_kernel, plan.grid,
-        x, weight, bias, coarse if coarse is not None else prelu_slopes, prelu_slopes, out,
-        pixels, C, H, W, K, coarse_h, coarse_w, nearest_scale(coarse_h, H), nearest_scale(coarse_w, W), leaky_slope,
-        *x.stride(), *weight.stride(),
-        *(coarse.stride() if coarse is not None else (0, 0, 0, 0)), *out.stride(),
-        HAS_COARSE=coarse is not None, ACTIVATION=code, INPUT_PRECISION=precision,
-        USE_INT64=needs_int64(x, coarse, out), num_warps=plan.num_warps, **plan.blocks,
-    )
+    if autotuning(kernel=lateral_upsample_add_kernel):
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(K, meta["BLOCK_N"]))  # noqa: E731
+        runtime.launch(_tuned_kernel(), grid, *args, **switches)
+    else:
+        runtime.launch(lateral_upsample_add_kernel, plan.grid, *args, **switches,
+                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
     return out
+
+
+def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
+    """The launches a GPU autotunes over: the GPU plan first (:func:`~fused.kernels.common.tuned_variants`)."""
+    N = args["pixels"] // (args["H"] * args["W"])
+    plan = lateral_upsample_add_plan(N, args["C"], args["H"], args["W"], args["K"],
+                                     channels_last=args["x_stride_c"] == 1, dtype=args["x_ptr"].dtype,
+                                     precision=constexprs["INPUT_PRECISION"], interpreter=False)
+    return tuned_variants(plan)
+
+
+_TUNED = []
+
+
+def _tuned_kernel():
+    """The kernel under ``triton.autotune``, made on first use (see :func:`~fused.kernels.common.autotuned`)."""
+    if not _TUNED:
+        key = ["pixels", "C", "H", "W", "K", "x_stride_c", "INPUT_PRECISION"]
+        _TUNED.append(autotuned(lateral_upsample_add_kernel, key, _candidates, restore_value=["out_ptr"]))
+    return _TUNED[0]

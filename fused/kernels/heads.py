@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import LaunchPlan, check_launch, interpreter_tile, interpreting, needs_int64, pointwise_gemm
+from .common import SM_COUNT, LaunchPlan, autotuned, autotuning, check_launch, gemm_warps, interpreter_tile, interpreting, \
+    needs_int64, pointwise_gemm, tuned_variants
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
 #: groups never straddle two programs).
@@ -84,20 +85,36 @@ def anchor_heads_kernel(
                    out2_stride_n, out2_stride_p, out2_stride_v, row_ok)
 
 
-def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, interpreter: bool | None = None) -> LaunchPlan:
+def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: bool = False,
+                      dtype: torch.dtype = torch.float16, precision: str = "ieee",
+                      interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`anchor_heads` makes for ``x`` ``[N, C, H, W]`` and ``K`` stacked head
     columns: one program per ``BLOCK_M`` pixels, each covering all ``K`` columns (``BLOCK_N``), so
-    the softmax groups never straddle two programs. ``interpreter=False`` gives the GPU's plan on
-    any machine, ``True`` the interpreter's, None this machine's."""
+    the softmax groups never straddle two programs. On a GPU, as for the convolutions
+    (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time and 8 warps
+    for exact float32 products (FMA), 32 channels when the input tile arrives by scalar loads, 64
+    pixels when 128 would leave SMs idle.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's."""
     interpreter = interpreting(interpreter)
     pixels = N * H * W
+    num_warps = gemm_warps(fma=False)
+    block_m = min(128, max(triton.next_power_of_2(pixels), 16))
+    block_c = min(max(triton.next_power_of_2(C), 16), 64)
+    if not interpreter:
+        vector = (channels_last and C % 8 == 0) or (not channels_last and W % 16 == 0)
+        if dtype == torch.float32 and precision == "ieee":
+            block_m, block_c, num_warps = min(block_m, 64), 16, gemm_warps(fma=True)
+        elif not vector:
+            block_c = min(block_c, 32)
+        while triton.cdiv(pixels, block_m) < SM_COUNT and block_m > 64:  # spread small maps over more SMs
+            block_m //= 2
     blocks = {
-        "BLOCK_M": interpreter_tile(min(128, max(triton.next_power_of_2(pixels), 16)), pixels, interpreter=interpreter),
+        "BLOCK_M": interpreter_tile(block_m, pixels, interpreter=interpreter),
         "BLOCK_N": max(triton.next_power_of_2(K), 16),
-        "BLOCK_C": interpreter_tile(min(max(triton.next_power_of_2(C), 16), 64), C, interpreter=interpreter,
-                                    big=64, max_tile=512),
+        "BLOCK_C": interpreter_tile(block_c, C, interpreter=interpreter, big=64, max_tile=512),
     }
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks, num_warps=num_warps)
 
 
 @runtime.launcher
@@ -156,15 +173,39 @@ def anchor_heads(
     pixels = N * H * W
     if pixels == 0:
         return outputs
-    plan = anchor_heads_plan(N, C, H, W, K)
+    plan = anchor_heads_plan(N, C, H, W, K, channels_last=x.stride(1) == 1, dtype=x.dtype, precision=precision)
     padded = outputs + (outputs[0],) * (3 - len(outputs))  # absent heads: never written (V = 0)
     strides = [s for out in padded for s in out.stride()]
+    args = (x, weight, bias, *padded, pixels, C, H, W, K, row_offset, *x.stride(), *weight.stride(), *strides)
+    switches = dict(ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
+                    INPUT_PRECISION=precision, USE_INT64=needs_int64(x, *outputs))
     record.kernel_launched(name)
-    runtime.launch(anchor_heads_kernel, plan.grid,
-        x, weight, bias, *padded,
-        pixels, C, H, W, K, row_offset,
-        *x.stride(), *weight.stride(), *strides,
-        ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
-        INPUT_PRECISION=precision, USE_INT64=needs_int64(x, *outputs), num_warps=plan.num_warps, **plan.blocks,
-    )
+    if autotuning(kernel=anchor_heads_kernel):
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]),)  # noqa: E731
+        runtime.launch(_tuned_kernel(), grid, *args, **switches)
+    else:
+        runtime.launch(anchor_heads_kernel, plan.grid, *args, **switches,
+                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
     return outputs
+
+
+def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
+    """The launches a GPU autotunes over: the GPU plan first (:func:`~fused.kernels.common.tuned_variants`)."""
+    N = args["pixels"] // (args["H"] * args["W"])
+    plan = anchor_heads_plan(N, args["C"], args["H"], args["W"], args["K"], channels_last=args["x_stride_c"] == 1,
+                             dtype=args["x_ptr"].dtype, precision=constexprs["INPUT_PRECISION"], interpreter=False)
+    return tuned_variants(plan)
+
+
+_TUNED = []
+
+
+def _tuned_kernel():
+    """The kernel under ``triton.autotune``, made on first use (see :func:`~fused.kernels.common.autotuned`).
+    The outputs are written in place: ``restore_value`` undoes the timing runs."""
+    if not _TUNED:
+        key = ["pixels", "C", "H", "W", "K", "x_stride_c", "ANCHORS", "V0", "V1", "V2",
+               "SOFTMAX0", "INPUT_PRECISION"]
+        _TUNED.append(autotuned(anchor_heads_kernel, key, _candidates,
+                                restore_value=["out0_ptr", "out1_ptr", "out2_ptr"]))
+    return _TUNED[0]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import runtime
+from ..base import FusedModule
 from ..flag import enabled
 from ..fuse import fuse
 from ..record import recording
@@ -30,9 +31,15 @@ def tolerance_dtype(fused_module: nn.Module, dtype: torch.dtype):
     """The dtype the tolerance of a fused module's output uses: ``"tf32"`` for float32 computed with TF32 dots."""
     if dtype == torch.float32:
         for m in fused_module.modules():
-            if getattr(m, "precision", None) == "tf32":
+            if isinstance(m, FusedModule) and m.dot_precision(_sample(m, dtype)) == "tf32":
                 return "tf32"
     return dtype
+
+
+def _sample(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor of ``dtype`` on the module's device (where its kernels would run)."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    return torch.empty(0, dtype=dtype, device=device)
 
 
 def describe_run(rec, skipped_reason: str | None) -> tuple[str, str, str]:

@@ -244,6 +244,32 @@ def test_tf32_is_an_explicit_option():
         fused.fuse(R.retinaface(), precision="fp8")
     model = fused.fuse(R.retinaface(), precision="tf32")
     assert {m.precision for m in model.modules() if isinstance(m, FusedConvBNAct)} == {"tf32"}
+    model = fused.fuse(R.retinaface(), precision="ieee")
+    assert {m.precision for m in model.modules() if isinstance(m, FusedConvBNAct)} == {"ieee"}
+
+
+def test_float32_precision_follows_pytorch_by_default(monkeypatch):
+    """fuse()'s default, "auto", does what PyTorch's float32 convs do, read at each forward: TF32 on
+    a GPU with TF32 while torch.backends.cudnn.allow_tf32 is on, exact products otherwise."""
+    from fused import base
+    block = fused.fuse(R.conv_bn(3, 8, 1))
+    assert block.precision == "auto"
+    x32, x16 = torch.empty(0), torch.empty(0, dtype=torch.float16)
+    assert block.dot_precision(x32) == "ieee" and base.float32_precision("cpu") == "ieee"  # no TF32 on the CPU
+    monkeypatch.setattr(base.runtime, "INTERPRETED", False)  # as compiled for a GPU ...
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert base.float32_precision("cuda") == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert base.float32_precision("cuda") == "ieee"  # read now, not when fused
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    capability[0] = (7, 0)  # a V100 has no TF32
+    assert base.float32_precision("cuda") == "ieee"
+    assert block.dot_precision(x16) == "ieee"  # half inputs: TF32 does not apply
+    block.precision = "ieee"
+    capability[0] = (9, 0)
+    assert block.dot_precision(torch.empty(0)) == "ieee"
 
 
 # --- BN folding ----------------------------------------------------------------------------------

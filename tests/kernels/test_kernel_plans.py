@@ -20,14 +20,14 @@ def test_plans_do_not_depend_on_the_machine():
     gpu = se.se_squeeze_plan(1, 64, 64, 64, interpreter=False)
     assert (gpu.splits, gpu.programs) == (64, 128)  # what lesson 03 shows
     assert se.se_squeeze_plan(1, 64, 64, 64, interpreter=True).splits == 8
-    plan = conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=False)
-    assert plan.blocks == {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 64} and plan.grid == (50, 1)
+    plan = conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=False)  # NCHW: scalar input loads
+    assert plan.blocks == {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32} and plan.grid == (100, 2)
     assert conv2d.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, interpreter=True).blocks["BLOCK_M"] == 1024
     assert depthwise.depthwise_plan(1, 128, 40, 40, channels_last=True, interpreter=False).blocks == \
         {"BLOCK_M": 32, "BLOCK_C": 64}
     assert depthwise.conv_dw_fused_plan(16, 128, 40, 40, 256, dtype=torch.float16, interpreter=False).grid == (400, 1)
-    assert fpn.lateral_upsample_add_plan(1, 64, 80, 80, 64, interpreter=False).grid == (50, 1)
-    assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (50,)
+    assert fpn.lateral_upsample_add_plan(1, 64, 80, 80, 64, interpreter=False).grid == (100, 2)
+    assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (100,)  # 64 pixels: more SMs busy
 
 
 # MobileNet0.25's conv_dw blocks at 640x640: (C, K, stride, input size).
