@@ -90,6 +90,7 @@ def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
     assert name == "retinaface 640x640 b16 float16"
     convs = [launch for launch in recorded if launch["kernel"].endswith(":conv2d_bias_act_kernel")]
     assert convs and all(launch["block"] for launch in recorded)
+    assert {launch["block"] for launch in recorded if "anchor_heads" in launch["kernel"]} == {"(model)"}
     for launch in convs:
         a = launch["args"]
         x = a["x_ptr"]["shape"]

@@ -31,7 +31,9 @@ def variant_label(variant: dict) -> str:
     spec = variant["spec"]
     consts = ",".join(f"{k}={v}" for k, v in spec["constexprs"].items() if k not in spec["ones"])
     opts = ",".join(f"{k}={v}" for k, v in sorted(variant["options"].items()))
-    return f"{short_kernel(variant['kernel'])}[{consts}; {short_specialisation(spec)}; {opts}]"
+    unaligned = ",".join(n for n, t in spec["signature"].items() if t.startswith("*") and n not in spec["divisible"])
+    return (f"{short_kernel(variant['kernel'])} {_dtype(variant)} [{consts}; {short_specialisation(spec)}; "
+            f"unaligned: {unaligned or '-'}; {opts}] #{variant_hash(variant)[:8]}")
 
 
 def variant_hash(variant: dict) -> str:
@@ -268,6 +270,7 @@ def baseline(rows: list[Row], summary: dict, target: str, versions: dict) -> dic
                                               "operands": r.operands, "loads": r.loads, "error": r.error,
                                               "configs": []})
         entry["configs"].append(r.config)
+    versions = {k: v for k, v in versions.items() if k in ("triton", "ptxas")}
     return {"target": target, "versions": versions, "variants": dict(sorted(variants.items())),
             "summary": summary}
 
