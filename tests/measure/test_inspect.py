@@ -256,3 +256,26 @@ def test_jit_warmup_compiles_the_same_kernel_hash():
     assert len(results) == 3
     for name, jit_hash, our_hash in results:
         assert jit_hash == our_hash, name
+
+
+def test_facefuse_inspect_end_to_end(tmp_path):
+    """The default inspection (RetinaFace mobile0.25 640x640 b1 and b16 float16, sm_90a; its variants are
+    among the CI baseline's, so they come from the compile cache once compiled), one variant's
+    SASS and PTX, and the files of --out. Progress goes to stderr, the table to stdout."""
+    done = subprocess.run([sys.executable, "-m", "fused", "inspect", "--kernel", "conv2d_bias_act",
+                           "--show", "ptx,sass", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dry run retinaface 640x640 b1 float16: 34 launches" in done.stderr
+    table = done.stdout.split("\n\nv")[0]
+    assert "retinaface 640x640 b1 float16" in table and "FLOPs by lowering: wgmma 100.0%" in table
+    assert max(len(line) for line in table.splitlines()) <= 120
+    assert "===== ptx =====" in done.stdout and ".target sm_90a" in done.stdout
+    assert "===== sass =====" in done.stdout and "HGMMA" in done.stdout
+    saved = json.loads((tmp_path / "inspect.json").read_text())
+    assert saved["arch"]["sms"] == 132 and saved["versions"]["triton"]
+    for config in ("retinaface 640x640 b1 float16", "retinaface 640x640 b16 float16"):
+        rows = [r for r in saved["rows"] if r["config"] == config]
+        assert len(rows) == 22 and sum(r["flop_share"] for r in rows) == pytest.approx(1.0)
+    assert (tmp_path / "inspect.csv").read_text().startswith("config,id,kernel")
+    assert (tmp_path / "inspect.png").stat().st_size > 0
