@@ -279,3 +279,21 @@ def test_facefuse_inspect_end_to_end(tmp_path):
         assert len(rows) == 22 and sum(r["flop_share"] for r in rows) == pytest.approx(1.0)
     assert (tmp_path / "inspect.csv").read_text().startswith("config,id,kernel")
     assert (tmp_path / "inspect.png").stat().st_size > 0
+
+
+def test_compile_variants_with_changes():
+    """What a lesson does: take one variant, change it, compile both (the changed one is new)."""
+    from fused.measure.inspect import artifact, changed, compile_variants
+
+    launch = next(la for la in record_launches([Config("retinaface", (640, 640), 1, "float16")])[
+        "retinaface 640x640 b1 float16"] if la["kernel"].endswith(":conv2d_bias_act_kernel"))
+    variant = launch["variant"]
+    assert "W" in variant["spec"]["divisible"]  # 640
+    narrower = changed(variant, options={"num_warps": 8}, divisible={"W": False})
+    assert "W" not in narrower["spec"]["divisible"] and narrower["options"]["num_warps"] == 8
+    assert variant["options"]["num_warps"] == 4  # the original is left alone
+    with pytest.raises(KeyError, match="no parameter"):
+        changed(variant, constexprs={"BLOCK_Q": 1})
+    original, other = compile_variants([variant, narrower], timeout=1800)
+    assert original["lowering"] == other["lowering"] == "wgmma" and original["key"] != other["key"]
+    assert "HGMMA" in artifact(other["key"], "sass")
