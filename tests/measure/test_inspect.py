@@ -141,6 +141,8 @@ def test_dot_lowering_from_ptx_and_sass():
     mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {...}"
     assert analyse.dot_lowering(ttir, mma, Counter(HMMA=4))["operands"] == "tf32"
     assert analyse.dot_lowering(ttir, "fma.rn.f32", Counter(FFMA=99))["lowering"] == "FMA"
+    tcgen = "tcgen05.mma.cta_group::1.kind::tf32 [%r1], %rd2, %rd3, %r4, p;"
+    assert analyse.dot_lowering(ttir, tcgen, Counter(UTCHMMA=2)) == {"dots": 1, "lowering": "tcgen05", "operands": "tf32"}
     assert analyse.dot_lowering("tt.load", "", Counter())["lowering"] == "-"
 
 

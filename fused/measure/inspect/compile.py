@@ -193,10 +193,8 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
     meta_path = folder / "meta.json"
     if meta_path.exists():
         try:
-            meta = json.loads(meta_path.read_text())
-            meta["compiled"] = False
-            return meta
-        except (OSError, ValueError):
+            return {**_reanalysed(folder, json.loads(meta_path.read_text())), "compiled": False}
+        except (OSError, ValueError, EOFError):
             pass  # a damaged entry: compile again
     capability = TARGETS[target]
     meta = {"key": key, "target": target, "kernel": variant["kernel"]}
@@ -210,6 +208,7 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
         products = {"ttir": asm.get("ttir", ""), "ttgir": asm.get("ttgir", ""), "ptx": asm["ptx"],
                     "sass": _cuobjdump(asm["cubin"], "-sass"), "ptxas_log": ptxas_log}
         resources = _cuobjdump(asm["cubin"], "--dump-resource-usage")
+        meta["resource_usage"] = resources
         meta.update(analyse.analyse(products, resources))
         meta["hash"] = getattr(compiled, "hash", None)
         meta["shared_triton"] = getattr(compiled.metadata, "shared", None)
@@ -224,6 +223,17 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     tmp.replace(meta_path)
     return {**meta, "compiled": True}
+
+
+def _reanalysed(folder: Path, meta: dict) -> dict:
+    """A cache entry's metadata with the analysis made again from its stored products, so a
+    change to :mod:`.analyse` applies to cached variants without compiling them again."""
+    if "error" in meta:
+        return meta
+    products = {name: gzip.decompress((folder / f"{name}.gz").read_bytes()).decode() for name in ARTIFACTS}
+    fresh = analyse.analyse(products, meta.get("resource_usage", ""))
+    meta.update({k: v for k, v in fresh.items() if v is not None or k not in meta})
+    return meta
 
 
 def _arch_name(ptx: str, target: str) -> str:
