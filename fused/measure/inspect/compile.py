@@ -154,8 +154,12 @@ def _run_ptxas(ptx: str, capability: int, arch_name: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        done = subprocess.run([ptxas_for(capability), "-v", "--regAllocOptLevel=2", f"--gpu-name={arch_name}",
-                               str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+        # the options Triton 3.9 passes; an older ptxas without --regAllocOptLevel gets the plain call
+        for extra in (["--regAllocOptLevel=2"], []):
+            done = subprocess.run([ptxas_for(capability), "-v", *extra, f"--gpu-name={arch_name}", str(src), "-o",
+                                   str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                break
         return done.stderr + done.stdout
 
 
