@@ -90,6 +90,7 @@ def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
     assert name == "retinaface 640x640 b16 float16"
     convs = [launch for launch in recorded if launch["kernel"].endswith(":conv2d_bias_act_kernel")]
     assert convs and all(launch["block"] for launch in recorded)
+    assert {launch["block"] for launch in recorded if "anchor_heads" in launch["kernel"]} == {"(model)"}
     for launch in convs:
         a = launch["args"]
         x = a["x_ptr"]["shape"]
@@ -140,6 +141,8 @@ def test_dot_lowering_from_ptx_and_sass():
     mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {...}"
     assert analyse.dot_lowering(ttir, mma, Counter(HMMA=4))["operands"] == "tf32"
     assert analyse.dot_lowering(ttir, "fma.rn.f32", Counter(FFMA=99))["lowering"] == "FMA"
+    tcgen = "tcgen05.mma.cta_group::1.kind::tf32 [%r1], %rd2, %rd3, %r4, p;"
+    assert analyse.dot_lowering(ttir, tcgen, Counter(UTCHMMA=2)) == {"dots": 1, "lowering": "tcgen05", "operands": "tf32"}
     assert analyse.dot_lowering("tt.load", "", Counter())["lowering"] == "-"
 
 
@@ -255,3 +258,44 @@ def test_jit_warmup_compiles_the_same_kernel_hash():
     assert len(results) == 3
     for name, jit_hash, our_hash in results:
         assert jit_hash == our_hash, name
+
+
+def test_facefuse_inspect_end_to_end(tmp_path):
+    """The default inspection (RetinaFace mobile0.25 640x640 b1 and b16 float16, sm_90a; its variants are
+    among the CI baseline's, so they come from the compile cache once compiled), one variant's
+    SASS and PTX, and the files of --out. Progress goes to stderr, the table to stdout."""
+    done = subprocess.run([sys.executable, "-m", "fused", "inspect", "--kernel", "conv2d_bias_act",
+                           "--show", "ptx,sass", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dry run retinaface 640x640 b1 float16: 34 launches" in done.stderr
+    table = done.stdout.split("\n\nv")[0]
+    assert "retinaface 640x640 b1 float16" in table and "FLOPs by lowering: wgmma 100.0%" in table
+    assert max(len(line) for line in table.splitlines()) <= 120
+    assert "===== ptx =====" in done.stdout and ".target sm_90a" in done.stdout
+    assert "===== sass =====" in done.stdout and "HGMMA" in done.stdout
+    saved = json.loads((tmp_path / "inspect.json").read_text())
+    assert saved["arch"]["sms"] == 132 and saved["versions"]["triton"]
+    for config in ("retinaface 640x640 b1 float16", "retinaface 640x640 b16 float16"):
+        rows = [r for r in saved["rows"] if r["config"] == config]
+        assert len(rows) == 22 and sum(r["flop_share"] for r in rows) == pytest.approx(1.0)
+    assert (tmp_path / "inspect.csv").read_text().startswith("config,id,kernel")
+    assert (tmp_path / "inspect.png").stat().st_size > 0
+
+
+def test_compile_variants_with_changes():
+    """What a lesson does: take one variant, change it, compile both (the changed one is new)."""
+    from fused.measure.inspect import artifact, changed, compile_variants
+
+    launch = next(la for la in record_launches([Config("retinaface", (640, 640), 1, "float16")])[
+        "retinaface 640x640 b1 float16"] if la["kernel"].endswith(":conv2d_bias_act_kernel"))
+    variant = launch["variant"]
+    assert "W" in variant["spec"]["divisible"]  # 640
+    narrower = changed(variant, options={"num_warps": 8}, divisible={"W": False})
+    assert "W" not in narrower["spec"]["divisible"] and narrower["options"]["num_warps"] == 8
+    assert variant["options"]["num_warps"] == 4  # the original is left alone
+    with pytest.raises(KeyError, match="no parameter"):
+        changed(variant, constexprs={"BLOCK_Q": 1})
+    original, other = compile_variants([variant, narrower], timeout=1800)
+    assert original["lowering"] == other["lowering"] == "wgmma" and original["key"] != other["key"]
+    assert "HGMMA" in artifact(other["key"], "sass")

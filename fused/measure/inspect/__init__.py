@@ -37,13 +37,13 @@ from pathlib import Path
 
 from . import report
 from .arch import ARCHS, Arch, occupancy
-from .compile import DEFAULT_TARGET, TARGETS, cache_dir
+from .compile import DEFAULT_TARGET, TARGETS, artifact, cache_dir
 from .dryrun import DEFAULT_CONFIGS, Config
 from .report import Row, compare_with_baseline
 
 __all__ = ["ARCHS", "Arch", "Config", "DEFAULT_CONFIGS", "DEFAULT_TARGET", "Inspection", "Row", "TARGETS",
            "BASELINE_PATH", "cache_dir", "compare_with_baseline", "default_configs", "inspect_models", "occupancy",
-           "record_launches", "run_worker"]
+           "record_launches", "run_worker", "compile_variants", "changed", "artifact"]
 
 #: The recorded baseline the CI check compares against (``facefuse inspect --write-baseline``).
 BASELINE_PATH = Path(__file__).resolve().parents[3] / "tests" / "data" / "inspect_baseline.json"
@@ -162,3 +162,31 @@ def record_launches(configs, *, progress: bool = False, timeout: float | None = 
     result = run_worker({"configs": [c.to_json() for c in configs], "compile": False}, progress=progress,
                         timeout=timeout)
     return {entry["name"]: entry["launches"] for entry in result["configs"]}
+
+
+def compile_variants(variants, *, target: str = DEFAULT_TARGET, jobs: int | None = None, cache=None,
+                     progress: bool = False, timeout: float | None = None) -> list[dict]:
+    """Compile variants given as such (``Inspection.variant(row)``, possibly :func:`changed`) for
+    ``target``; one analysis per variant (the fields of :func:`.analyse.analyse`, ``key`` for
+    :func:`artifact`, ``hash``, or ``error``). For experiments: what do more warps, another tile, a
+    width divisible by 16 do to this kernel?"""
+    variants = list(variants)
+    result = run_worker({"variants": variants, "target": target, "jobs": jobs,
+                         "cache": None if cache is None else str(cache)}, progress=progress, timeout=timeout)
+    return [result["variants"][f"given{i}"]["analysis"] for i in range(len(variants))]
+
+
+def changed(variant: dict, *, constexprs: dict | None = None, options: dict | None = None,
+            divisible: dict | None = None) -> dict:
+    """A copy of ``variant`` with some constexprs (``{"BLOCK_M": 64}``), launch options
+    (``{"num_warps": 8}``) or divisibility marks (``{"W": True}``: as if W were a multiple of 16)
+    changed."""
+    spec = variant["spec"]
+    new_divisible = [n for n in spec["divisible"] if (divisible or {}).get(n, True)]
+    new_divisible += [n for n, on in (divisible or {}).items() if on and n not in new_divisible]
+    for name in [*(constexprs or {}), *(divisible or {})]:
+        if name not in spec["signature"]:
+            raise KeyError(f"{variant['kernel']} has no parameter {name!r}")
+    return {"kernel": variant["kernel"],
+            "spec": {**spec, "constexprs": {**spec["constexprs"], **(constexprs or {})}, "divisible": new_divisible},
+            "options": {**variant["options"], **(options or {})}}

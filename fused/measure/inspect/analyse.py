@@ -121,7 +121,7 @@ def dot_lowering(ttir: str, ptx: str, sass_mix: Counter) -> dict:
         return {"dots": 0, "lowering": "-", "operands": "-"}
     wgmma = re.search(r"wgmma\.mma_async\.[\w.]*?\.(f16|bf16|tf32|e4m3|e5m2)\.", ptx)
     mma = re.search(r"mma\.sync\.aligned\.[\w.]*?\.(f16|bf16|tf32)\.", ptx)
-    tcgen = re.search(r"tcgen05\.mma[\w.]*?\.kind::(\w+)", ptx)
+    tcgen = re.search(r"tcgen05\.mma[\w.:]*?kind::(\w+)", ptx)  # kind::f16 covers f16 and bf16
     if wgmma or sass_mix.get("HGMMA"):
         return {"dots": dots, "lowering": "wgmma", "operands": wgmma.group(1) if wgmma else "?"}
     if tcgen or any(sass_mix.get(op) for op in ("UTCHMMA", "UTCQMMA", "UTCMMA")):

@@ -1,6 +1,6 @@
 """``facefuse inspect`` (also ``python -m fused inspect``): the command line of :mod:`fused.measure.inspect`.
 
-    facefuse inspect                                   # RetinaFace mobile0.25 640x640 b1, float16, sm_90a
+    facefuse inspect                                   # RetinaFace mobile0.25 640x640 b1 and b16, float16, sm_90a
     facefuse inspect --model all --dtype all           # every default model configuration, 3 dtypes
     facefuse inspect --model arcface --kernel conv2d_bias_act --show sass,ptx
     facefuse inspect --model all --dtype all --out DIR # + inspect.csv, inspect.json, inspect.png

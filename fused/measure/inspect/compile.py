@@ -154,8 +154,12 @@ def _run_ptxas(ptx: str, capability: int, arch_name: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        done = subprocess.run([ptxas_for(capability), "-v", "--regAllocOptLevel=2", f"--gpu-name={arch_name}",
-                               str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+        # the options Triton 3.9 passes; an older ptxas without --regAllocOptLevel gets the plain call
+        for extra in (["--regAllocOptLevel=2"], []):
+            done = subprocess.run([ptxas_for(capability), "-v", *extra, f"--gpu-name={arch_name}", str(src), "-o",
+                                   str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                break
         return done.stderr + done.stdout
 
 
@@ -193,10 +197,8 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
     meta_path = folder / "meta.json"
     if meta_path.exists():
         try:
-            meta = json.loads(meta_path.read_text())
-            meta["compiled"] = False
-            return meta
-        except (OSError, ValueError):
+            return {**_reanalysed(folder, json.loads(meta_path.read_text())), "compiled": False}
+        except (OSError, ValueError, EOFError):
             pass  # a damaged entry: compile again
     capability = TARGETS[target]
     meta = {"key": key, "target": target, "kernel": variant["kernel"]}
@@ -210,6 +212,7 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
         products = {"ttir": asm.get("ttir", ""), "ttgir": asm.get("ttgir", ""), "ptx": asm["ptx"],
                     "sass": _cuobjdump(asm["cubin"], "-sass"), "ptxas_log": ptxas_log}
         resources = _cuobjdump(asm["cubin"], "--dump-resource-usage")
+        meta["resource_usage"] = resources
         meta.update(analyse.analyse(products, resources))
         meta["hash"] = getattr(compiled, "hash", None)
         meta["shared_triton"] = getattr(compiled.metadata, "shared", None)
@@ -224,6 +227,17 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     tmp.replace(meta_path)
     return {**meta, "compiled": True}
+
+
+def _reanalysed(folder: Path, meta: dict) -> dict:
+    """A cache entry's metadata with the analysis made again from its stored products, so a
+    change to :mod:`.analyse` applies to cached variants without compiling them again."""
+    if "error" in meta:
+        return meta
+    products = {name: gzip.decompress((folder / f"{name}.gz").read_bytes()).decode() for name in ARTIFACTS}
+    fresh = analyse.analyse(products, meta.get("resource_usage", ""))
+    meta.update({k: v for k, v in fresh.items() if v is not None or k not in meta})
+    return meta
 
 
 def _arch_name(ptx: str, target: str) -> str:

@@ -31,7 +31,9 @@ def variant_label(variant: dict) -> str:
     spec = variant["spec"]
     consts = ",".join(f"{k}={v}" for k, v in spec["constexprs"].items() if k not in spec["ones"])
     opts = ",".join(f"{k}={v}" for k, v in sorted(variant["options"].items()))
-    return f"{short_kernel(variant['kernel'])}[{consts}; {short_specialisation(spec)}; {opts}]"
+    unaligned = ",".join(n for n, t in spec["signature"].items() if t.startswith("*") and n not in spec["divisible"])
+    return (f"{short_kernel(variant['kernel'])} {_dtype(variant)} [{consts}; {short_specialisation(spec)}; "
+            f"unaligned: {unaligned or '-'}; {opts}] #{variant_hash(variant)[:8]}")
 
 
 def variant_hash(variant: dict) -> str:
@@ -196,7 +198,7 @@ def summarise(rows: list[Row]) -> dict[str, dict]:
 # -- output ---------------------------------------------------------------------------------------
 
 _COLUMNS = [  # (header, width, row -> text)
-    ("id", 3, lambda r: r.id),
+    ("id", 4, lambda r: r.id),
     ("kernel", 22, lambda r: r.kernel[:22]),
     ("tiles", 11, lambda r: r.tiles),
     ("w/s", 3, lambda r: f"{r.num_warps}/{r.num_stages}"),
@@ -205,7 +207,8 @@ _COLUMNS = [  # (header, width, row -> text)
     ("smemK", 5, lambda r: "-" if r.shared is None else f"{r.shared / 1024:.0f}"),
     ("occ", 3, lambda r: _num(r.occupancy)),
     ("limit", 5, lambda r: _LIMITER.get(r.limiter, "-")),
-    ("dot", 11, lambda r: "-" if r.lowering == "-" else f"{r.lowering} {r.operands}"[:11]),
+    ("dot", 11, lambda r: "-" if r.lowering == "-" else "FMA (exact)" if r.lowering == "FMA"
+     else f"{r.lowering} {r.operands}"[:11]),
     ("loop loads", 15, lambda r: r.loads[:15]),
     ("n", 2, lambda r: str(r.launches)),
     ("programs", 8, lambda r: str(r.min_programs) if r.launches == 1 else f">={r.min_programs}"),
@@ -230,7 +233,7 @@ def table(rows: list[Row], summary: dict, target: str, versions: dict) -> str:
         lines += ["", config, header]
         for r in (r for r in rows if r.config == config):
             if r.error:
-                lines.append(f"{r.id:3} {r.kernel[:22]:22} FAILED TO COMPILE: {r.error.splitlines()[0][:70]}")
+                lines.append(f"{r.id:4} {r.kernel[:22]:22} FAILED TO COMPILE: {r.error.splitlines()[0][:70]}")
                 continue
             lines.append(" ".join(fn(r).ljust(w) if i < 3 else fn(r).rjust(w)
                                   for i, (_, w, fn) in enumerate(_COLUMNS)))
@@ -268,6 +271,7 @@ def baseline(rows: list[Row], summary: dict, target: str, versions: dict) -> dic
                                               "operands": r.operands, "loads": r.loads, "error": r.error,
                                               "configs": []})
         entry["configs"].append(r.config)
+    versions = {k: v for k, v in versions.items() if k in ("triton", "ptxas")}
     return {"target": target, "versions": versions, "variants": dict(sorted(variants.items())),
             "summary": summary}
 

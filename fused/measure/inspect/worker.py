@@ -26,8 +26,8 @@ def _compile(args):
 
 
 def run(request: dict, say=None) -> dict:
-    """Do what ``request`` asks (``configs``, ``target``, ``cache``, ``jobs``; ``compile`` False for
-    the dry runs only); the result as JSON."""
+    """Do what ``request`` asks (``configs`` to dry-run and ``variants`` given as such, ``target``,
+    ``cache``, ``jobs``; ``compile`` False for the dry runs only); the result as JSON."""
     from . import dryrun
     from .compile import compile_variant, ptxas_for, tool_version, TARGETS, triton_version
 
@@ -35,7 +35,9 @@ def run(request: dict, say=None) -> dict:
     target = request.get("target", "sm_90a")
     cache = request.get("cache")
     configs, variants = [], {}
-    for raw in request["configs"]:
+    for i, variant in enumerate(request.get("variants", ())):  # variants given as such (compile_variants)
+        variants[f"given{i}"] = variant
+    for raw in request.get("configs", ()):
         config = dryrun.Config.from_json(raw)
         started = time.perf_counter()
         launches = dryrun.dry_run(config)
