@@ -123,6 +123,10 @@ def run_session(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProc
     Image.fromarray(photo).save(tmp_path / "group.jpg")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg", "FACEFUSE_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if "FACEFUSE_INSPECT_CACHE" not in env:  # facefuse inspect's compiles: the suite's shared cache, not the empty one
+        from fused.measure.inspect.compile import cache_dir
+
+        env["FACEFUSE_INSPECT_CACHE"] = str(cache_dir())
     if any("pretrained=True" in b.code for b in blocks):  # the released files, from a local mirror
         from tests.reference.test_pretrained import spec_file
         from reference import RELEASED
