@@ -257,6 +257,9 @@ def test_baseline_comparison_fails_on_a_new_spill_or_a_lost_tensor_core():
     assert len(problems) == 2 and "spills 8" in problems[0] and "FMA" in problems[1]
     assert "new variant spills" in report.compare_with_baseline([_row("c", spill_bytes=4)], old)[0]
     assert "does not compile" in report.compare_with_baseline([_row("a", error="PTXASError: x")], old)[0]
+    pipelined = report.baseline([_row("a", mma_wait="overlapped")], {}, "sm_90a", {})
+    assert "waits after each MMA" in report.compare_with_baseline([_row("a", mma_wait="waits")], pipelined)[0]
+    assert report.compare_with_baseline([_row("a", mma_wait="overlapped")], pipelined) == []
 
 
 def test_summary_shares():
@@ -307,6 +310,7 @@ class NoGpuDriver:  # what JITFunction.run asks the driver; nothing is launched 
     def get_current_device(self): return 0
     def get_current_stream(self, device=None): return 0
     def get_active_torch_device(self): return torch.device("meta")
+    def get_benchmarker(self): return None  # triton.autotune asks at construction; nothing is timed
 
 driver.set_active(NoGpuDriver())
 model, x = dryrun.build_meta_model(dryrun.Config("retinaface", (96, 160), 1, sys.argv[1]))
@@ -316,6 +320,7 @@ with torch.inference_mode(), runtime.recording_launches(lambda k, g, a, kw: call
 out = []
 for name in ("conv2d_bias_act_kernel", "conv_dw_fused_kernel", "anchor_heads_kernel"):
     k, g, a, kw = next(c for c in calls if c[0].fn.__name__ == name)
+    k, g, kw, _ = dryrun.plan_of_autotuned(k, g, a, kw)  # an autotuned launch: the plan it starts from
     jit = k.run(*a, grid=g, warmup=True, **kw)
     variant = dryrun._variant(k, specialize.describe_arguments(k, a, kw))
     out.append([name, jit.hash, C.compile_source(variant, "sm_90a").hash])

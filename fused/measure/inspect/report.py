@@ -293,7 +293,8 @@ def baseline(rows: list[Row], summary: dict, target: str, versions: dict) -> dic
 
 def compare_with_baseline(rows: list[Row], recorded: dict) -> list[str]:
     """The regressions against a recorded :func:`baseline`: a variant that fails to compile, spills
-    more than recorded (or spills and is new), or lost its tensor cores. Empty when none."""
+    more than recorded (or spills and is new), lost its tensor cores, or whose main loop now waits
+    after each MMA where it overlapped them. Empty when none."""
     problems = []
     known = recorded.get("variants", {})
     for r in {r.label: r for r in rows}.values():
@@ -311,6 +312,8 @@ def compare_with_baseline(rows: list[Row], recorded: dict) -> list[str]:
             problems.append(f"{r.label}: spills {r.spill_bytes} bytes, baseline {old.get('spill_bytes') or 0}")
         if old.get("lowering") in TENSOR_CORE and r.lowering not in TENSOR_CORE:
             problems.append(f"{r.label}: tl.dot lowered to {r.lowering}, baseline {old['lowering']}")
+        if old.get("mma_wait") == "overlapped" and r.mma_wait == "waits":
+            problems.append(f"{r.label}: the main loop now waits after each MMA, baseline overlapped")
     return problems
 
 
