@@ -165,7 +165,9 @@ def inspect_models(configs=None, *, target: str = DEFAULT_TARGET, jobs: int | No
 
 def record_launches(configs, *, progress: bool = False, timeout: float | None = None) -> dict[str, list[dict]]:
     """The dry runs only (nothing compiled): per configuration name, its launches in order, each
-    with ``kernel``, ``block``, ``grid``, ``args`` (described), ``variant`` and ``flops``."""
+    with ``kernel``, ``block``, ``grid``, ``args`` (described), ``variant``, ``flops`` and
+    ``candidates`` (the configurations an autotuned launch times on a GPU, the recorded plan
+    first; None for a launch that does not autotune)."""
     result = run_worker({"configs": [c.to_json() for c in configs], "compile": False}, progress=progress,
                         timeout=timeout)
     return {entry["name"]: entry["launches"] for entry in result["configs"]}
