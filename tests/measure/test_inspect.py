@@ -16,9 +16,11 @@ import torch
 import fused
 from fused import runtime
 from fused.kernels import conv2d
+from fused.kernels.common import config_key
 from fused.kernels.conv2d import conv2d_bias_act, conv2d_plan
 from fused.measure import cli
 from fused.measure.inspect import ARCHS, Config, analyse, occupancy, record_launches, report, specialize
+from fused.measure.inspect import compile as C
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,11 +97,77 @@ def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
         a = launch["args"]
         x = a["x_ptr"]["shape"]
         plan = conv2d_plan(x[0], x[1], x[2], x[3], a["K"], a["R"], a["conv_stride"], a.get("padding", 1),
-                           interpreter=False)
+                           channels_last=a["x_ptr"]["stride"][1] == 1, dtype=torch.float16, interpreter=False)
         assert tuple(launch["grid"]) == plan.grid
         assert {k: launch["variant"]["spec"]["constexprs"][k] for k in plan.blocks} == plan.blocks
+        assert launch["variant"]["options"] == {"num_warps": plan.num_warps, "num_stages": plan.num_stages}
+        # launched through triton.autotune, as on a GPU: the plan first among the configs it times
+        assert launch["candidates"][0] == list(config_key(plan)) and len(launch["candidates"]) > 1
         assert launch["flops"][0] == 2 * a["pixels"] * a["K"] * a["C"] * a["R"] ** 2
     assert recorded[0]["args"]["x_ptr"]["shape"] == [16, 3, 640, 640]
+
+
+def _dry_runs(configs, monkeypatch=None, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return record_launches(configs, timeout=600)
+
+
+def test_dry_run_records_the_plan_an_autotuned_launch_starts_from(monkeypatch):
+    """In the worker the launchers autotune, as on a GPU: the dry run records the first of the
+    configurations triton.autotune would time, which is exactly the launch the plan makes when
+    autotuning is off (FACEFUSE_AUTOTUNE=0), for every launch of both models at their real shapes."""
+    from fused.measure.inspect import DEFAULT_CONFIGS
+
+    configs = [Config(c["model"], tuple(c["size"]), c["batch"], dtype, precision=precision)
+               for c in DEFAULT_CONFIGS
+               for dtype, precision in (("float16", "ieee"), ("float32", "tf32"), ("float32", "ieee"))]
+    tuned = _dry_runs(configs)
+    planned = _dry_runs(configs, monkeypatch, FACEFUSE_AUTOTUNE="0")
+    assert tuned.keys() == planned.keys() and len(tuned) == len(configs)
+    autotuned = 0
+    for name in tuned:
+        assert len(tuned[name]) == len(planned[name])
+        for t, p in zip(tuned[name], planned[name]):
+            assert (t["kernel"], t["grid"], t["variant"]) == (p["kernel"], p["grid"], p["variant"]), name
+            assert p["candidates"] is None
+            if t["candidates"] is not None:
+                autotuned += 1
+                c = t["variant"]["spec"]["constexprs"]
+                first = [c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_C"], *t["variant"]["options"].values()]
+                assert t["candidates"][0] == first and len(t["candidates"]) > 1
+    assert autotuned > 100
+
+
+def test_dry_run_precision_follows_fuse_on_an_h100(monkeypatch):
+    """float32 dots get TF32 by default ("auto": what fuse() does on an H100 while
+    torch.backends.cudnn.allow_tf32 is on, PyTorch's default), exact products with "ieee" or with
+    the flag off; the configuration's name and every dot launch say which."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    auto, ieee = Config("arcface", (128, 128), 2, "float32"), Config("arcface", (128, 128), 2, "float32", precision="ieee")
+    assert auto.dot_precision == "tf32" and auto.name.endswith("float32 tf32") and auto.to_json()["precision"] == "tf32"
+    assert ieee.name.endswith("float32 ieee") and Config("arcface", (128, 128), 2).dot_precision == "ieee"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert Config("arcface", (128, 128), 2, "float32").dot_precision == "ieee"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Config("arcface", (128, 128), 2, "float32", precision="fast")
+    launches = record_launches([auto, ieee], timeout=600)
+    for config, expected in ((auto, "tf32"), (ieee, "ieee")):
+        dots = {la["variant"]["spec"]["constexprs"].get("INPUT_PRECISION") for la in launches[config.name]}
+        assert dots - {None} == {expected}
+
+
+def test_fused_models_keep_activations_channels_last_from_the_first_kernel_on():
+    """Every launch after a model's first reads its input channels_last (channel stride 1): the
+    stem writes NHWC whatever the user's layout (ArcFace's 1-channel input included)."""
+    from fused.measure.inspect import DEFAULT_CONFIGS
+
+    configs = [Config(c["model"], tuple(c["size"]), 1) for c in DEFAULT_CONFIGS if c["batch"] != 16]
+    for name, launches in record_launches(configs, timeout=600).items():
+        reads = [(la["block"], la["args"]["x_ptr"]) for la in launches if isinstance(la["args"].get("x_ptr"), dict)]
+        assert len(reads) > 10, name
+        nchw = [block for block, x in reads[1:] if x["stride"][1] != 1 and x["shape"][1] != 1]
+        assert not nchw, f"{name}: {nchw}"
 
 
 # -- reading compiler output ------------------------------------------------------------------------
@@ -110,7 +178,8 @@ SASS = """
         /*2c60*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR16][R4.64] ;           /* 0x0 */
         /*2cc0*/               @P5 LDG.E.U16 R125, desc[UR16][R88.64] ;                   /* 0x00000010587d5981 */
         /*2d10*/               @P5 LDG.E.U16 R110, desc[UR16][R116.64] ;                  /* 0x00000010746e5981 */
-        /*3440*/                   HGMMA.64x16x16.F32 R32, gdesc[UR8].tnspB, R32 ;        /* 0x40200000082079f0 */
+        /*3440*/                   HGMMA.64x16x16.F32 R32, gdesc[UR8].tnspB, R32, gsb0 ;  /* 0x40200000082079f0 */
+        /*3450*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;                        /* 0x00008000000079c5 */
         /*3490*/               @P5 BRA 0x2c60 ;                                           /* 0xfffffff400f05947 */
         /*3650*/              @!P0 LDG.E.128 R11, desc[UR16][R6.64] ;                     /* 0x00000010060b8981 */
         /*3660*/                   STL.64 [R1], R4 ;                                      /* 0x0 */
@@ -132,6 +201,11 @@ def test_sass_main_loop_and_its_loads():
     assert analyse.classify_loads(analyse.global_loads(ins), 16) == "cp.async+scalar"
     assert analyse.classify_loads({"ldg_bits": {"128": 3, "16": 1}, "ldgsts": 0, "tma": 0}, 16) == "vector"
     assert analyse.classify_loads({"ldg_bits": {}, "ldgsts": 0, "tma": 0}, 32) == "none"
+    # the loop waits for every wgmma before the next step; with 0x1 one stays in flight
+    assert analyse.mma_wait(ins, loop) == "waits"
+    overlapped = analyse.parse_sass(SASS.replace("gsb0, 0x0", "gsb0, 0x1"))
+    assert analyse.mma_wait(overlapped, loop) == "overlapped"
+    assert analyse.mma_wait(ins, None) == "-" and analyse.mma_wait(ins, (0, 0x10)) == "-"
 
 
 def test_dot_lowering_from_ptx_and_sass():
@@ -183,16 +257,21 @@ def test_baseline_comparison_fails_on_a_new_spill_or_a_lost_tensor_core():
     assert len(problems) == 2 and "spills 8" in problems[0] and "FMA" in problems[1]
     assert "new variant spills" in report.compare_with_baseline([_row("c", spill_bytes=4)], old)[0]
     assert "does not compile" in report.compare_with_baseline([_row("a", error="PTXASError: x")], old)[0]
+    pipelined = report.baseline([_row("a", mma_wait="overlapped")], {}, "sm_90a", {})
+    assert "waits after each MMA" in report.compare_with_baseline([_row("a", mma_wait="waits")], pipelined)[0]
+    assert report.compare_with_baseline([_row("a", mma_wait="overlapped")], pipelined) == []
 
 
 def test_summary_shares():
-    rows = [_row("a", dot_flops=60, flop_share=0.6, spill_bytes=8, flops_below_sms=60, loads="scalar"),
+    rows = [_row("a", dot_flops=60, flop_share=0.6, spill_bytes=8, flops_below_sms=60, loads="scalar",
+                 mma_wait="waits", autotune_configs=4, launches=2),
             _row("b", dot_flops=30, flop_share=0.3, lowering="FMA", operands="fp32 exact"),
             _row("c", other_flops=10, flop_share=0.1, lowering="-", operands="-")]
     s = report.summarise(rows)["c"]
     assert s["share_by_lowering"] == {"FMA (fp32 exact)": 0.3, "no dot": 0.1, "wgmma": 0.6}
     assert s["share_spilling"] == 0.6 and s["share_below_sms"] == 0.6 and s["share_scalar_loads"] == 0.6
     assert s["variants"] == 3 and s["spilling_variants"] == 1
+    assert s["share_mma_waits"] == 0.6 and s["autotuned_launches"] == 2
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -231,6 +310,7 @@ class NoGpuDriver:  # what JITFunction.run asks the driver; nothing is launched 
     def get_current_device(self): return 0
     def get_current_stream(self, device=None): return 0
     def get_active_torch_device(self): return torch.device("meta")
+    def get_benchmarker(self): return None  # triton.autotune asks at construction; nothing is timed
 
 driver.set_active(NoGpuDriver())
 model, x = dryrun.build_meta_model(dryrun.Config("retinaface", (96, 160), 1, sys.argv[1]))
@@ -240,6 +320,7 @@ with torch.inference_mode(), runtime.recording_launches(lambda k, g, a, kw: call
 out = []
 for name in ("conv2d_bias_act_kernel", "conv_dw_fused_kernel", "anchor_heads_kernel"):
     k, g, a, kw = next(c for c in calls if c[0].fn.__name__ == name)
+    k, g, kw, _ = dryrun.plan_of_autotuned(k, g, a, kw)  # an autotuned launch: the plan it starts from
     jit = k.run(*a, grid=g, warmup=True, **kw)
     variant = dryrun._variant(k, specialize.describe_arguments(k, a, kw))
     out.append([name, jit.hash, C.compile_source(variant, "sm_90a").hash])
@@ -276,9 +357,11 @@ def test_facefuse_inspect_end_to_end(tmp_path):
     assert "===== sass =====" in done.stdout and "HGMMA" in done.stdout
     saved = json.loads((tmp_path / "inspect.json").read_text())
     assert saved["arch"]["sms"] == 132 and saved["versions"]["triton"]
+    assert saved["versions"]["ptxas_path"] == C.ptxas_for(90)  # the ptxas Triton runs for sm_90a
     for config in ("retinaface 640x640 b1 float16", "retinaface 640x640 b16 float16"):
         rows = [r for r in saved["rows"] if r["config"] == config]
-        assert len(rows) == 22 and sum(r["flop_share"] for r in rows) == pytest.approx(1.0)
+        assert len(rows) >= 20 and sum(r["flop_share"] for r in rows) == pytest.approx(1.0)
+        assert {r["precision"] for r in rows if r["lowering"] != "-"} == {"ieee"}  # float16 dots
     assert (tmp_path / "inspect.csv").read_text().startswith("config,id,kernel")
     assert (tmp_path / "inspect.png").stat().st_size > 0
 
@@ -299,3 +382,34 @@ def test_compile_variants_with_changes():
     original, other = compile_variants([variant, narrower], timeout=1800)
     assert original["lowering"] == other["lowering"] == "wgmma" and original["key"] != other["key"]
     assert "HGMMA" in artifact(other["key"], "sass")
+
+
+def test_spill_figures_do_not_depend_on_tritons_own_cache(tmp_path, monkeypatch):
+    """With Triton's kernel cache warm, triton.compile skips ptxas and prints no log; the figures
+    must still come from the ptxas Triton runs (each compile gets a fresh Triton cache): a cold and
+    a warm compile of one variant report the same registers, spills and ptxas."""
+    from fused.measure.inspect import compile_variants
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))  # shared by both compiles below
+    launch = next(la for la in record_launches([Config("retinaface", (640, 640), 1, "float16")])[
+        "retinaface 640x640 b1 float16"] if la["kernel"].endswith(":conv2d_bias_act_kernel"))
+    cold, = compile_variants([launch["variant"]], cache=tmp_path / "a", timeout=1800)
+    warm, = compile_variants([launch["variant"]], cache=tmp_path / "b", timeout=1800)
+    assert cold["compiled"] and warm["compiled"] and "error" not in cold
+    figures = ("ptxas_registers", "spill_stores", "spill_loads", "stack_frame", "registers", "stack", "ptxas")
+    assert {k: cold[k] for k in figures} == {k: warm[k] for k in figures}
+    assert cold["ptxas_registers"] == cold["registers"] and cold["spill_stores"] is not None
+    assert cold["ptxas"] == C.tool_version(C.ptxas_for(90))
+
+
+def test_ptxas_is_the_one_triton_runs():
+    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
+    get = getattr(nvidia, "get_ptxas", None)
+    if get is None:
+        pytest.skip("this Triton has no get_ptxas")
+    for capability in (80, 90, 100):
+        try:
+            tool = get(capability)
+        except TypeError:
+            tool = get()
+        assert C.ptxas_for(capability) == getattr(tool, "path", tool)

@@ -51,10 +51,17 @@ BASELINE_PATH = Path(__file__).resolve().parents[3] / "tests" / "data" / "inspec
 DTYPES = ("float16", "bfloat16", "float32")
 
 
-def default_configs(dtypes=DTYPES, *, memory_format: str = "nchw", precision: str = "ieee") -> list[Config]:
-    """The real shapes of both models (:data:`DEFAULT_CONFIGS`) in each of ``dtypes``."""
+#: The float32 precisions of the default inspection and the baseline: TF32, what ``fuse()`` does
+#: on an H100 with PyTorch's defaults (``precision="auto"``), and exact products (``"ieee"``).
+PRECISIONS = ("tf32", "ieee")
+
+
+def default_configs(dtypes=DTYPES, *, memory_format: str = "nchw", precisions=PRECISIONS) -> list[Config]:
+    """The real shapes of both models (:data:`DEFAULT_CONFIGS`) in each of ``dtypes``, float32 in
+    each of ``precisions`` (:data:`PRECISIONS`)."""
     return [Config(c["model"], tuple(c["size"]), c["batch"], dtype, memory_format, precision)
-            for dtype in dtypes for c in DEFAULT_CONFIGS]
+            for dtype in dtypes for precision in (precisions if dtype == "float32" else ("ieee",))
+            for c in DEFAULT_CONFIGS]
 
 
 def run_worker(request: dict, *, progress: bool = True, timeout: float | None = None) -> dict:
@@ -158,7 +165,9 @@ def inspect_models(configs=None, *, target: str = DEFAULT_TARGET, jobs: int | No
 
 def record_launches(configs, *, progress: bool = False, timeout: float | None = None) -> dict[str, list[dict]]:
     """The dry runs only (nothing compiled): per configuration name, its launches in order, each
-    with ``kernel``, ``block``, ``grid``, ``args`` (described), ``variant`` and ``flops``."""
+    with ``kernel``, ``block``, ``grid``, ``args`` (described), ``variant``, ``flops`` and
+    ``candidates`` (the configurations an autotuned launch times on a GPU, the recorded plan
+    first; None for a launch that does not autotune)."""
     result = run_worker({"configs": [c.to_json() for c in configs], "compile": False}, progress=progress,
                         timeout=timeout)
     return {entry["name"]: entry["launches"] for entry in result["configs"]}

@@ -8,7 +8,9 @@ SASS words used below (NVIDIA's instruction names, listed in the CUDA binary uti
 (``mma.sync``), ``FFMA`` a scalar fp32 fused multiply-add; ``LDG`` a load from global memory into
 registers (``LDG.E.U16``: one 16-bit value per thread; ``LDG.E.128``: 16 bytes), ``LDGSTS`` an
 asynchronous copy from global to shared memory (PTX ``cp.async``), ``UTMALDG`` a TMA bulk load;
-``STL``/``LDL`` stores and loads of thread-local memory (where spilled registers go).
+``STL``/``LDL`` stores and loads of thread-local memory (where spilled registers go);
+``WARPGROUP.DEPBAR.LE gsb0, N`` waits until at most ``N`` warpgroup MMAs are in flight (PTX
+``wgmma.wait_group N``).
 """
 
 from __future__ import annotations
@@ -112,6 +114,24 @@ def classify_loads(loads: dict, element_bits: int) -> str:
     return "+".join(parts) or "none"
 
 
+_MMA_WAIT = re.compile(r"gsb0\s*,\s*(0x[0-9a-f]+|\d+)")
+
+
+def mma_wait(instructions, span) -> str:
+    """How the main loop (``span``) waits for its warpgroup MMAs (``wgmma``): ``waits`` when it
+    waits for all of them to finish (``WARPGROUP.DEPBAR.LE gsb0, 0x0``, PTX ``wgmma.wait_group
+    0``) in every step, so the next step's MMA cannot overlap this one's; ``overlapped`` when it
+    keeps one or more in flight; ``-`` without a ``wgmma`` in the loop (``mma.sync``, FMA, no loop)."""
+    if span is None:
+        return "-"
+    inside = [(op, operands) for a, op, operands in instructions if span[0] <= a <= span[1]]
+    if not any(op.split(".")[0] == "HGMMA" for op, _ in inside):
+        return "-"
+    waits = [int(m.group(1), 0) for op, operands in inside if op.startswith("WARPGROUP.DEPBAR")
+             for m in [_MMA_WAIT.search(operands)] if m]
+    return "waits" if waits and min(waits) == 0 else "overlapped"
+
+
 def dot_lowering(ttir: str, ptx: str, sass_mix: Counter) -> dict:
     """How the kernel's ``tl.dot`` calls lowered: ``dots`` (in the TTIR), ``lowering``
     (``wgmma``, ``mma.sync``, ``tcgen05`` or ``FMA``; ``-`` without a dot) and ``operands``
@@ -169,4 +189,5 @@ def analyse(products: dict, resource_usage: str) -> dict:
     out["main_loop"] = list(loop) if loop else None
     out["main_loop_loads"] = global_loads(instructions, loop) if loop else None
     out["local_memory_ops"] = {"STL": mix.get("STL", 0), "LDL": mix.get("LDL", 0)}
+    out["mma_wait"] = mma_wait(instructions, loop)
     return out

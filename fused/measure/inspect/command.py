@@ -33,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float16", help="default: float16")
     p.add_argument("--arch", choices=list(TARGETS), default=DEFAULT_TARGET, help=f"target (default: {DEFAULT_TARGET})")
     p.add_argument("--memory-format", choices=["nchw", "channels_last"], default="nchw", help="default: nchw")
-    p.add_argument("--precision", choices=["ieee", "tf32"], default="ieee",
-                   help="tl.dot precision of float32 models (default: ieee, exact fp32)")
+    p.add_argument("--precision", choices=["auto", "ieee", "tf32"], default="auto",
+                   help="tl.dot precision of float32 models: auto (the default) is what fuse() does on an H100 "
+                        "with PyTorch's defaults (TF32, as torch.backends.cudnn.allow_tf32 is on); ieee: exact "
+                        "float32 products")
     p.add_argument("--kernel", default=None, metavar="NAME",
                    help="print the compiler's output for one variant: a row id (v03) or a kernel name "
                         "(conv2d_bias_act: its first variant)")
@@ -86,7 +88,7 @@ def run(args, parser) -> int:
     baseline_run = args.write_baseline or args.check_baseline
     if baseline_run:
         if args.arch != DEFAULT_TARGET or args.model != "retinaface" or args.dtype != "float16" or args.size \
-                or args.batch or args.memory_format != "nchw" or args.precision != "ieee":
+                or args.batch or args.memory_format != "nchw" or args.precision != "auto":
             parser.error("--write-baseline/--check-baseline inspect the default set (every model, three dtypes, "
                          "sm_90a); leave out --model, --dtype, --arch, --size, --batch, --memory-format, --precision")
         configs = default_configs()

@@ -7,6 +7,12 @@ signature, constants and attributes, same options), then reads the compiler's pr
 ``ptxas -v``'s log (registers, spills, stack), ``cuobjdump --dump-resource-usage`` and the SASS
 (``cuobjdump -sass``), and analyses them (:mod:`.analyse`).
 
+The ``ptxas -v`` log is the one Triton's own ptxas run prints (:func:`ptxas_for`: the ptxas
+Triton uses for the target; Triton 3.9 uses ``ptxas-blackwell``, CUDA 13, from sm_90 on). Each
+compile runs in a private, empty Triton cache (:func:`fresh_triton_cache`), so Triton always runs
+ptxas: with a warm ``~/.triton/cache`` it would skip it, print no log, and the spill figures would
+depend on what ran before.
+
 It must run in a process where Triton compiles (``TRITON_INTERPRET`` off): the
 ``facefuse inspect`` worker (:mod:`.worker`). Results are cached on disk, one folder per variant
 under :func:`cache_dir`, keyed by the kernel's source hash (Triton's ``cache_key``, which covers
@@ -36,7 +42,7 @@ from . import analyse
 TARGETS = {"sm_80": 80, "sm_90a": 90, "sm_100a": 100}
 DEFAULT_TARGET = "sm_90a"
 #: Bumped when what a cache entry holds changes.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: The compiler products kept per variant (gzip-compressed text, the cubin as bytes).
 ARTIFACTS = ("ttir", "ttgir", "ptx", "sass", "ptxas_log")
 
@@ -76,12 +82,42 @@ def _nvidia_tool(name: str) -> str:
 
 
 def ptxas_for(capability: int) -> str:
-    """The ptxas Triton uses for this capability (Triton 3.9 has a separate one for Blackwell)."""
+    """The ptxas Triton itself runs for this capability: its ``get_ptxas`` (Triton 3.9 uses
+    ``ptxas-blackwell`` from sm_90 on, Triton 3.6 from sm_100 on), else the bundled ``ptxas``."""
+    try:
+        from triton.backends.nvidia import compiler as nvidia
+    except ImportError:  # pragma: no cover - a Triton without the NVIDIA backend
+        nvidia = None
+    get = getattr(nvidia, "get_ptxas", None)
+    if get is not None:
+        try:
+            tool = get(capability)
+        except TypeError:  # older Tritons: get_ptxas() without an architecture
+            tool = get()
+        path = getattr(tool, "path", None) or (tool[0] if isinstance(tool, tuple) else tool)
+        if isinstance(path, str) and path:
+            return path
     if capability >= 100:
         blackwell = _nvidia_tool("ptxas-blackwell")
         if os.path.exists(blackwell):
             return blackwell
     return _nvidia_tool("ptxas")
+
+
+@contextlib.contextmanager
+def fresh_triton_cache():
+    """Point Triton's kernel cache (``TRITON_CACHE_DIR``) at a new empty folder while compiling,
+    so that ``triton.compile`` runs every stage, ptxas included, and prints its log."""
+    old = os.environ.get("TRITON_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="facefuse-triton-") as tmp:
+        os.environ["TRITON_CACHE_DIR"] = tmp
+        try:
+            yield tmp
+        finally:
+            if old is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = old
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,16 +187,17 @@ def _ptxas_log():
 
 
 def _run_ptxas(ptx: str, capability: int, arch_name: str) -> str:
+    """``ptxas -v``'s log for ``ptx`` from Triton's own ptxas (for a Triton that prints none)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         # the options Triton 3.9 passes; an older ptxas without --regAllocOptLevel gets the plain call
         for extra in (["--regAllocOptLevel=2"], []):
-            done = subprocess.run([ptxas_for(capability), "-v", *extra, f"--gpu-name={arch_name}", str(src), "-o",
-                                   str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
+            done = subprocess.run([ptxas_for(capability), "-lineinfo", "-v", *extra, f"--gpu-name={arch_name}",
+                                   str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True, timeout=600)
             if done.returncode == 0:
-                break
-        return done.stderr + done.stdout
+                return done.stderr + done.stdout
+        raise RuntimeError(f"ptxas -v failed on the kernel's PTX: {(done.stderr or done.stdout).strip()[-400:]}")
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:
@@ -203,12 +240,13 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
     capability = TARGETS[target]
     meta = {"key": key, "target": target, "kernel": variant["kernel"]}
     try:
-        with _ptxas_log() as log:
+        with fresh_triton_cache(), _ptxas_log() as log:
             compiled = compile_source(variant, target)
         asm = compiled.asm
         ptxas_log = log.getvalue() if log is not None else ""
-        if "spill" not in ptxas_log:
+        if "spill" not in ptxas_log:  # a Triton without the dump_ptxas_log knob
             ptxas_log = _run_ptxas(asm["ptx"], capability, _arch_name(asm["ptx"], target))
+        meta["ptxas"] = tool_version(ptxas_for(capability))
         products = {"ttir": asm.get("ttir", ""), "ttgir": asm.get("ttgir", ""), "ptx": asm["ptx"],
                     "sass": _cuobjdump(asm["cubin"], "-sass"), "ptxas_log": ptxas_log}
         resources = _cuobjdump(asm["cubin"], "--dump-resource-usage")

@@ -29,21 +29,48 @@ DEFAULT_CONFIGS = (
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+#: ``Config.precision`` values: ``"auto"`` is what ``fuse()`` does on the target GPU (see :func:`gpu_precision`).
+PRECISIONS = ("auto", "ieee", "tf32")
+
+
+def gpu_precision(precision: str = "auto") -> str:
+    """The float32 dot precision ``fuse(model, precision=precision)`` gives on the GPUs ``facefuse
+    inspect`` targets (all have TF32 tensor cores): ``"auto"`` follows PyTorch's
+    ``torch.backends.cudnn.allow_tf32`` (True by default) as :func:`fused.base.float32_precision`
+    does on such a GPU, so it is ``"tf32"`` with PyTorch's defaults."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return precision
+
+
 @dataclass(frozen=True)
 class Config:
-    """One dry run: a model at one input size, batch, dtype, memory format and fp32 dot precision."""
+    """One dry run: a model at one input size, batch, dtype, memory format and float32 dot
+    precision: ``"ieee"``, ``"tf32"``, or ``"auto"`` (the default), which is resolved when the
+    configuration is made, in this process, by :func:`gpu_precision`: what ``fuse()`` does on an
+    H100 (TF32 with PyTorch's defaults)."""
 
     model: str
     size: tuple[int, int]
     batch: int
     dtype: str = "float16"
     memory_format: str = "nchw"
-    precision: str = "ieee"
+    precision: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "precision", gpu_precision(self.precision))
+
+    @property
+    def dot_precision(self) -> str:
+        """The precision the kernels' dots get: :attr:`precision` for float32, ``"ieee"`` otherwise."""
+        return self.precision if self.dtype == "float32" else "ieee"
 
     @property
     def name(self) -> str:
         fmt = "" if self.memory_format == "nchw" else " channels_last"
-        prec = " tf32" if self.precision == "tf32" and self.dtype == "float32" else ""
+        prec = f" {self.dot_precision}" if self.dtype == "float32" else ""
         return f"{self.model} {self.size[0]}x{self.size[1]} b{self.batch} {self.dtype}{fmt}{prec}"
 
     def to_json(self) -> dict:
@@ -53,7 +80,7 @@ class Config:
     @classmethod
     def from_json(cls, d: dict) -> "Config":
         return cls(d["model"], tuple(d["size"]), int(d["batch"]), d.get("dtype", "float16"),
-                   d.get("memory_format", "nchw"), d.get("precision", "ieee"))
+                   d.get("memory_format", "nchw"), d.get("precision", "auto"))
 
 
 def _shape(arg) -> list[int]:
@@ -84,10 +111,42 @@ def launch_flops(kernel: str, args: dict, grid) -> tuple[int, int]:
 
 
 def _variant(kernel, described: dict) -> dict:
+    """The variant (kernel, specialisation, launch options) of a described launch."""
     options = {"num_warps": described["options"].get("num_warps", 4),
                "num_stages": described["options"].get("num_stages", 3)}
     return {"kernel": specialize.kernel_path(kernel), "spec": specialize.specialise(kernel, described["args"]),
             "options": options}
+
+
+def plan_of_autotuned(kernel, grid, args, kwargs):
+    """``(kernel, grid, kwargs, candidates)`` of the launch a GPU would start from.
+
+    A launcher that autotunes (:func:`fused.kernels.common.autotuning`, as on a GPU) hands
+    :func:`fused.runtime.launch` a ``triton.autotune`` wrapper, a grid that is a function of the
+    chosen config and no ``BLOCK_*``: the configuration is picked by timing on the GPU. The dry
+    run asks the wrapper for the configurations it would time (its ``early_config_prune``, the
+    launcher's plan first) and records the first, the deterministic plan; ``candidates`` lists all
+    of them as ``[BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages]`` (a GPU may pick any). A
+    plain launch is returned as is, with ``candidates`` None.
+    """
+    from triton.runtime.autotuner import Autotuner
+
+    if not isinstance(kernel, Autotuner):
+        return kernel, grid, kwargs, None
+    named = dict(zip(kernel.arg_names, args))
+    saved = getattr(kernel, "nargs", None)
+    kernel.nargs = named  # what Autotuner.run sets before it prunes
+    try:
+        configs = kernel.prune_configs(kwargs)
+    finally:
+        kernel.nargs = saved
+    first = configs[0]
+    chosen = {**kwargs, **first.kwargs, "num_warps": first.num_warps, "num_stages": first.num_stages}
+    if callable(grid):
+        grid = grid({**named, **chosen})
+    candidates = [[c.kwargs.get("BLOCK_M"), c.kwargs.get("BLOCK_N"), c.kwargs.get("BLOCK_C"), c.num_warps,
+                   c.num_stages] for c in configs]
+    return kernel.fn, grid, chosen, candidates
 
 
 def variant_id(variant: dict) -> str:
@@ -124,10 +183,11 @@ def dry_run(config: Config) -> list[dict]:
     launches = []
 
     def record(kernel, grid, args, kwargs):
+        kernel, grid, kwargs, candidates = plan_of_autotuned(kernel, grid, args, kwargs)
         described = specialize.describe_arguments(kernel, args, kwargs)
         variant = _variant(kernel, described)
         launches.append({"kernel": variant["kernel"], "grid": [int(g) for g in grid], "args": described["args"],
-                         "variant": variant,
+                         "variant": variant, "candidates": candidates,
                          "flops": launch_flops(variant["kernel"], described["args"], list(grid))})
 
     with torch.inference_mode(), fused.recording() as rec, runtime.recording_launches(record):

@@ -76,6 +76,9 @@ class Row:
     limiter: str | None = None
     lowering: str = "-"
     operands: str = "-"
+    precision: str = "-"  # the dot's INPUT_PRECISION (float32: "tf32" or "ieee"; halves: "ieee")
+    mma_wait: str = "-"  # "waits": the main loop waits for each wgmma to finish; "overlapped"; "-"
+    autotune_configs: int = 1  # configurations a GPU launch times (the plan, recorded here, is the first)
     loads: str = "-"
     loop_loads: str = "-"
     opcode_mix: str = ""
@@ -149,14 +152,19 @@ def build_rows(result: dict) -> list[Row]:
                 key=a.get("key", ""), hash=a.get("hash") or "", label=variant_label(variant), error=a.get("error"),
             )
             row.flop_share = row.flops / total
+            row.precision = str(spec["constexprs"].get("INPUT_PRECISION", "-"))
+            row.autotune_configs = max(len(launch.get("candidates") or [None]) for launch in group)
             if not row.error:
                 row.registers = a.get("ptxas_registers") or a.get("registers")
-                row.spill_bytes = a.get("spill_stores") or 0
+                row.spill_bytes = a.get("spill_stores")
+                if row.spill_bytes is None:  # no ptxas log: the cubin's local stores and stack tell
+                    row.spill_bytes = (a.get("stack") or 0) if (a.get("local_memory_ops") or {}).get("STL") else 0
                 row.stack = a.get("stack") or a.get("stack_frame") or 0
                 row.shared = (a.get("shared_triton") or 0) + (a.get("shared") or 0)
                 row.occupancy, row.limiter, _ = occupancy(arch, num_warps=row.num_warps, registers=row.registers or 1,
                                                            shared=row.shared)
                 row.lowering, row.operands = a["lowering"], a["operands"]
+                row.mma_wait = a.get("mma_wait") or "-"
                 loop = a.get("main_loop_loads") or a.get("loads")
                 row.loads = analyse.classify_loads(loop, _ELEMENT_BITS.get(dtype, 32))
                 row.loop_loads = _loads_text(loop)
@@ -173,7 +181,8 @@ def summarise(rows: list[Row]) -> dict[str, dict]:
         s = out.setdefault(row.config, {"variants": 0, "spilling_variants": 0, "failed_variants": 0,
                                         "launches": 0, "gflops": 0.0, "share_by_lowering": defaultdict(float),
                                         "share_spilling": 0.0, "share_below_sms": 0.0,
-                                        "share_scalar_loads": 0.0})
+                                        "share_scalar_loads": 0.0, "share_mma_waits": 0.0,
+                                        "autotuned_launches": 0})
         s["variants"] += 1
         s["spilling_variants"] += row.spills
         s["failed_variants"] += row.error is not None
@@ -188,9 +197,12 @@ def summarise(rows: list[Row]) -> dict[str, dict]:
             s["share_below_sms"] += row.flop_share * row.flops_below_sms / row.flops
         if "scalar" in row.loads:
             s["share_scalar_loads"] += row.flop_share
+        if row.mma_wait == "waits":
+            s["share_mma_waits"] += row.flop_share
+        s["autotuned_launches"] += row.launches if row.autotune_configs > 1 else 0
     for s in out.values():
         s["share_by_lowering"] = {k: round(v, 4) for k, v in sorted(s["share_by_lowering"].items())}
-        for k in ("share_spilling", "share_below_sms", "share_scalar_loads", "gflops"):
+        for k in ("share_spilling", "share_below_sms", "share_scalar_loads", "share_mma_waits", "gflops"):
             s[k] = round(s[k], 4 if k.startswith("share") else 2)
     return out
 
@@ -207,11 +219,12 @@ _COLUMNS = [  # (header, width, row -> text)
     ("smemK", 5, lambda r: "-" if r.shared is None else f"{r.shared / 1024:.0f}"),
     ("occ", 3, lambda r: _num(r.occupancy)),
     ("limit", 5, lambda r: _LIMITER.get(r.limiter, "-")),
-    ("dot", 11, lambda r: "-" if r.lowering == "-" else "FMA (exact)" if r.lowering == "FMA"
-     else f"{r.lowering} {r.operands}"[:11]),
+    ("dot", 10, lambda r: "-" if r.lowering == "-" else "FMA exact" if r.lowering == "FMA"
+     else f"{r.lowering} {r.operands}"[:10]),
     ("loop loads", 15, lambda r: r.loads[:15]),
+    ("mma", 4, lambda r: {"waits": "wait", "overlapped": "ovlp"}.get(r.mma_wait, "-")),
     ("n", 2, lambda r: str(r.launches)),
-    ("programs", 8, lambda r: str(r.min_programs) if r.launches == 1 else f">={r.min_programs}"),
+    ("programs", 7, lambda r: str(r.min_programs) if r.launches == 1 else f">={r.min_programs}"),
     ("FLOP%", 5, lambda r: f"{100 * r.flop_share:.1f}"),
 ]
 
@@ -248,7 +261,9 @@ def summary_lines(config: str, s: dict, sms: int) -> list[str]:
             f"{s['gflops']:.1f} GFLOP",
             f"  FLOPs by lowering: {lowering}",
             f"  FLOPs in spilling variants {100 * s['share_spilling']:.1f}%, in launches below {sms} programs "
-            f"{100 * s['share_below_sms']:.1f}%, with scalar main-loop loads {100 * s['share_scalar_loads']:.1f}%"]
+            f"{100 * s['share_below_sms']:.1f}%, with scalar main-loop loads {100 * s['share_scalar_loads']:.1f}%",
+            f"  FLOPs in main loops that wait after each MMA {100 * s['share_mma_waits']:.1f}%; "
+            f"{s['autotuned_launches']} launches autotune on a GPU (rows show the plan they start from)"]
 
 
 def to_csv(rows: list[Row]) -> str:
@@ -268,8 +283,8 @@ def baseline(rows: list[Row], summary: dict, target: str, versions: dict) -> dic
     for r in rows:
         entry = variants.setdefault(r.label, {"kernel": r.kernel, "spill_bytes": r.spill_bytes, "stack": r.stack,
                                               "registers": r.registers, "lowering": r.lowering,
-                                              "operands": r.operands, "loads": r.loads, "error": r.error,
-                                              "configs": []})
+                                              "operands": r.operands, "loads": r.loads, "mma_wait": r.mma_wait,
+                                              "error": r.error, "configs": []})
         entry["configs"].append(r.config)
     versions = {k: v for k, v in versions.items() if k in ("triton", "ptxas")}
     return {"target": target, "versions": versions, "variants": dict(sorted(variants.items())),
@@ -278,7 +293,8 @@ def baseline(rows: list[Row], summary: dict, target: str, versions: dict) -> dic
 
 def compare_with_baseline(rows: list[Row], recorded: dict) -> list[str]:
     """The regressions against a recorded :func:`baseline`: a variant that fails to compile, spills
-    more than recorded (or spills and is new), or lost its tensor cores. Empty when none."""
+    more than recorded (or spills and is new), lost its tensor cores, or whose main loop now waits
+    after each MMA where it overlapped them. Empty when none."""
     problems = []
     known = recorded.get("variants", {})
     for r in {r.label: r for r in rows}.values():
@@ -296,6 +312,8 @@ def compare_with_baseline(rows: list[Row], recorded: dict) -> list[str]:
             problems.append(f"{r.label}: spills {r.spill_bytes} bytes, baseline {old.get('spill_bytes') or 0}")
         if old.get("lowering") in TENSOR_CORE and r.lowering not in TENSOR_CORE:
             problems.append(f"{r.label}: tl.dot lowered to {r.lowering}, baseline {old['lowering']}")
+        if old.get("mma_wait") == "overlapped" and r.mma_wait == "waits":
+            problems.append(f"{r.label}: the main loop now waits after each MMA, baseline overlapped")
     return problems
 
 
