@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 from unittest import mock
@@ -55,7 +56,7 @@ def exercise(lesson: str, number: int, question: str):
 
 
 def check(lesson: str, number: int, answer: Any) -> bool:
-    """Check ``answer`` to exercise ``number`` of lesson ``lesson`` ("00".."06").
+    """Check ``answer`` to exercise ``number`` of lesson ``lesson`` ("00".."07").
 
     ``None`` means not answered yet: prints the question and returns False. A wrong answer raises
     AssertionError with a hint; a right one prints "correct" and returns True."""
@@ -176,7 +177,7 @@ def _01_6(fold):
 # ---- lesson 02: depthwise ----
 
 @exercise("02", 2, "conv_dw_fused's GPU plan at batch 1 gives stage2 (128 -> 128, 40 x 40) and stage3 (256 -> 256, "
-          "20 x 20) 25 and 7 programs in float16. How many with BLOCK_M = 16? Answer (stage2, stage3).")
+          "20 x 20) few programs (fp16: 25 and 7). How many with BLOCK_M = 16? Answer (stage2, stage3).")
 def _02_2(answer):
     expected = []
     for C, H in ((128, 40), (256, 20)):
@@ -323,3 +324,50 @@ def _06_8(answer):
     ridge = Ceilings("cuda", "H100", "x", H100_BYTES_PER_S / 1e9, H100_FP16_FLOPS, "float16", 1, 1, "spec", "spec").ridge
     _near(answer, ridge, "the H100's ridge point")
     return f"{ridge:.0f} FLOP/byte: below it, fewer bytes is the way to a faster kernel."
+
+
+# ---- lesson 07: the compiler's view ----
+
+@exercise("07", 1, "A variant with 34 registers per thread, 4 warps and 8704 bytes of shared memory per program "
+          "(ssh's 64/16/16 convolutions when lesson 07 was written): how many programs fit on one H100 (sm_90a) "
+          "SM, and which resource limits them? Answer (programs, 'registers' | 'shared' | 'threads' | 'blocks').")
+def _07_1(answer):
+    from .measure.inspect import ARCHS, occupancy
+    programs, limiter, limits = occupancy(ARCHS["sm_90a"], num_warps=4, registers=34, shared=8704)
+    _equal(answer, (programs, limiter), "(programs per SM, limiter)")
+    return f"Every limit: {limits}. Registers are allocated per warp in units of 256."
+
+
+@exercise("07", 2, "fpn.merge1 in channels_last (conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, channels_last=True), fp16) "
+          "with BLOCK_C = 32 instead of its plan's: how many 16-byte cp.async per thread does one step of the "
+          "main loop issue, input and weight tiles together? Answer an int.")
+def _07_2(answer):
+    plan = conv_kernels.conv2d_plan(1, 64, 80, 80, 64, 3, 1, 1, channels_last=True, interpreter=False)
+    block_m, block_n, block_c, threads = plan.blocks["BLOCK_M"], plan.blocks["BLOCK_N"], 32, plan.num_warps * 32
+    copies = (block_m * block_c + block_c * block_n) * 2 // 16 // threads  # fp16: 2 bytes an element
+    _equal(answer, copies, "16-byte copies per thread per step")
+    return f"{block_m} x {block_c} input and {block_c} x {block_n} weight elements, 8 fp16 per copy, {threads} threads."
+
+
+_DRY_RUNS: dict = {}
+
+
+def launches_at(model: str, size: tuple[int, int], batch: int, dtype: str = "float16") -> list[dict]:
+    """The launches ``facefuse inspect``'s dry run records for a model (nothing compiled; cached).
+    Autotuning is off in the dry run's worker so that each launch is its plan (a GPU autotunes
+    from that plan)."""
+    from .measure.inspect import Config, record_launches
+    config = Config(model, size, batch, dtype)
+    if config not in _DRY_RUNS:
+        with mock.patch.dict(os.environ, {"FACEFUSE_AUTOTUNE": "0"}):
+            _DRY_RUNS[config] = record_launches([config])[config.name]
+    return _DRY_RUNS[config]
+
+
+@exercise("07", 3, "RetinaFace mobile0.25 at 640 x 640, batch 16, float16: how many of its launches have fewer "
+          f"programs than an H100 has SMs ({H100_SMS})? Answer an int.")
+def _07_3(answer):
+    launches = launches_at("retinaface", (640, 640), 16)
+    below = [launch for launch in launches if math.prod(launch["grid"]) < H100_SMS]
+    _equal(answer, len(below), "launches with fewer programs than SMs at batch 16")
+    return f"{len(below)} of {len(launches)}: " + ", ".join(sorted({launch['block'] for launch in below}))

@@ -1,7 +1,7 @@
 """What the lessons share: the operators a call dispatches, a function's source lines, kernel
 launches, and a few callables timed side by side.
 
-    from fused.teaching import ListOps, show_lines, time_each, watch_launches
+    from fused.teaching import ListOps, show_lines, time_each, tolerance_dtype, watch_launches
 
     with torch.inference_mode(), ListOps() as listed:
         block(x)
@@ -15,6 +15,8 @@ launches, and a few callables timed side by side.
 
     times = time_each({"eager": lambda: block(x), "fused": lambda: fused_block(x)}, device)
 
+    fused.assert_close(fused_block(x), expected, dtype=tolerance_dtype(x))  # "tf32" for float32 on a GPU
+
 Nothing in the kernels or the fused modules imports this module.
 """
 
@@ -23,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .base import float32_precision
 from .measure import timing
 
 
@@ -81,3 +85,14 @@ def time_each(fns: dict, device, **options) -> dict[str, timing.Timing]:
     :func:`fused.measure.timing.time_callable` (``options``: ``warmup``, ``repeats``,
     ``cuda_graph``); returns label → :class:`~fused.measure.timing.Timing`."""
     return {label: timing.time_callable(fn, device, **options) for label, fn in fns.items()}
+
+
+def tolerance_dtype(x: torch.Tensor):
+    """The dtype to check a result computed from ``x`` with (``assert_close(..., dtype=...)``):
+    ``"tf32"`` for float32 where convolutions take TF32 products by default (a GPU with TF32 tensor
+    cores while ``torch.backends.cudnn.allow_tf32``: PyTorch's own convs there, and fused modules
+    with ``precision="auto"``, see :func:`fused.base.float32_precision`), else ``x.dtype``. In
+    Triton's interpreter (CPU) that is always ``x.dtype``."""
+    if x.dtype == torch.float32 and float32_precision(x.device) == "tf32":
+        return "tf32"
+    return x.dtype

@@ -4,7 +4,7 @@ import math
 
 
 def exercise_2():
-    # BLOCK_N covers all K (up to 256) output channels: one column of tiles, so only BLOCK_M counts.
+    # BLOCK_N covers all output channels up to 256, so both blocks have one column tile.
     stage2 = math.ceil(40 * 40 / 16) * 1
     stage3 = math.ceil(20 * 20 / 16) * 1
     return stage2, stage3

@@ -6,8 +6,8 @@ from fused.kernels import squeeze_excite as se_kernels
 
 
 def exercise_2():
-    # 64 output rows fit one 64-row tile. With so few programs the GPU plan narrows the channel
-    # tiles to 32 (common.gemm_tiles), so 512 channels give 16 column tiles.
+    # 64 output rows fit one 64-row tile (the smallest wgmma tile). With fewer programs than SMs the
+    # plan halves BLOCK_N down to 32 (fused/kernels/common.py, gemm_tiles): 512 / 32 = 16 column tiles.
     programs = math.ceil(64 / 64) * math.ceil(512 / 32)
     return programs, math.ceil(132 / programs)
 

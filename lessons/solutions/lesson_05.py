@@ -9,8 +9,8 @@ def exercise_1():
 
 
 def exercise_2():
-    # N * 8 * 8 = 64 output rows: one 64-row tile. Below the SM count the GPU plan narrows the
-    # channel tiles to 32 (common.gemm_tiles): 512 output channels in 16 tiles.
+    # N * 8 * 8 = 64 output rows: one 64-row tile. With fewer programs than SMs the plan halves
+    # BLOCK_N down to 32 (gemm_tiles in fused/kernels/common.py): 512 output channels in 32-wide tiles.
     return math.ceil(64 / 64) * math.ceil(512 / 32)
 
 

@@ -31,6 +31,7 @@ WRONG = {
     ("04", 5): ((135, 67, 34), 91800), ("04", 7): lambda d, rows_in, rows_out: d * rows_in // rows_out,
     ("05", 1): (0.0625, 0.4375), ("05", 2): 1, ("05", 3): lambda slope: slope > 0,
     ("06", 7): lambda intensity, peak, bandwidth: intensity * bandwidth, ("06", 8): 0.0034,
+    ("07", 1): (2, "registers"), ("07", 2): 6, ("07", 3): 34,
 }
 
 

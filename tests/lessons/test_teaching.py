@@ -6,7 +6,8 @@ import fused
 import reference as R
 from fused.kernels import conv2d as conv_kernels
 from fused.measure.timing import CPU_MIN_REPEATS
-from fused.teaching import ListOps, show_lines, time_each, watch_launches
+from fused import teaching
+from fused.teaching import ListOps, show_lines, time_each, tolerance_dtype, watch_launches
 
 
 def test_list_ops_in_order():
@@ -41,3 +42,14 @@ def test_watch_launches_records_and_restores():
 def test_time_each():
     times = time_each({"a": lambda: None, "b": lambda: torch.ones(3)}, "cpu", warmup=0, repeats=2)
     assert list(times) == ["a", "b"] and all(t.runs == CPU_MIN_REPEATS and t.method == "wall-clock" for t in times.values())  # a CPU times at least 7 runs
+
+
+def test_tolerance_dtype_follows_the_float32_precision(monkeypatch):
+    """Float32 results are checked with TF32's tolerance exactly where float32 convs use TF32
+    (on a GPU by default since fp32 precision "auto"); other dtypes with their own."""
+    x = torch.zeros(2)
+    assert tolerance_dtype(x) == torch.float32  # here: the interpreter computes exact products
+    assert tolerance_dtype(x.half()) == torch.float16
+    monkeypatch.setattr(teaching, "float32_precision", lambda device: "tf32")  # as on an H100
+    assert tolerance_dtype(x) == "tf32"
+    assert tolerance_dtype(x.half()) == torch.float16 and tolerance_dtype(x.bfloat16()) == torch.bfloat16
