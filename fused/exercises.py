@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 from unittest import mock
@@ -353,14 +352,12 @@ _DRY_RUNS: dict = {}
 
 
 def launches_at(model: str, size: tuple[int, int], batch: int, dtype: str = "float16") -> list[dict]:
-    """The launches ``facefuse inspect``'s dry run records for a model (nothing compiled; cached).
-    Autotuning is off in the dry run's worker so that each launch is its plan (a GPU autotunes
-    from that plan)."""
+    """The launches ``facefuse inspect``'s dry run records for a model (nothing compiled; cached):
+    each launch with its plan, the configuration a GPU autotunes from."""
     from .measure.inspect import Config, record_launches
     config = Config(model, size, batch, dtype)
     if config not in _DRY_RUNS:
-        with mock.patch.dict(os.environ, {"FACEFUSE_AUTOTUNE": "0"}):
-            _DRY_RUNS[config] = record_launches([config])[config.name]
+        _DRY_RUNS[config] = record_launches([config])[config.name]
     return _DRY_RUNS[config]
 
 
