@@ -230,6 +230,8 @@ class FusedModule(nn.Module):
     def forward(self, *args):
         self.check_input_dtypes(*args)
         reason = self.fallback_reason(*args)
+        if runtime.tracing():  # torch.compile / torch.export: the record follows the ops at run time
+            return self.fused_forward(*args) if reason is None else self.reference_forward(*args)
         if reason is None:
             with record.in_block(self.facefuse_path):
                 return self.fused_forward(*args)
@@ -297,7 +299,7 @@ class FusedModule(nn.Module):
             return "training mode: BatchNorm statistics must update"
         tensors = _flat_tensors(args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in itertools.chain(tensors, self.parameters())):
-            if not FusedModule._warned_autograd:
+            if not FusedModule._warned_autograd and not torch.compiler.is_dynamo_compiling():
                 FusedModule._warned_autograd = True
                 warnings.warn(
                     "facefuse: autograd is recording, so fused modules run the reference forward "
@@ -342,6 +344,11 @@ class FusedModule(nn.Module):
         buffer's address, version counter and dtype. The cache holds the storages it folded, so
         their addresses cannot be reused by new tensors while it stands.
         """
+        if runtime.tracing():
+            # torch.compile / torch.export: the fold is part of the graph, computed from the
+            # parameters the graph gets (no cache, so never stale).
+            with torch.no_grad():
+                return self.fold(dtype, device)
         key, tensors = self._fold_key(dtype, device)
         if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, needs_int64, \
-    new_output, resolve_activation
+    new_output, packed_slope, resolve_activation
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
 TILE_ELEMENTS = 2048
@@ -265,6 +265,8 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
         return torch.empty(batch, channels, dtype=torch.float32, device=x.device)
     if height * width == 0:
         raise ValueError(f"se_squeeze: the mean over an empty {height}x{width} map is undefined")
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.se_squeeze(x)
     plan = se_squeeze_plan(batch, channels, height, width)
     partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_partial")
@@ -316,6 +318,8 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     _check_param(name, "prelu_weight", prelu_weight, (1,), (hidden,))
     _check_param(name, "fc2_weight", fc2_weight, (channels, hidden))
     _check_param(name, "fc2_bias", fc2_bias, (channels,))
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     gate = torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
     if gate.numel() == 0:
         return gate
@@ -364,6 +368,12 @@ def se_scale_residual_act(
         if t is not None and t.dtype not in runtime.SUPPORTED_DTYPES:
             raise TypeError(f"{name}: {what} has unsupported dtype {t.dtype}")
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, channels, y.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        args = (y, scale, residual, activation, *packed_slope(activation, leaky_slope, prelu_slopes))
+        if out is None:
+            return torch.ops.facefuse.se_scale_residual_act(*args)
+        torch.ops.facefuse.se_scale_residual_act_out(*args, out)
+        return out
     if out is None:
         out = new_output(y, y.shape)
     if y.numel() == 0:
