@@ -19,7 +19,8 @@ def profile_chart(prof: Profile) -> Figure:
     labels = [f"{r.path} [{r.block_type}]" if r.kind != "outside" else r.path for r in rows]
     series = [(label, [getattr(r, f"{p}_median_ms") for r in rows]) for p, label in PATHS]
     series = [(label, times) for label, times in series if any(t is not None for t in times)]
-    colors = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452"}
+    colors = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452",
+              "fused + torch.compile": "#8172b3"}
     fig = Figure(figsize=(10, max(3.0, 0.28 * len(rows) * max(1, len(series)) ** 0.5 + 1.5)))
     ax = fig.subplots()
     ys = list(range(len(rows)))
@@ -72,7 +73,8 @@ def roofline_chart(prof: Profile, label_top: int = 6) -> Figure | None:
                 xy=(ceil.ridge * 1.1, ceil.matmul_flops * 1.08), fontsize=8, va="bottom")
     ax.annotate(f"ridge {ceil.ridge:.3g} FLOP/B", xy=(ceil.ridge, ceil.attainable(lo)), fontsize=7, color="gray",
                 rotation=90, va="bottom", ha="right")
-    markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452")}
+    markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452"),
+               "fused_compile": ("D", "#8172b3")}
     ys_all = [ceil.matmul_flops]
     for p, label in PATHS:
         points = [(intensity[id(r)], r.flops / (getattr(r, f"{p}_median_ms") * 1e-3), r) for r in rows

@@ -408,14 +408,14 @@ def run_results(args) -> int:
 def format_results(results: list[dict]) -> str:
     """The benchmark results as an aligned table."""
     header = ["case", "status", "max |err|", "eager ms", "eager_cl ms", "compile ms", "fused ms", "fused_cl ms",
-              "x eager", "x eager_cl", "x compile", "GB/s", "% roofline"]
+              "fused+compile ms", "x eager", "x eager_cl", "x compile", "GB/s", "% roofline"]
 
     def f(v, spec):
         return "" if v is None else format(v, spec)
 
     lines = [[r["case"], r["status"] or "", f(r["max_abs_error"], ".2g"), f(r["eager_ms"], ".4g"), f(r["eager_cl_ms"], ".4g"),
               f(r["compile_ms"], ".4g"), f(r["fused_ms"], ".4g"), f(r["fused_cl_ms"], ".4g"),
-              f(r["speedup_eager"], ".2f"), f(r["speedup_eager_cl"], ".2f"), f(r["speedup_compile"], ".2f"),
+              f(r.get("fused_compile_ms"), ".4g"), f(r["speedup_eager"], ".2f"), f(r["speedup_eager_cl"], ".2f"), f(r["speedup_compile"], ".2f"),
               f(r["fused_gbps"], ".0f"), f(r["roofline_pct"], ".0f")] for r in results]
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
 
@@ -425,6 +425,8 @@ def format_results(results: list[dict]) -> str:
     out = [render(header), render(["-" * w for w in widths])] + [render(c) for c in lines]
     errors = [f"  {r['case']}: {r['error']}" for r in results if r.get("error")]
     errors += [f"  {r['case']}: torch.compile failed: {r['compile_error']}" for r in results if r.get("compile_error")]
+    errors += [f"  {r['case']}: fused + torch.compile failed: {r['fused_compile_error']}" for r in results
+               if r.get("fused_compile_error")]
     if errors:
         out += ["", "problems:"] + errors
     return "\n".join(out)
