@@ -12,9 +12,9 @@ For every :class:`BenchCase`, :func:`run_cases`
    fused module fell back to the reference forward) is recorded as such and **not timed**;
 2. times, in one run and on one input: eager PyTorch (NCHW), eager PyTorch channels_last,
    ``torch.compile(mode="max-autotune")`` of the eager reference (a compile failure is recorded,
-   not raised), the fused path on NCHW and on channels_last input, and ``torch.compile`` of the
-   fused path (``fused_compile_ms``: its kernels are ``torch.ops.facefuse`` operators; checked
-   against float64 first, GPU only, same mode as the baseline), each with
+   not raised), the fused path on NCHW and on channels_last input, and with ``fused_compile=True``
+   ``torch.compile`` of the fused path (``fused_compile_ms``: its kernels are ``torch.ops.facefuse``
+   operators; checked against float64 first, GPU only, same mode as the baseline), each with
    :func:`fused.measure.timing.time_callable` (warm-up, median; optionally CUDA graphs);
 3. reports each time, the speedup of the best fused layout over each baseline, the bytes the case
    must move, the achieved GB/s and the percentage of the machine's measured copy bandwidth
@@ -435,13 +435,16 @@ def run_cases(
     time_fused: bool | None = None,
     progress=None,
     ceilings=None,
+    fused_compile: bool = False,
 ) -> list[dict]:
     """Check, then time every case (see the module docstring); one result dict per case.
 
     ``compile_mode=None`` skips ``torch.compile``. ``time_fused`` defaults to True exactly when the
     kernels are compiled for a GPU; it is forced off in Triton's interpreter (its timings are not
     speedups). ``ceilings`` (a :class:`fused.ceilings.Ceilings`) gives the copy bandwidth of the
-    roofline columns; by default it is measured now (:func:`measure_bandwidth`).
+    roofline columns; by default it is measured now (:func:`measure_bandwidth`). ``fused_compile``
+    adds ``torch.compile`` of the fused path (``compile_mode``), checked then timed with the fused
+    path (``fused_compile_ms``); off by default: one more compile per case.
     """
     say = progress or (lambda line: None)
     device = torch.device(device)
@@ -530,7 +533,7 @@ def run_cases(
                         r[f"speedup_{name}"] = r[column] / best
                 r["fused_gbps"] = case.bytes_moved / (best * 1e-3) / 1e9
                 r["roofline_pct"] = 100.0 * r["fused_gbps"] / bandwidth
-            if compile_mode:
+            if compile_mode and fused_compile:
                 _time_fused_compile(case, x, expected, compile_mode, cuda_graphs, r, timed, notes)
         else:
             notes.append("fused path not timed: " + ("Triton's interpreter on the CPU; interpreter timings are not speedups"

@@ -127,6 +127,9 @@ def add_bench(sub) -> argparse.ArgumentParser:
     b.add_argument("--compile-mode", choices=["max-autotune", "default", "reduce-overhead", "none"], default=None,
                    help="torch.compile mode of the baseline (default: max-autotune on GPU, default on CPU; none skips it)")
     b.add_argument("--cuda-graphs", action="store_true", help="time eager and fused runs as CUDA graph replays")
+    b.add_argument("--fused-compile", action="store_true",
+                   help="also torch.compile the fused path (its kernels as torch.ops.facefuse ops), check and time it "
+                        "(GPU: the fused_compile_ms column; one more compile per case, in --compile-mode)")
     b.add_argument("--allow-cpu", action="store_true",
                    help="run on a CPU anyway: correctness and baseline timings only (interpreter timings are not speedups)")
     b.add_argument("--out", default=BENCH_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{BENCH_DEFAULT_OUT})")
@@ -351,6 +354,7 @@ def run_bench(args) -> int:
     results = benchmark.run_cases(
         cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
         compile_mode=None if compile_mode == "none" else compile_mode, progress=say, ceilings=ceil or None,
+        fused_compile=args.fused_compile,
     )
     notes = []
     if not on_gpu:
@@ -358,7 +362,8 @@ def run_bench(args) -> int:
                      "correctness only; interpreter timings are not speedups, so fused times are empty")
     settings = {"families": wanted, "model": args.model, "size": size, "batches": list(batches),
                 "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
-                "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed}
+                "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed,
+                "fused_compile": args.fused_compile}
     paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes,
                                     ceilings=ceil or None)
     print(format_results(results))
