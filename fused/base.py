@@ -39,6 +39,13 @@ every call and raises if a cached fold is stale.
 A model built under ``torch.inference_mode()`` has parameters without version counters; its
 weights are folded on every call instead (correct, a little slower): build models outside
 inference mode. The cache is not pickled (``torch.save(model)`` stores the weights once).
+
+Under ``torch.compile`` and ``torch.export`` (:func:`fused.runtime.tracing`) the cache is not
+used: the fold is traced into the graph and recomputed from the parameters the graph receives on
+every call, so it cannot be stale. The fallback reasons are read at trace time from state Dynamo
+guards on (training mode, grad mode, ``requires_grad``, dtypes), and the choice is not recorded
+(``fused.record`` context variables are out of Dynamo's reach): the kernels' operators record
+their launches when they run.
 """
 
 from __future__ import annotations

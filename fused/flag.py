@@ -36,6 +36,14 @@ several threads each restore their own previous setting. Python starts a thread 
 context, so a thread started inside a ``with fused.enabled(...)`` block does not inherit it:
 run its work with ``contextvars.copy_context().run(...)`` to carry the setting over. asyncio
 tasks copy the context they are created in, so they do inherit it.
+
+``torch.compile``. Dynamo cannot read a ContextVar, so while it traces, the flag is the setting
+most recently put in force in the process (the process-wide one, or the ``enabled()`` block most
+recently entered or left, in any thread), kept as plain values that the compiled code is guarded
+on: any change re-traces, or reuses the code compiled for that setting. In one thread this is
+exactly the setting in force; threads that hold different ``enabled()`` blocks while calling one
+compiled model may run the path another thread's setting selected (see the README's "With
+torch.compile / torch.export").
 """
 
 from __future__ import annotations
