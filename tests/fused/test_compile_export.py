@@ -245,3 +245,18 @@ def test_the_readme_snippet_runs_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok torch.Size([1, 168, 4])" in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_channels_last_and_bfloat16_match_eager(dtype):
+    """Fake implementations give eager's strides (channels_last stays channels_last), and the
+    interpreter's bfloat16 handling runs inside the operators."""
+    model = small_model().to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager = model(x)
+        with fused.recording() as rec:
+            compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert torch.equal(compiled, eager) and compiled.stride() == eager.stride()
+    assert compiled.is_contiguous(memory_format=torch.channels_last)
+    assert rec.kernel_counts() == {"conv2d_bias_act": 2, "conv_dw_fused": 1}
