@@ -134,6 +134,11 @@ def test_export_of_the_fused_detector_has_our_ops_and_no_convolution():
         check_equal(exported.module()(x), eager, model)
         other = torch.randn(1, 3, 64, 64)  # the program, not a memo of one input
         check_equal(exported.module()(other), model(other), model)
+        # The exported program checks its input: the shape and dtype it was exported for.
+        with pytest.raises(Exception, match="size"):
+            exported.module()(torch.randn(1, 3, 32, 32))
+        with pytest.raises(Exception, match="dtype"):
+            exported.module()(torch.randn(1, 3, 64, 64, dtype=torch.float16))
 
 
 # -- the flag, the folds and the fallbacks under compile -------------------------------------------
