@@ -141,8 +141,8 @@ def _current_block() -> str | None:
 
 def kernel_launched(name: str) -> None:
     """Called by every launcher just before it launches ``name`` (see :func:`fused.runtime.launching`)."""
-    if torch.compiler.is_compiling():
-        return  # a trace of a launch (a triton_op's body on CUDA), not a launch
+    if torch.compiler.is_compiling() and not runtime.INTERPRETED:
+        return  # a trace of a launch (a triton_op's body traced by Inductor), not a launch
     note = runtime.launching()
     recordings = _recordings.get()
     if recordings:

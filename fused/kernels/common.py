@@ -103,9 +103,9 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
     ``prelu_slopes`` is always an fp32 tensor of length ``channels`` (a shared PReLU slope is
     broadcast), so kernels load it the same way whether the PReLU is shared or per channel; it is
     a dummy of length 1 for the other activations (None while ``torch.compile`` or
-    ``torch.export`` traces the launcher, which then launches nothing). Slopes that are already a contiguous fp32
-    vector of length ``channels`` on ``device`` pass through without a copy (fused modules
-    prepare them once when they fold).
+    ``torch.export`` traces the launcher, which then launches nothing). Slopes that are already a
+    contiguous fp32 vector of length ``channels`` on ``device`` pass through without a copy
+    (fused modules prepare them once when they fold).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
