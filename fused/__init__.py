@@ -10,6 +10,7 @@
 
 from . import runtime  # noqa: F401  (first: sets TRITON_INTERPRET before any kernel is decorated)
 from .base import FusedModule, refresh, verify_folds
+from .kernels import ops  # noqa: F401  (registers torch.ops.facefuse.*, for torch.compile and torch.export)
 # Each fused module's class statement registers it for fuse() (fused.registry): import them all here.
 from .arcface import FusedResNetArcFace
 from .conv_bn_act import FusedConvBNAct, conv_bn, conv_bn1X1, conv_bn_no_relu

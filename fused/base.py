@@ -39,6 +39,13 @@ every call and raises if a cached fold is stale.
 A model built under ``torch.inference_mode()`` has parameters without version counters; its
 weights are folded on every call instead (correct, a little slower): build models outside
 inference mode. The cache is not pickled (``torch.save(model)`` stores the weights once).
+
+Under ``torch.compile`` and ``torch.export`` (:func:`fused.runtime.tracing`) the cache is not
+used: the fold is traced into the graph and recomputed from the parameters the graph receives on
+every call, so it cannot be stale. The fallback reasons are read at trace time from state Dynamo
+guards on (training mode, grad mode, ``requires_grad``, dtypes), and the choice is not recorded
+(``fused.record`` context variables are out of Dynamo's reach): the kernels' operators record
+their launches when they run.
 """
 
 from __future__ import annotations
@@ -252,6 +259,8 @@ class FusedModule(nn.Module):
     def forward(self, *args):
         self.check_input_dtypes(*args)
         reason = self.fallback_reason(*args)
+        if runtime.tracing():  # torch.compile / torch.export: the record follows the ops at run time
+            return self.fused_forward(*args) if reason is None else self.reference_forward(*args)
         if reason is None:
             with record.in_block(self.facefuse_path):
                 return self.fused_forward(*args)
@@ -319,7 +328,7 @@ class FusedModule(nn.Module):
             return "training mode: BatchNorm statistics must update"
         tensors = _flat_tensors(args)
         if torch.is_grad_enabled() and any(t.requires_grad for t in itertools.chain(tensors, self.parameters())):
-            if not FusedModule._warned_autograd:
+            if not FusedModule._warned_autograd and not torch.compiler.is_dynamo_compiling():
                 FusedModule._warned_autograd = True
                 warnings.warn(
                     "facefuse: autograd is recording, so fused modules run the reference forward "
@@ -364,6 +373,11 @@ class FusedModule(nn.Module):
         buffer's address, version counter and dtype. The cache holds the storages it folded, so
         their addresses cannot be reused by new tensors while it stands.
         """
+        if runtime.tracing():
+            # torch.compile / torch.export: the fold is part of the graph, computed from the
+            # parameters the graph gets (no cache, so never stale).
+            with torch.no_grad():
+                return self.fold(dtype, device)
         key, tensors = self._fold_key(dtype, device)
         if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place

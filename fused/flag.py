@@ -36,6 +36,14 @@ several threads each restore their own previous setting. Python starts a thread 
 context, so a thread started inside a ``with fused.enabled(...)`` block does not inherit it:
 run its work with ``contextvars.copy_context().run(...)`` to carry the setting over. asyncio
 tasks copy the context they are created in, so they do inherit it.
+
+``torch.compile``. Dynamo cannot read a ContextVar, so while it traces, the flag is the setting
+most recently put in force in the process (the process-wide one, or the ``enabled()`` block most
+recently entered or left, in any thread), kept as plain values that the compiled code is guarded
+on: any change re-traces, or reuses the code compiled for that setting. In one thread this is
+exactly the setting in force; threads that hold different ``enabled()`` blocks while calling one
+compiled model may run the path another thread's setting selected (see the README's "With
+torch.compile / torch.export").
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ import contextvars
 import os
 import threading
 from dataclasses import dataclass
+
+import torch
 
 from .registry import REGISTRY
 
@@ -84,7 +94,24 @@ _process_lock = threading.Lock()
 _context_setting: contextvars.ContextVar[_Setting | None] = contextvars.ContextVar("facefuse_flag", default=None)
 
 
+#: The setting most recently put in force, in any thread: the process-wide setting, or the
+#: setting of the ``enabled()`` block most recently entered or left, as plain values that
+#: ``torch.compile`` (Dynamo, which cannot read a ContextVar) reads and guards on. In a single
+#: thread it is exactly the setting in force. See :func:`_current`.
+_last_in_force: tuple[bool, tuple[str, ...]] = (_process_setting.on, ())
+
+
+def _put_in_force(setting: _Setting) -> None:
+    global _last_in_force
+    _last_in_force = (setting.on, tuple(sorted(setting.off_types)))
+
+
 def _current() -> _Setting:
+    if torch.compiler.is_dynamo_compiling():
+        # Dynamo reads the setting last put in force and guards on its value: a later change,
+        # either way, re-traces (or reuses the code compiled for that setting).
+        on, off = _last_in_force
+        return _Setting(on, frozenset(off))
     setting = _context_setting.get()
     return _process_setting if setting is None else setting
 
@@ -136,9 +163,11 @@ def set_enabled(flag: bool, block_types=None) -> None:
     setting = _context_setting.get()
     if setting is not None:
         _context_setting.set(setting.changed(flag, types))
+        _put_in_force(_context_setting.get())
         return
     with _process_lock:
         _process_setting = _process_setting.changed(flag, types)
+        _put_in_force(_process_setting)
 
 
 @contextlib.contextmanager
@@ -147,7 +176,9 @@ def enabled(flag: bool = True, block_types=None):
     or only for those of ``block_types`` — in this thread only, then restore the previous setting."""
     flag, types = _checked_flag(flag), _checked_types(block_types)
     token = _context_setting.set(_current().changed(flag, types))
+    _put_in_force(_current())
     try:
         yield
     finally:
         _context_setting.reset(token)
+        _put_in_force(_current())

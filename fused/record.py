@@ -29,6 +29,7 @@ import contextvars
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import runtime
@@ -140,6 +141,8 @@ def _current_block() -> str | None:
 
 def kernel_launched(name: str) -> None:
     """Called by every launcher just before it launches ``name`` (see :func:`fused.runtime.launching`)."""
+    if torch.compiler.is_compiling() and not runtime.INTERPRETED:
+        return  # a trace of a launch (a triton_op's body traced by Inductor), not a launch
     note = runtime.launching()
     recordings = _recordings.get()
     if recordings:

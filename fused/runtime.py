@@ -232,11 +232,16 @@ def launch(kernel, grid, *args, **kwargs):
 
     Every kernel launch in :mod:`fused.kernels` goes through this one function (right after
     :func:`fused.record.kernel_launched`), so that tools which must see or redirect launches
-    (dry runs at GPU shapes, custom-op tracing) have a single place to do it.
+    (dry runs at GPU shapes, custom-op tracing) have a single place to do it. Compiled for CUDA,
+    a launch from a ``facefuse`` op's body goes through ``torch.library.wrap_triton``, so that
+    Inductor sees and schedules the kernel when it traces the op (see :mod:`fused.kernels.ops`);
+    ``triton_op`` launches it directly in eager mode.
     """
     recorder = _launch_recorder.get()
     if recorder is not None:
         return recorder(kernel, grid, args, kwargs)
+    if _WRAP_TRITON is not None and in_op_body():
+        return _WRAP_TRITON(kernel)[grid](*args, **kwargs)
     return kernel[grid](*args, **kwargs)
 
 
@@ -251,6 +256,40 @@ def recording_launches(recorder):
         yield recorder
     finally:
         _launch_recorder.reset(token)
+
+
+#: ``torch.library.wrap_triton`` when kernels are compiled for CUDA and this torch has it.
+_WRAP_TRITON = None if INTERPRETED else getattr(torch.library, "wrap_triton", None)
+
+_op_body = threading.local()
+
+
+def tracing() -> bool:
+    """True while ``torch.compile`` or ``torch.export`` traces a launcher: it then records a
+    ``facefuse`` custom op (:mod:`fused.kernels.ops`) instead of launching. False in eager mode
+    and inside an op's own body (:func:`op_body`), which launches."""
+    if not torch.compiler.is_compiling():
+        return False
+    if torch.compiler.is_dynamo_compiling():  # Dynamo never traces into an op's body
+        return True
+    return not in_op_body()
+
+
+def in_op_body() -> bool:
+    """True inside the body of a ``facefuse`` custom op (see :class:`op_body`)."""
+    return getattr(_op_body, "active", False)
+
+
+class op_body:
+    """Marks the body of a ``facefuse`` custom op: the launcher it calls launches, even while
+    ``torch.compile`` traces the body (a ``triton_op``'s, on CUDA)."""
+
+    def __enter__(self):
+        self._previous = getattr(_op_body, "active", False)
+        _op_body.active = True
+
+    def __exit__(self, *exc):
+        _op_body.active = self._previous
 
 
 def launcher(function=None, *, float32_result: bool = False):
@@ -271,6 +310,8 @@ def launcher(function=None, *, float32_result: bool = False):
 
         @functools.wraps(fn)
         def serialised(*args, **kwargs):
+            if tracing():  # the launcher records a custom op, whose body comes back here to launch
+                return fn(*args, **kwargs)
             if _checking_only.get():  # inside another launcher's checking-only call
                 return fn(*args, **kwargs)
             with _LAUNCH_LOCK:

@@ -105,9 +105,10 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
 
     ``prelu_slopes`` is always an fp32 tensor of length ``channels`` (a shared PReLU slope is
     broadcast), so kernels load it the same way whether the PReLU is shared or per channel; it is
-    a dummy of length 1 for the other activations. Slopes that are already a contiguous fp32
-    vector of length ``channels`` on ``device`` pass through without a copy (fused modules
-    prepare them once when they fold).
+    a dummy of length 1 for the other activations (None while ``torch.compile`` or
+    ``torch.export`` traces the launcher, which then launches nothing). Slopes that are already a
+    contiguous fp32 vector of length ``channels`` on ``device`` pass through without a copy
+    (fused modules prepare them once when they fold).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
@@ -121,7 +122,14 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
         if slope.numel() != channels:
             raise ValueError(f"PReLU has {slope.numel()} slopes, expected 1 or {channels}")
         return code, 0.0, slope.contiguous()
-    dummy = _dummy(device)
+    # While torch.compile / torch.export trace a launcher (runtime.tracing()) the op needs no
+    # dummy; an op's body makes its own: a first cached one made while tracing would be fake.
+    if runtime.tracing():
+        dummy = None
+    elif torch.compiler.is_compiling() or runtime.in_op_body():
+        dummy = torch.zeros(1, device=device)
+    else:
+        dummy = _dummy(device)
     if activation == "leaky_relu":
         if isinstance(slope, torch.Tensor):
             if slope.numel() != 1:
@@ -129,6 +137,12 @@ def resolve_activation(activation: str, slope, channels: int, device) -> tuple[i
             slope = float(slope)
         return code, float(slope), dummy
     return code, 0.0, dummy
+
+
+def packed_slope(activation: str, leaky_slope: float, prelu_slopes: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """A resolved activation slope (:func:`resolve_activation`) as the ``facefuse`` custom ops take
+    it: ``(leaky slope, PReLU slopes or None)``."""
+    return float(leaky_slope), (prelu_slopes if activation == "prelu" else None)
 
 
 def new_output(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import PRELU, RELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
-    interpreting, needs_int64, new_output, resolve_activation, tuned_variants
+    interpreting, needs_int64, new_output, packed_slope, resolve_activation, tuned_variants
 
 
 @triton.jit
@@ -262,6 +262,13 @@ def conv2d_bias_act(
     if relu_from is not None and (isinstance(relu_from, bool) or not isinstance(relu_from, int)
                                   or not 0 <= relu_from <= K):
         raise ValueError(f"{name}: relu_from must be an integer channel index in [0, {K}], got {relu_from!r}")
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        args = (x, weight, bias, stride, padding, activation, *packed_slope(activation, leaky_slope, prelu_slopes),
+                residual, residual_scale, input_scale, input_shift, precision, relu_from)
+        if out is None:
+            return torch.ops.facefuse.conv2d_bias_act(*args)
+        torch.ops.facefuse.conv2d_bias_act_out(*args, out)
+        return out
 
     if out is None:
         out = new_output(x, (N, K, OH, OW))

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import ACTIVATIONS, PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
-    needs_int64, new_output, resolve_activation
+    needs_int64, new_output, packed_slope, resolve_activation
 
 #: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant (a documented
 #: test switch) so that a test can inject an off-by-one padding bug and check that the tolerance
@@ -262,6 +262,13 @@ def depthwise_conv_bias_act(
     check_launch(name, x, weight, bias, out)
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, C, x.device)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        _output(name, x, out, (N, C, OH, OW))  # checks out
+        args = (x, weight, bias, stride, activation, *packed_slope(activation, leaky_slope, prelu_slopes))
+        if out is None:
+            return torch.ops.facefuse.depthwise_conv_bias_act(*args)
+        torch.ops.facefuse.depthwise_conv_bias_act_out(*args, out)
+        return out
     out = _output(name, x, out, (N, C, OH, OW))
     pixels = N * OH * OW
     if pixels == 0 or C == 0:
@@ -324,6 +331,14 @@ def conv_dw_fused(
             raise ValueError(f"{name}: {what} must be 'relu' or 'leaky_relu', got {act!r}")
     check_launch(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out, precision=precision)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        _output(name, x, out, (N, K, OH, OW))  # checks out
+        args = (x, dw_weight, dw_bias, pw_weight, pw_bias, stride, float(dw_slope), float(pw_slope), precision,
+                dw_activation, pw_activation)
+        if out is None:
+            return torch.ops.facefuse.conv_dw_fused(*args)
+        torch.ops.facefuse.conv_dw_fused_out(*args, out)
+        return out
     out = _output(name, x, out, (N, K, OH, OW))
     pixels = N * OH * OW
     if pixels == 0 or K == 0:

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import PRELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
-    interpreting, needs_int64, new_output, pointwise_gemm, resolve_activation, tuned_variants
+    interpreting, needs_int64, new_output, packed_slope, pointwise_gemm, resolve_activation, tuned_variants
 
 
 @triton.jit
@@ -130,6 +130,9 @@ def lateral_upsample_add(
             raise TypeError(f"{name}: coarse has dtype {coarse.dtype}, expected x's dtype {x.dtype}")
     check_launch(name, x, weight, bias, coarse, precision=precision)
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.lateral_upsample_add(
+            x, weight, bias, coarse, activation, *packed_slope(activation, leaky_slope, prelu_slopes), precision)
 
     out = new_output(x, (N, K, H, W))
     pixels = N * H * W

@@ -169,6 +169,10 @@ def anchor_heads(
     if softmax and values[0] & (values[0] - 1):
         raise ValueError(f"{name}: the softmax needs a power-of-two group size, the first head has {values[0]} values")
     check_launch(name, x, weight, bias, *outputs, precision=precision)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        padded = outputs + (None,) * (3 - len(outputs))
+        torch.ops.facefuse.anchor_heads(x, weight, bias, *padded, anchors, row_offset, bool(softmax), precision)
+        return outputs
 
     pixels = N * H * W
     if pixels == 0:

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, needs_int64, \
-    new_output, resolve_activation
+    new_output, packed_slope, resolve_activation
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
 TILE_ELEMENTS = 2048
@@ -254,16 +254,21 @@ def _check_4d(name: str, what: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: {what} must be 4-D [N, C, H, W], got shape {tuple(t.shape)}")
 
 
-def _squeeze_partials(name: str, x: torch.Tensor):
-    """Check ``x`` and launch the squeeze's first stage: ``(partial [splits, N, C], plan)``, or
-    ``(None, None)`` for an empty batch or no channels."""
+def _squeeze_checked(name: str, x: torch.Tensor) -> bool:
+    """Check ``x`` for the squeeze; False for an empty batch or no channels (nothing to launch)."""
     check_launch(name, x)
     _check_4d(name, "x", x)
     batch, channels, height, width = x.shape
     if batch == 0 or channels == 0:
-        return None, None
+        return False
     if height * width == 0:
         raise ValueError(f"{name}: the mean over an empty {height}x{width} map is undefined")
+    return True
+
+
+def _squeeze_partials(x: torch.Tensor):
+    """Launch the squeeze's first stage on a checked, non-empty ``x``: ``(partial [splits, N, C], plan)``."""
+    batch, channels, height, width = x.shape
     plan = se_squeeze_plan(batch, channels, height, width)
     partial = torch.empty(plan.splits, batch, channels, dtype=torch.float32, device=x.device)
     record.kernel_launched("se_squeeze_partial")
@@ -287,9 +292,11 @@ def se_squeeze(x: torch.Tensor) -> torch.Tensor:
     bit-identical run to run, and no zero-fill is needed. With one split the partials are the mean
     and the second launch is skipped.
     """
-    partial, plan = _squeeze_partials("se_squeeze", x)
-    if partial is None:
+    if not _squeeze_checked("se_squeeze", x):
         return torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.se_squeeze(x)
+    partial, plan = _squeeze_partials(x)
     if plan.finish is None:
         return partial[0]
     mean = torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
@@ -359,6 +366,8 @@ def se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias) 
     _check_mlp(name, channels, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     if batch == 0 or channels == 0:
         return torch.empty(batch, channels, dtype=torch.float32, device=pooled.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.se_excite(pooled, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     return _launch_excite(pooled[None], fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
 
 
@@ -373,9 +382,11 @@ def se_squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bia
     check_launch(name, x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
     _check_4d(name, "x", x)
     _check_mlp(name, x.shape[1], fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
-    partial, _ = _squeeze_partials(name, x)
-    if partial is None:
+    if not _squeeze_checked(name, x):
         return torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        return torch.ops.facefuse.se_squeeze_excite(x, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
+    partial, _ = _squeeze_partials(x)
     return _launch_excite(partial, fc1_weight, fc1_bias, prelu_weight, fc2_weight, fc2_bias)
 
 
@@ -411,6 +422,12 @@ def se_scale_residual_act(
         if t is not None and t.dtype not in runtime.SUPPORTED_DTYPES:
             raise TypeError(f"{name}: {what} has unsupported dtype {t.dtype}")
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, channels, y.device)
+    if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
+        args = (y, scale, residual, activation, *packed_slope(activation, leaky_slope, prelu_slopes))
+        if out is None:
+            return torch.ops.facefuse.se_scale_residual_act(*args)
+        torch.ops.facefuse.se_scale_residual_act_out(*args, out)
+        return out
     if out is None:
         out = new_output(y, y.shape)
     if y.numel() == 0:

@@ -12,7 +12,9 @@ For every :class:`BenchCase`, :func:`run_cases`
    fused module fell back to the reference forward) is recorded as such and **not timed**;
 2. times, in one run and on one input: eager PyTorch (NCHW), eager PyTorch channels_last,
    ``torch.compile(mode="max-autotune")`` of the eager reference (a compile failure is recorded,
-   not raised), and the fused path on NCHW and on channels_last input, each with
+   not raised), the fused path on NCHW and on channels_last input, and with ``fused_compile=True``
+   ``torch.compile`` of the fused path (``fused_compile_ms``: its kernels are ``torch.ops.facefuse``
+   operators; checked against float64 first, GPU only, same mode as the baseline), each with
    :func:`fused.measure.timing.time_callable` (warm-up, median; optionally CUDA graphs);
 3. reports each time, the speedup of the best fused layout over each baseline, the bytes the case
    must move, the achieved GB/s and the percentage of the machine's measured copy bandwidth
@@ -364,14 +366,14 @@ def families() -> list[str]:
 # Running
 # --------------------------------------------------------------------------------------------
 
-TIME_COLUMNS = ("eager_ms", "eager_cl_ms", "compile_ms", "fused_ms", "fused_cl_ms")
+TIME_COLUMNS = ("eager_ms", "eager_cl_ms", "compile_ms", "fused_ms", "fused_cl_ms", "fused_compile_ms")
 BASELINES = {"eager": "eager_ms", "eager_cl": "eager_cl_ms", "compile": "compile_ms"}
 COLUMNS = [
     "case", "family", "shape", "dtype", "device", "status", "max_abs_error", "max_abs_error_cl", "kernels",
     "error", "bytes_moved", "flops", "reduction_length", *TIME_COLUMNS, "timing_method",
     "speedup_eager", "speedup_eager_cl", "speedup_compile", "fused_best_layout",
     "fused_gbps", "roofline_gbps", "roofline_pct", "eager_gbps", "eager_kernels", "eager_cl_kernels",
-    "compile_error", "note",
+    "compile_error", "fused_compile_error", "speedup_fused_compile_vs_compile", "note",
 ]
 
 
@@ -399,6 +401,29 @@ def _check(case: BenchCase, x, expected) -> tuple[float, str | None, list[str], 
     return err, message, sorted(rec.kernels()), fallbacks
 
 
+def _time_fused_compile(case: BenchCase, x, expected, mode: str, cuda_graphs: bool, r: dict, timed, notes) -> None:
+    """``torch.compile`` of the fused path (its kernels are ``torch.ops.facefuse`` operators, which
+    Inductor schedules with the rest of the graph), checked against ``expected``, then timed into
+    ``fused_compile_ms``; a failure goes to ``fused_compile_error``, never raised."""
+    fn = case.fused_fn
+    try:
+        torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
+        compiled = torch.compile(copy.deepcopy(fn) if isinstance(fn, nn.Module) else fn, mode=mode, fullgraph=True)
+        with torch.no_grad(), enabled(True):
+            actual = compiled(x)  # compile (and autotune) outside the timing
+        _, message = compare(actual, expected, reduction_length=case.reduction_length, what=case.name)
+        if message:
+            raise AssertionError(message)
+    except Exception as exc:
+        r["fused_compile_error"] = first_line(exc)
+        notes.append("fused + torch.compile failed or was wrong, not timed")
+        return
+    with enabled(True):
+        timed("fused_compile_ms", lambda: compiled(x), graph=cuda_graphs and mode == "default")
+    if r["fused_compile_ms"] and r["compile_ms"]:
+        r["speedup_fused_compile_vs_compile"] = r["compile_ms"] / r["fused_compile_ms"]
+
+
 def run_cases(
     cases,
     device,
@@ -410,13 +435,16 @@ def run_cases(
     time_fused: bool | None = None,
     progress=None,
     ceilings=None,
+    fused_compile: bool = False,
 ) -> list[dict]:
     """Check, then time every case (see the module docstring); one result dict per case.
 
     ``compile_mode=None`` skips ``torch.compile``. ``time_fused`` defaults to True exactly when the
     kernels are compiled for a GPU; it is forced off in Triton's interpreter (its timings are not
     speedups). ``ceilings`` (a :class:`fused.ceilings.Ceilings`) gives the copy bandwidth of the
-    roofline columns; by default it is measured now (:func:`measure_bandwidth`).
+    roofline columns; by default it is measured now (:func:`measure_bandwidth`). ``fused_compile``
+    adds ``torch.compile`` of the fused path (``compile_mode``), checked then timed with the fused
+    path (``fused_compile_ms``); off by default: one more compile per case.
     """
     say = progress or (lambda line: None)
     device = torch.device(device)
@@ -505,6 +533,8 @@ def run_cases(
                         r[f"speedup_{name}"] = r[column] / best
                 r["fused_gbps"] = case.bytes_moved / (best * 1e-3) / 1e9
                 r["roofline_pct"] = 100.0 * r["fused_gbps"] / bandwidth
+            if compile_mode and fused_compile:
+                _time_fused_compile(case, x, expected, compile_mode, cuda_graphs, r, timed, notes)
         else:
             notes.append("fused path not timed: " + ("Triton's interpreter on the CPU; interpreter timings are not speedups"
                                                      if not on_gpu else "time_fused=False"))

@@ -16,7 +16,8 @@ from .rows import PATHS, Profile
 #: A time axis is logarithmic when its largest positive value is at least this many times its smallest.
 LOG_SPAN = 100.0
 
-COLORS = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452"}
+COLORS = {"reference (eager PyTorch)": "#4c72b0", "torch.compile": "#55a868", "fused (Triton)": "#dd8452",
+          "fused + torch.compile": "#8172b3"}
 
 
 def spans_decades(values) -> bool:
@@ -113,7 +114,8 @@ def roofline_chart(prof: Profile, label_top: int = 6) -> Figure | None:
                 xy=(ceil.ridge * 1.1, ceil.matmul_flops * 1.08), fontsize=8, va="bottom")
     ax.annotate(f"ridge {ceil.ridge:.3g} FLOP/B", xy=(ceil.ridge, ceil.attainable(lo)), fontsize=7, color="gray",
                 rotation=90, va="bottom", ha="right")
-    markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452")}
+    markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452"),
+               "fused_compile": ("D", "#8172b3")}
     ys_all = [ceil.matmul_flops]
     for p, label in PATHS:
         points = [(intensity[id(r)], r.flops / (getattr(r, f"{p}_median_ms") * 1e-3), r) for r in rows

@@ -130,6 +130,9 @@ def add_bench(sub) -> argparse.ArgumentParser:
     b.add_argument("--compile-mode", choices=["max-autotune", "default", "reduce-overhead", "none"], default=None,
                    help="torch.compile mode of the baseline (default: max-autotune on GPU, default on CPU; none skips it)")
     b.add_argument("--cuda-graphs", action="store_true", help="time eager and fused runs as CUDA graph replays")
+    b.add_argument("--fused-compile", action="store_true",
+                   help="also torch.compile the fused path (its kernels as torch.ops.facefuse ops), check and time it "
+                        "(GPU: the fused_compile_ms column; one more compile per case, in --compile-mode)")
     b.add_argument("--allow-cpu", action="store_true",
                    help="run on a CPU anyway: correctness and baseline timings only (interpreter timings are not speedups)")
     b.add_argument("--out", default=BENCH_DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{BENCH_DEFAULT_OUT})")
@@ -399,6 +402,7 @@ def run_bench(args) -> int:
         results = benchmark.run_cases(
             cases, device, warmup=warmup, repeats=repeats, cuda_graphs=args.cuda_graphs,
             compile_mode=None if compile_mode == "none" else compile_mode, progress=say, ceilings=ceil or None,
+            fused_compile=args.fused_compile,
         )
     notes = []
     if not on_gpu:
@@ -407,7 +411,7 @@ def run_bench(args) -> int:
     settings = {"families": wanted, "model": args.model, "size": size, "batches": list(batches),
                 "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
                 "compile_mode": compile_mode, "cuda_graphs": args.cuda_graphs, "seed": args.seed,
-                "torch_threads": threads}
+                "torch_threads": threads, "fused_compile": args.fused_compile}
     paths = benchmark.write_results(results, args.out, device=device, settings=settings, notes=notes,
                                     ceilings=ceil or None)
     print(format_results(results))
@@ -457,14 +461,14 @@ def run_results(args) -> int:
 def format_results(results: list[dict]) -> str:
     """The benchmark results as an aligned table."""
     header = ["case", "status", "max |err|", "eager ms", "eager_cl ms", "compile ms", "fused ms", "fused_cl ms",
-              "x eager", "x eager_cl", "x compile", "GB/s", "% roofline"]
+              "fused+compile ms", "x eager", "x eager_cl", "x compile", "GB/s", "% roofline"]
 
     def f(v, spec):
         return "" if v is None else format(v, spec)
 
     lines = [[r["case"], r["status"] or "", f(r["max_abs_error"], ".2g"), f(r["eager_ms"], ".4g"), f(r["eager_cl_ms"], ".4g"),
               f(r["compile_ms"], ".4g"), f(r["fused_ms"], ".4g"), f(r["fused_cl_ms"], ".4g"),
-              f(r["speedup_eager"], ".2f"), f(r["speedup_eager_cl"], ".2f"), f(r["speedup_compile"], ".2f"),
+              f(r.get("fused_compile_ms"), ".4g"), f(r["speedup_eager"], ".2f"), f(r["speedup_eager_cl"], ".2f"), f(r["speedup_compile"], ".2f"),
               f(r["fused_gbps"], ".0f"), f(r["roofline_pct"], ".0f")] for r in results]
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
 
@@ -474,6 +478,8 @@ def format_results(results: list[dict]) -> str:
     out = [render(header), render(["-" * w for w in widths])] + [render(c) for c in lines]
     errors = [f"  {r['case']}: {r['error']}" for r in results if r.get("error")]
     errors += [f"  {r['case']}: torch.compile failed: {r['compile_error']}" for r in results if r.get("compile_error")]
+    errors += [f"  {r['case']}: fused + torch.compile failed: {r['fused_compile_error']}" for r in results
+               if r.get("fused_compile_error")]
     if errors:
         out += ["", "problems:"] + errors
     return "\n".join(out)

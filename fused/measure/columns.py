@@ -277,3 +277,48 @@ def fused_columns(model, example_input, check_input, rows, units, out_rows, tota
     if failures:
         notes.append(f"{len(failures)} block(s) failed the fused check: {', '.join(failures)}")
     return (str(report) if report is not None else ""), fmodel
+
+
+def fused_compile_column(model, fmodel, example_input, check_input, total, device, dtype, warmup, repeats, mode,
+                         graph, notes, say):
+    """``torch.compile`` of the whole fused model (``fullgraph=True``: its kernels are
+    ``torch.ops.facefuse`` operators) into the ``fused_compile_*`` columns of ``total``: checked
+    against float64 on ``check_input``, timed on a GPU only. Returns the compiled model, or None
+    if compiling failed (the reason goes to the row's note)."""
+    check_input = (check_input if check_input is not None else example_input).to(device)
+    torch._dynamo.reset()  # a fresh cache: no recompile limit, no stale guards
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(fmodel, mode=mode, fullgraph=True)
+        with torch.no_grad(), enabled(True):
+            actual = compiled(check_input)
+    except Exception as exc:  # recorded in the row, never raised
+        add_note(total, f"fused + torch.compile failed: {first_line(exc)}")
+        say(f"fused + torch.compile of the whole model FAILED ({first_line(exc)})")
+        return None
+    total.fused_compile_seconds = time.perf_counter() - start
+    with torch.no_grad():
+        expected = copy.deepcopy(model).double()(check_input.double())
+    err, message = compare(actual, expected, dtype=tolerance_dtype(fmodel, dtype),
+                           reduction_length=reduction_length(model), what="fused + torch.compile")
+    total.fused_compile_max_abs_error, total.fused_compile_within_tolerance = err, message is None
+    line = (f"fused + torch.compile (mode {mode}), whole model: max |err| {err:.3g} "
+            f"({'ok' if message is None else 'OUT OF TOLERANCE'}), compiled in {total.fused_compile_seconds:.1f} s")
+    if message is not None:
+        add_note(total, message)
+    elif timing.times_fused(device):
+        use_graph = graph and mode == "default"  # other modes capture CUDA graphs of their own
+        with torch.no_grad(), enabled(True):
+            t = time_row(lambda: compiled(example_input), device, warmup, repeats, use_graph, total,
+                         "fused + torch.compile")
+            total.fused_compile_peak_bytes = peak_row(lambda: compiled(example_input), device, total,
+                                                      "fused + torch.compile")
+        if t is not None:
+            total.fused_compile_median_ms = t.median_ms
+            line += f", {t.median_ms:.4g} ms"
+    else:
+        notes.append("fused + torch.compile: the whole fused model compiled with fullgraph=True (its kernels are "
+                     "torch.ops.facefuse operators) and checked against float64; on a CPU those operators run "
+                     "the kernels in Triton's interpreter, so it is not timed either")
+    say(line)
+    return compiled

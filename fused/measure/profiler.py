@@ -28,7 +28,7 @@ from ..tolerance import reduction_length
 from . import environment, timing
 from .ceilings import measure as measure_ceilings
 from .blocks import find_rows, record, run_calls
-from .columns import compile_columns, fused_columns, peak_row, time_row, trace_runs
+from .columns import compile_columns, fused_columns, fused_compile_column, peak_row, time_row, trace_runs
 from .models import MEMORY_FORMATS, MODELS, build_model, example_input, profile_options
 from .rows import OUTSIDE, PATHS, SUM, TOTAL, Profile, Row, flag_rows
 from .tensors import nbytes, shapes, state_bytes
@@ -157,6 +157,12 @@ def _profile_model(model, example_input, warmup, repeats, fused, device, check_i
             warmup, repeats, graph, notes, say,
         )
 
+    # -- fused + torch.compile: the whole fused model, its kernels as torch.ops.facefuse ops --
+    fused_compiled = None
+    if fused and fmodel is not None and compile and (compile is True or TOTAL in set(compile)):
+        fused_compiled = fused_compile_column(model, fmodel, example_input, check_input, total, device, dtype,
+                                              warmup, repeats, compile_mode, graph, notes, say)
+
     # -- totals, bandwidth, roofline, speedups ----------------------------------------------
     summed, outside = summary_rows(out_rows, total, notes)
     all_rows = out_rows + [summed, outside, total]
@@ -203,6 +209,8 @@ def _profile_model(model, example_input, warmup, repeats, fused, device, check_i
                 with enabled(True):
                     return fmodel(example_input)
             runs["fused"] = fused_run
+            if fused_compiled is not None:
+                runs["fused + torch.compile"] = lambda: fused_compiled(example_input)
         say(f"tracing {trace_steps} forward passes of: {', '.join(runs)}")
         trace_runs(runs, trace, device, steps=trace_steps)
         notes.append(f"torch.profiler Chrome trace of {trace_steps} forward passes of {', '.join(runs)} written to "
@@ -284,6 +292,11 @@ def derive(row: Row, ceil) -> None:
         row.speedup = ref / fus
     if comp and fus and fus > 0:
         row.speedup_vs_compile = comp / fus
+    both = row.fused_compile_median_ms
+    if ref and both and both > 0:
+        row.fused_compile_speedup = ref / both
+    if comp and both and both > 0:
+        row.fused_compile_vs_compile = comp / both
 
 
 def profile(

@@ -43,6 +43,12 @@ pass, timed as one. Every Conv2d and Linear of the model belongs to exactly one 
   block is timed too, with speedups against the reference (``speedup``) and against
   torch.compile (``speedup_vs_compile``). On a CPU the kernels run in Triton's interpreter, whose
   timings say nothing about a GPU: fused times and speedups stay empty, and a note says why.
+* ``fused_compile_*`` (``compile=True`` and ``fused=True``, whole model only): ``torch.compile``
+  of the fused model, whose kernels are ``torch.ops.facefuse`` operators (Inductor schedules them
+  with the rest of the graph on a GPU): its error against float64 on the check input, its
+  compile time, and on a GPU its time, speedup against the reference (``fused_compile_speedup``)
+  and against torch.compile of the reference (``fused_compile_vs_compile``). On a CPU it is
+  checked, not timed, like the fused path.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ OUTSIDE = "(outside blocks)"
 TOTAL = "(model)"
 
 #: The timed paths: (column prefix, label in tables and charts).
-PATHS = (("ref", "reference (eager PyTorch)"), ("compile", "torch.compile"), ("fused", "fused (Triton)"))
+PATHS = (("ref", "reference (eager PyTorch)"), ("compile", "torch.compile"), ("fused", "fused (Triton)"),
+         ("fused_compile", "fused + torch.compile"))
 
 
 @dataclass
@@ -114,18 +121,29 @@ class Row:
     fused_bw_pct: float | None = None
     fused_peak_bytes: int | None = None
     fused_note: str = ""
+    # torch.compile of the fused model (its kernels as torch.ops.facefuse ops): the whole model only
+    fused_compile_median_ms: float | None = None
+    fused_compile_seconds: float | None = None
+    fused_compile_speedup: float | None = None
+    fused_compile_vs_compile: float | None = None
+    fused_compile_gbps: float | None = None
+    fused_compile_bw_pct: float | None = None
+    fused_compile_peak_bytes: int | None = None
+    fused_compile_max_abs_error: float | None = None
+    fused_compile_within_tolerance: bool | None = None
     note: str = ""
     flags: str = ""  # numbers in this row that cannot be right (FLAGS), "; "-separated
 
 
 COLUMNS = [f.name for f in fields(Row)]
 _INT_COLUMNS = {"calls", "parameters", "flops", "min_bytes", "eager_bytes", "reduction_length",
-                "ref_peak_bytes", "compile_peak_bytes", "fused_peak_bytes"}
+                "ref_peak_bytes", "compile_peak_bytes", "fused_peak_bytes", "fused_compile_peak_bytes"}
 _FLOAT_COLUMNS = {"intensity", "ref_median_ms", "ref_min_ms", "ref_max_ms", "ref_gbps", "ref_bw_pct",
                   "compile_median_ms", "compile_min_ms", "compile_seconds", "compile_speedup", "compile_gbps", "compile_bw_pct",
                   "fused_max_abs_error", "fused_median_ms", "speedup", "speedup_vs_compile", "fused_gbps",
-                  "fused_bw_pct"}
-_BOOL_COLUMNS = {"fused_within_tolerance"}
+                  "fused_bw_pct", "fused_compile_median_ms", "fused_compile_seconds", "fused_compile_speedup",
+                  "fused_compile_vs_compile", "fused_compile_gbps", "fused_compile_bw_pct", "fused_compile_max_abs_error"}
+_BOOL_COLUMNS = {"fused_within_tolerance", "fused_compile_within_tolerance"}
 
 
 def add_note(row: Row, text: str) -> None:
@@ -286,6 +304,11 @@ class Profile:
                 cols.append(("vs compile", lambda r: _fmt_x(r.speedup_vs_compile), True))
             if bw:
                 cols.append(("fused %BW", lambda r: _fmt_pct(r.fused_bw_pct), True))
+        if has["fused_compile"]:
+            cols += [("fused+compile ms", lambda r: _fmt(r.fused_compile_median_ms, 1, 4), True),
+                     ("f+c speedup", lambda r: _fmt_x(r.fused_compile_speedup), True)]
+            if has["compile"]:
+                cols.append(("f+c vs compile", lambda r: _fmt_x(r.fused_compile_vs_compile), True))
         if peak:
             for p, _ in PATHS:
                 if any(getattr(r, f"{p}_peak_bytes") is not None for r in self.rows):

@@ -227,3 +227,24 @@ def test_gpu_only_code_path_runs(monkeypatch, tmp_path):
     paths = B.write_results([r], tmp_path, device="cpu")
     with open(paths["chart"], "rb") as f:
         assert f.read(4) == b"\x89PNG"
+
+
+def test_gpu_only_fused_compile_path_runs(monkeypatch):
+    """``fused_compile_ms`` (GPU only): torch.compile of the fused path, checked before it is timed;
+    Dynamo's "eager" backend stands in for Inductor to keep this fast. A wrong compiled result is
+    not timed."""
+    monkeypatch.setattr(fused.measure.timing, "times_fused", lambda device: True)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend="eager", **kw))
+    [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode="default", fused_compile=True)
+    assert r["status"] == "ok" and r["fused_compile_error"] is None, r["note"]
+    assert r["fused_compile_ms"] > 0 and r["compile_ms"] > 0
+    assert r["speedup_fused_compile_vs_compile"] == pytest.approx(r["compile_ms"] / r["fused_compile_ms"])
+
+    def wrong_when_compiled(block):
+        model = fused.fuse(copy.deepcopy(block))
+        return lambda x: model(x) * (1.01 if torch.compiler.is_compiling() else 1.0)
+
+    wrong = small_case(wrong_when_compiled, name="wrong only when compiled")
+    [w] = B.run_cases([wrong], "cpu", warmup=0, repeats=1, compile_mode="default", fused_compile=True)
+    assert w["fused_compile_ms"] is None and "tolerance" in w["fused_compile_error"]

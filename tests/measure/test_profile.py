@@ -330,6 +330,29 @@ def test_compile_columns_trace_and_round_trip(tmp_path, monkeypatch):
     assert "torch.compile" in str(prof.chart().axes[0].get_legend_handles_labels()[1])
 
 
+def test_fused_compile_column_checks_the_compiled_fused_model(monkeypatch):
+    """The whole fused model under torch.compile(fullgraph=True): checked against float64 on the
+    CPU (its kernels are torch.ops.facefuse ops run in the interpreter), not timed there."""
+    real_compile = torch.compile
+    calls = []
+
+    def eager_backend(module, mode=None, **kwargs):
+        calls.append(kwargs)
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    prof = M.profiler.profile_model(tiny_model(), torch.randn(1, 3, 8, 8), warmup=0, repeats=1,
+                                    compile=[M.rows.TOTAL], ceilings=FAKE_CEILINGS)
+    total = prof.row(M.rows.TOTAL)
+    assert {"fullgraph": True} in calls
+    assert total.fused_compile_within_tolerance is True and total.fused_compile_max_abs_error < 1e-5, total.note
+    assert total.fused_compile_seconds > 0
+    assert total.fused_compile_median_ms is None and total.fused_compile_speedup is None  # interpreter: not timed
+    assert any("fused + torch.compile" in n and "not timed" in n for n in prof.notes)
+    assert "fused+compile ms" not in header(prof)
+    assert M.rows.Profile.from_dict(json.loads(json.dumps(prof.to_dict()))).rows == prof.rows
+
+
 def test_compile_failure_is_recorded_not_raised(monkeypatch):
     def broken_compile(module, **kwargs):
         raise RuntimeError("no C++ compiler here\nsecond line")

@@ -279,6 +279,7 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
             argv = [py, "-m", "fused", "bench", "--family", family, *(["--model", model] if model else []),
                     "--batch", *map(str, batches), "--device", "cuda", "--dtype", o.dtype, "--cuda-graphs",
                     "--compile-mode", o.compile_mode, "--record", "--out", str(out / "bench" / name)]
+            argv += ["--fused-compile"] if family.endswith("_model") else []  # whole models: fused + compile too
             argv += ["--repeats", str(o.repeats)] if o.repeats else []
             argv += ["--warmup", str(o.warmup)] if o.warmup is not None else []
             steps.append(Step(name, "bench", "bench", argv, timeout=MAX_STEP_SECONDS, estimate=estimate,
