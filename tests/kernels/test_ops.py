@@ -74,6 +74,8 @@ def cases():
     yield "se_squeeze", F.se_squeeze, (x,)
     yield "se_squeeze channels_last", F.se_squeeze, (x_cl,)
     yield "se_excite", F.se_excite, (r(2, 8), r(2, 8), r(2), torch.rand(1), r(8, 2), r(8))
+    yield "se_squeeze_excite", F.se_squeeze_excite, (x, r(2, 8), r(2), torch.rand(1), r(8, 2), r(8))
+    yield "se_squeeze_excite channels_last", F.se_squeeze_excite, (x_cl, r(2, 8), r(2), torch.rand(2), r(8, 2), r(8))
     yield "se_scale prelu residual", F.se_scale_residual_act, (x, torch.rand(2, 8), r(2, 8, 7, 9), "prelu", 0.0,
                                                                torch.rand(8))
     yield "se_scale channels_last", F.se_scale_residual_act, (x_cl, torch.rand(2, 8), None, "identity", 0.0, None)
