@@ -316,6 +316,20 @@ def tuned_variants(plan: LaunchPlan) -> list[LaunchPlan]:
             dataclasses.replace(plan, num_warps=4 if plan.num_warps == 8 else 8)]
 
 
+def launch_plan(kernel, plan: LaunchPlan, extents: tuple[int, ...], args: tuple, switches: dict, *, tuned) -> None:
+    """Launch ``kernel(*args, **switches)`` as ``plan`` says, or, where launches autotune
+    (:func:`autotuning`), ``tuned()`` (the kernel under ``triton.autotune``, see :func:`autotuned`)
+    on the grid its chosen config gives: ``extents`` are the sizes tiled by ``BLOCK_M`` (and
+    ``BLOCK_N``). The GEMM-shaped launchers' one launch path."""
+    if autotuning(kernel=kernel):
+        tiles = ("BLOCK_M", "BLOCK_N")[:len(extents)]
+        grid = lambda meta: tuple(triton.cdiv(e, meta[t]) for e, t in zip(extents, tiles))  # noqa: E731
+        runtime.launch(tuned(), grid, *args, **switches)
+    else:
+        runtime.launch(kernel, plan.grid, *args, **switches,
+                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
+
+
 def autotuned(kernel, key: list[str], candidates, **options):
     """``kernel`` under ``triton.autotune``: for each new value of the ``key`` arguments the first
     launch times the configurations that ``candidates(named_args, constexprs)`` returns (a list of

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, RELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
+from .common import PRELU, RELU, LaunchPlan, activate, autotuned, check_launch, gemm_tiles, gemm_warps, launch_plan, \
     interpreting, needs_int64, new_output, packed_slope, resolve_activation, tuned_variants
 
 
@@ -292,10 +292,5 @@ def conv2d_bias_act(
         USE_INT64=needs_int64(x, weight, residual, residual_scale, out),
     )
     record.kernel_launched(name)
-    if autotuning(kernel=conv2d_bias_act_kernel):
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(K, meta["BLOCK_N"]))  # noqa: E731
-        runtime.launch(_tuned_kernel(), grid, *args, **switches)
-    else:
-        runtime.launch(conv2d_bias_act_kernel, plan.grid, *args, **switches,
-                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
+    launch_plan(conv2d_bias_act_kernel, plan, (pixels, K), args, switches, tuned=_tuned_kernel)
     return out

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, LaunchPlan, activate, autotuned, autotuning, check_launch, gemm_tiles, gemm_warps, \
+from .common import PRELU, LaunchPlan, activate, autotuned, check_launch, gemm_tiles, gemm_warps, launch_plan, \
     interpreting, needs_int64, new_output, packed_slope, pointwise_gemm, resolve_activation, tuned_variants
 
 
@@ -146,12 +146,7 @@ def lateral_upsample_add(
     switches = dict(HAS_COARSE=coarse is not None, ACTIVATION=code, INPUT_PRECISION=precision,
                     USE_INT64=needs_int64(x, coarse, out))
     record.kernel_launched(name)
-    if autotuning(kernel=lateral_upsample_add_kernel):
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(K, meta["BLOCK_N"]))  # noqa: E731
-        runtime.launch(_tuned_kernel(), grid, *args, **switches)
-    else:
-        runtime.launch(lateral_upsample_add_kernel, plan.grid, *args, **switches,
-                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
+    launch_plan(lateral_upsample_add_kernel, plan, (pixels, K), args, switches, tuned=_tuned_kernel)
     return out
 
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import SM_COUNT, LaunchPlan, autotuned, autotuning, check_launch, gemm_warps, interpreter_tile, interpreting, \
+from .common import SM_COUNT, LaunchPlan, autotuned, check_launch, gemm_warps, interpreter_tile, interpreting, launch_plan, \
     needs_int64, pointwise_gemm, tuned_variants
 
 #: The widest stacked head a single program covers (all columns in one tile, so the softmax
@@ -184,12 +184,7 @@ def anchor_heads(
     switches = dict(ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
                     INPUT_PRECISION=precision, USE_INT64=needs_int64(x, *outputs))
     record.kernel_launched(name)
-    if autotuning(kernel=anchor_heads_kernel):
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]),)  # noqa: E731
-        runtime.launch(_tuned_kernel(), grid, *args, **switches)
-    else:
-        runtime.launch(anchor_heads_kernel, plan.grid, *args, **switches,
-                       num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
+    launch_plan(anchor_heads_kernel, plan, (pixels,), args, switches, tuned=_tuned_kernel)
     return outputs
 
 
