@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from . import files, run
 
@@ -28,20 +27,10 @@ def add_detect(sub):
 
 
 def run_detect(args) -> int:
-    run.check_common(args)
-    device, use_fused, compare = run.resolve(args)
-    out = Path(args.out)
-    items = files.find_images(args.paths, exclude=out)
-    if not items:
-        args.parser.error("no images found in " + ", ".join(args.paths))
-    progress = files.Progress(len(items), "detect", args.quiet)
-    say = progress.say
-    detector = run.build("detector", run.DETECTORS[args.model], args, args.weights, device, say)
-    if use_fused and device.type != "cuda":
-        say("fused kernels on a CPU run in Triton's interpreter: correct, but slow (--no-fused for speed)")
-    for item in items:
-        if item.error is None:
-            files.read_size(item, args.max_size)
+    begun = run.start(args, "detect")
+    device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
+                                                        begun.items, begun.progress)
+    detector, say = begun.detector, progress.say
     records = files.Records(out, args.jsonl)
     skipped, faces = [], 0
     started = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 import fused
 import reference
 
-from . import files, run
+from . import run
 
 
 def add_embed(sub):
@@ -59,21 +59,11 @@ def write_similarity(path: Path, labels: list[str], embeddings: np.ndarray) -> N
 
 
 def run_embed(args) -> int:
-    run.check_common(args)
-    device, use_fused, compare = run.resolve(args)
-    out = Path(args.out)
-    items = files.find_images(args.paths, exclude=out)
-    if not items:
-        args.parser.error("no images found in " + ", ".join(args.paths))
-    progress = files.Progress(len(items), "embed", args.quiet)
-    say = progress.say
-    detector = run.build("detector", run.DETECTORS[args.model], args, args.weights, device, say)
+    begun = run.start(args, "embed")
+    device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
+                                                        begun.items, begun.progress)
+    detector, say = begun.detector, progress.say
     identity = run.build("identity network", "", args, args.identity_weights, device, say)
-    if use_fused and device.type != "cuda":
-        say("fused kernels on a CPU run in Triton's interpreter: correct, but slow (--no-fused for speed)")
-    for item in items:
-        if item.error is None:
-            files.read_size(item, args.max_size)
     out.mkdir(parents=True, exist_ok=True)
     index = open(out / "faces.jsonl", "w")
     labels, rows, skipped = [], [], []

@@ -77,6 +77,39 @@ def resolve(args) -> tuple[torch.device, bool, bool]:
     return device, use_fused, compare
 
 
+@dataclass
+class Start:
+    """What both commands set up before their loop: the device and modes, the images (with their
+    sizes read), the progress bar and the fused detector."""
+
+    device: torch.device
+    use_fused: bool
+    compare: bool
+    out: Path
+    items: list
+    progress: "files.Progress"
+    detector: torch.nn.Module
+
+
+def start(args, command: str) -> Start:
+    """Check the common options, find the images (none is a usage error), build the detector and
+    read every readable image's size."""
+    check_common(args)
+    device, use_fused, compare = resolve(args)
+    out = Path(args.out)
+    items = files.find_images(args.paths, exclude=out)
+    if not items:
+        args.parser.error("no images found in " + ", ".join(args.paths))
+    progress = files.Progress(len(items), command, args.quiet)
+    detector = build("detector", DETECTORS[args.model], args, args.weights, device, progress.say)
+    if use_fused and device.type != "cuda":
+        progress.say("fused kernels on a CPU run in Triton's interpreter: correct, but slow (--no-fused for speed)")
+    for item in items:
+        if item.error is None:
+            files.read_size(item, args.max_size)
+    return Start(device, use_fused, compare, out, items, progress, detector)
+
+
 def build(kind: str, network: str, args, weights, device, say) -> torch.nn.Module:
     """A fused model in eval mode on ``device``: released, from ``weights``, or seeded random;
     a file or download that fails is a usage error (exit 2) with the loader's message."""
