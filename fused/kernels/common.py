@@ -330,15 +330,22 @@ def launch_plan(kernel, plan: LaunchPlan, extents: tuple[int, ...], args: tuple,
                        num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.blocks)
 
 
+_AUTOTUNED: dict = {}
+
+
 def autotuned(kernel, key: list[str], candidates, **options):
     """``kernel`` under ``triton.autotune``: for each new value of the ``key`` arguments the first
     launch times the configurations that ``candidates(named_args, constexprs)`` returns (a list of
     :class:`LaunchPlan`, the deterministic plan first) and keeps the fastest.
 
-    The config list is all of :data:`TILE_SPACE`; ``early_config_prune`` keeps the candidates.
-    ``options`` go to ``triton.autotune`` (``restore_value``: outputs a timing run must not leave
-    changed). Only called when :func:`autotuning` (``triton.autotune`` needs a GPU to time on).
+    Made on first use and kept, one per kernel, with the configs it has chosen (see
+    :func:`chosen_configs`; :func:`reset_autotuning` forgets them). The config list is all of
+    :data:`TILE_SPACE`; ``early_config_prune`` keeps the candidates. ``options`` go to
+    ``triton.autotune`` (``restore_value``: outputs a timing run must not leave changed). Only
+    called when :func:`autotuning` (``triton.autotune`` needs a GPU to time on).
     """
+    if kernel in _AUTOTUNED:
+        return _AUTOTUNED[kernel]
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=st)
                for m, n, c, w, st in TILE_SPACE]
 
@@ -350,4 +357,20 @@ def autotuned(kernel, key: list[str], candidates, **options):
 
     if AUTOTUNE_TIMER is not None:
         options["do_bench"] = AUTOTUNE_TIMER
-    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **options)(kernel)
+    tuned = triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **options)(kernel)
+    _AUTOTUNED[kernel] = tuned
+    return tuned
+
+
+def chosen_configs(kernel) -> dict:
+    """The ``triton.Config`` that autotuning chose for ``kernel`` so far, by key (the values of its
+    ``key`` arguments); empty when it has not autotuned here."""
+    tuned = _AUTOTUNED.get(kernel)
+    return dict(tuned.cache) if tuned is not None else {}
+
+
+def reset_autotuning() -> None:
+    """Forget every autotuned kernel and the configs it chose: the next launch of each shape
+    times its candidates again (after changing :data:`AUTOTUNE_TIMER`, or to re-tune under a
+    different load)."""
+    _AUTOTUNED.clear()

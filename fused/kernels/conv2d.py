@@ -169,16 +169,11 @@ def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
                           precision=constexprs["INPUT_PRECISION"])
 
 
-_TUNED = []
-
-
 def _tuned_kernel():
     """The kernel under ``triton.autotune`` (made on first use: only a GPU can time configs).
     A timing run rewrites ``out``; ``restore_value`` puts it back, so ``out`` may alias an input."""
-    if not _TUNED:
-        key = ["pixels", "C", "H", "W", "K", "conv_stride", "padding", "x_stride_c", "R", "INPUT_PRECISION"]
-        _TUNED.append(autotuned(conv2d_bias_act_kernel, key, _candidates, restore_value=["out_ptr"]))
-    return _TUNED[0]
+    key = ["pixels", "C", "H", "W", "K", "conv_stride", "padding", "x_stride_c", "R", "INPUT_PRECISION"]
+    return autotuned(conv2d_bias_act_kernel, key, _candidates, restore_value=["out_ptr"])
 
 
 def _check_shape(name: str, t: torch.Tensor | None, expected: tuple[int, ...]) -> None:

@@ -159,12 +159,7 @@ def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
     return tuned_variants(plan)
 
 
-_TUNED = []
-
-
 def _tuned_kernel():
     """The kernel under ``triton.autotune``, made on first use (see :func:`~fused.kernels.common.autotuned`)."""
-    if not _TUNED:
-        key = ["pixels", "C", "H", "W", "K", "x_stride_c", "INPUT_PRECISION"]
-        _TUNED.append(autotuned(lateral_upsample_add_kernel, key, _candidates, restore_value=["out_ptr"]))
-    return _TUNED[0]
+    key = ["pixels", "C", "H", "W", "K", "x_stride_c", "INPUT_PRECISION"]
+    return autotuned(lateral_upsample_add_kernel, key, _candidates, restore_value=["out_ptr"])

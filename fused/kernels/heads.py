@@ -196,15 +196,9 @@ def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
     return tuned_variants(plan)
 
 
-_TUNED = []
-
-
 def _tuned_kernel():
     """The kernel under ``triton.autotune``, made on first use (see :func:`~fused.kernels.common.autotuned`).
     The outputs are written in place: ``restore_value`` undoes the timing runs."""
-    if not _TUNED:
-        key = ["pixels", "C", "H", "W", "K", "x_stride_c", "ANCHORS", "V0", "V1", "V2",
-               "SOFTMAX0", "INPUT_PRECISION"]
-        _TUNED.append(autotuned(anchor_heads_kernel, key, _candidates,
-                                restore_value=["out0_ptr", "out1_ptr", "out2_ptr"]))
-    return _TUNED[0]
+    key = ["pixels", "C", "H", "W", "K", "x_stride_c", "ANCHORS", "V0", "V1", "V2",
+           "SOFTMAX0", "INPUT_PRECISION"]
+    return autotuned(anchor_heads_kernel, key, _candidates, restore_value=["out0_ptr", "out1_ptr", "out2_ptr"])

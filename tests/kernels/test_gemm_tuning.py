@@ -77,10 +77,10 @@ def autotuned_in_interpreter(monkeypatch):
         return [t, t, t] if quantiles else t
 
     monkeypatch.setattr(common, "autotuning", lambda kernel=None: True)  # common.launch_plan's switch
-    for module in (conv2d, fpn, heads):
-        monkeypatch.setattr(module, "_TUNED", [])
     monkeypatch.setattr(common, "AUTOTUNE_TIMER", timer)
-    return timings
+    common.reset_autotuning()  # tuners made before would keep Triton's own timer
+    yield timings
+    common.reset_autotuning()  # and ours must not outlive the test
 
 
 def _conv_case(dtype, fmt):
@@ -118,7 +118,7 @@ def test_autotuned_conv2d_times_the_candidates_and_writes_once(autotuned_in_inte
     conv2d.conv2d_bias_act(x, w, b, stride=2, padding=1, activation="leaky_relu", slope=0.1, residual=out, out=out)
     assert_close(out, expected, reduction_length=40 * 9)
     assert len(autotuned_in_interpreter) == 4
-    (chosen,) = conv2d._TUNED[0].cache.values()
+    (chosen,) = common.chosen_configs(conv2d.conv2d_bias_act_kernel).values()
     plan = conv2d.conv2d_plan(2, 40, 9, 11, 24, 3, 2, 1, channels_last=True, dtype=torch.float32, interpreter=False)
     assert (chosen.kwargs, chosen.num_warps, chosen.num_stages) == (plan.blocks, plan.num_warps, plan.num_stages)
 
@@ -138,3 +138,17 @@ def test_autotuned_fpn_and_heads_match_reference(autotuned_in_interpreter):
     assert_close(outs[2][:, 10:130], y[:, :, 12:].reshape(2, 120, 10), reduction_length=24)
     assert bool((outs[1][:, :10] == 5).all() and (outs[1][:, 130:] == 5).all())  # rows outside untouched
     assert len(autotuned_in_interpreter) == 8  # four candidates per family, each timed once
+
+
+def test_autotuned_kernels_are_kept_until_reset(autotuned_in_interpreter):
+    """One tuner per kernel, kept with its choices (a second launch of the shape times nothing),
+    until reset_autotuning() forgets them."""
+    x, w, b, residual, _ = _conv_case(torch.float16, torch.channels_last)
+    for _ in range(2):
+        conv2d.conv2d_bias_act(x, w, b, stride=2, padding=1, residual=residual)
+    assert len(autotuned_in_interpreter) == 4
+    assert len(common.chosen_configs(conv2d.conv2d_bias_act_kernel)) == 1
+    common.reset_autotuning()
+    assert common.chosen_configs(conv2d.conv2d_bias_act_kernel) == {}
+    conv2d.conv2d_bias_act(x, w, b, stride=2, padding=1, residual=residual)
+    assert len(autotuned_in_interpreter) == 8
