@@ -45,16 +45,18 @@ def depthwise_taps(
     H, W,
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,
     w_stride_c, w_stride_r, w_stride_s,
-    STRIDE: tl.constexpr, PADDING: tl.constexpr,
+    STRIDE: tl.constexpr, PADDING: tl.constexpr, zero=None,
 ):
     """Depthwise 3x3 sums for a [BLOCK_M pixels, BLOCK_C channels] tile, fp32, no bias.
 
     Each of the nine taps loads one shifted input tile and one weight per channel; taps that
     fall in the padding are masked and read as zero. The weights are rounded to x's dtype
-    first, as a conv in that dtype would store them.
+    first, as a conv in that dtype would store them. ``zero``: a zero tile to start the sums
+    from (its layout is the sums' layout, see :func:`conv_dw_fused_kernel`); None for
+    ``tl.zeros``.
     """
     x_tile = n[:, None] * x_stride_n + channel[None, :] * x_stride_c
-    acc = tl.zeros(x_tile.shape, dtype=tl.float32)
+    acc = tl.zeros(x_tile.shape, dtype=tl.float32) if zero is None else zero
     for i in tl.static_range(3):
         ih = oh * STRIDE + i - PADDING
         row_ok = pixel_mask & (ih >= 0) & (ih < H)
@@ -125,6 +127,16 @@ def conv_dw_fused_kernel(
     Per block of BLOCK_C input channels: depthwise 3x3 + bias + activation in registers, rounded
     to x's dtype (what the two-kernel path would store), then one tl.dot with the pointwise
     weights. Masked channels are zero on both sides of the dot, so any C works.
+
+    Why the depthwise sums start from ``zero``, a tl.dot of zeros, instead of ``tl.zeros``: the
+    pointwise dot's left operand is computed in the loop, in registers, and Triton's Hopper
+    pipeliner lets such a ``wgmma`` run asynchronously (keep one in flight while the next
+    block's depthwise sums are computed) only when that operand is converted from an MMA-layout
+    tensor, as in attention's ``P @ V`` (``dotCanBeProperlyAsync``, rule 1a, in Triton's
+    ``WGMMAPipeline.cpp``). A dot result *has* the MMA layout, and the layout propagates through
+    the sums, bias and activation. Its value is exactly +0.0, as ``tl.zeros`` is, so the results
+    are unchanged; it costs one small MMA per program, before the loop. ``facefuse inspect``
+    shows the effect (``wgmma.wait_group 1`` in the loop instead of ``0``, column ``mma``).
     """
     pixel = _block_offsets(tl.program_id(0), BLOCK_M, USE_INT64)
     out_channel = _block_offsets(tl.program_id(1), BLOCK_N, USE_INT64)
@@ -133,12 +145,14 @@ def conv_dw_fused_kernel(
     n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    zero = tl.dot(tl.zeros((BLOCK_M, 16), dtype=x_ptr.dtype.element_ty),
+                  tl.zeros((16, BLOCK_C), dtype=x_ptr.dtype.element_ty), input_precision=INPUT_PRECISION)
     for channel_block in range(0, tl.cdiv(C, BLOCK_C)):
         channel = _block_offsets(channel_block, BLOCK_C, USE_INT64)
         channel_mask = channel < C
         mid = depthwise_taps(x_ptr, dw_weight_ptr, n, oh, ow, pixel_mask, channel, channel_mask, H, W,
                              x_stride_n, x_stride_c, x_stride_h, x_stride_w, dw_stride_c, dw_stride_r, dw_stride_s,
-                             STRIDE, PADDING)
+                             STRIDE, PADDING, zero)
         mid += tl.load(dw_bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
         mid = activate(mid, dw_slope, DW_ACTIVATION).to(x_ptr.dtype.element_ty)
         pw = tl.load(pw_weight_ptr + channel[:, None] * pw_stride_c + out_channel[None, :] * pw_stride_k,
@@ -217,9 +231,12 @@ def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, 
     One program covers all output channels (``BLOCK_N`` >= K, up to 256): the depthwise step is
     computed once per pixel and channel, never again per output-channel tile (past K = 256 it
     runs ``cdiv(K, 256)`` times). tl.dot needs every tile side >= 16. Register budget (sm_90a,
-    checked with the compiler at MobileNet0.25's shapes, stride 1 and 2, every dtype): a
-    ``64 x BLOCK_N`` fp32 accumulator plus the nine prefetched input taps fit without spills with
-    16 input channels per step and 8 warps (4 warps spill at stride 2 on NCHW input). Exact float32
+    checked with ``facefuse inspect`` at MobileNet0.25's shapes on channels_last input, what the
+    fused models pass, stride 1 and 2, every dtype): a ``64 x BLOCK_N`` fp32 accumulator plus the
+    nine prefetched input taps fit without spills with 16 input channels per step and 4 warps (one
+    warpgroup) up to ``BLOCK_N`` 128, which leaves room for 2-3 programs per SM and lets the
+    pointwise ``wgmma`` stay in flight across steps (see :func:`conv_dw_fused_kernel`); 8 warps at
+    ``BLOCK_N`` 256, where 4 would spill. Exact float32
     products (``dtype`` float32, ``precision`` "ieee") run on FMA units, which hold more per
     thread than the tensor cores' ``wgmma`` (which wants 64-row tiles): 32 pixels per tile there
     once ``BLOCK_N`` reaches 128. ``interpreter`` as in :func:`depthwise_plan`.
@@ -232,7 +249,7 @@ def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, 
     block_c = 16
     return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)),
                       {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c},
-                      num_warps=8)
+                      num_warps=8 if block_n > 128 else 4)
 
 
 @runtime.launcher
