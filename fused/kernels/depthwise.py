@@ -119,7 +119,7 @@ def conv_dw_fused_kernel(
     out_stride_n, out_stride_k, out_stride_h, out_stride_w,
     dw_slope, pw_slope,
     STRIDE: tl.constexpr, PADDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
-    DW_ACTIVATION: tl.constexpr, PW_ACTIVATION: tl.constexpr,
+    DW_ACTIVATION: tl.constexpr, PW_ACTIVATION: tl.constexpr, MMA_LAYOUT_SUMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """A whole conv_dw block for BLOCK_M output pixels x BLOCK_N output channels.
@@ -137,6 +137,8 @@ def conv_dw_fused_kernel(
     the sums, bias and activation. Its value is exactly +0.0, as ``tl.zeros`` is, so the results
     are unchanged; it costs one small MMA per program, before the loop. ``facefuse inspect``
     shows the effect (``wgmma.wait_group 1`` in the loop instead of ``0``, column ``mma``).
+    The launcher passes ``MMA_LAYOUT_SUMS=True``; ``False`` starts from ``tl.zeros``, for lesson
+    07 and a test to compile and compare.
     """
     pixel = _block_offsets(tl.program_id(0), BLOCK_M, USE_INT64)
     out_channel = _block_offsets(tl.program_id(1), BLOCK_N, USE_INT64)
@@ -145,8 +147,11 @@ def conv_dw_fused_kernel(
     n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    zero = tl.dot(tl.zeros((BLOCK_M, 16), dtype=x_ptr.dtype.element_ty),
-                  tl.zeros((16, BLOCK_C), dtype=x_ptr.dtype.element_ty), input_precision=INPUT_PRECISION)
+    if MMA_LAYOUT_SUMS:
+        zero = tl.dot(tl.zeros((BLOCK_M, 16), dtype=x_ptr.dtype.element_ty),
+                      tl.zeros((16, BLOCK_C), dtype=x_ptr.dtype.element_ty), input_precision=INPUT_PRECISION)
+    else:
+        zero = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for channel_block in range(0, tl.cdiv(C, BLOCK_C)):
         channel = _block_offsets(channel_block, BLOCK_C, USE_INT64)
         channel_mask = channel < C
@@ -370,7 +375,7 @@ def conv_dw_fused(
         pw_weight.stride(0), pw_weight.stride(1), *out.stride(),
         float(dw_slope), float(pw_slope),
         STRIDE=stride, PADDING=PADDING, INPUT_PRECISION=precision, USE_INT64=needs_int64(x, out),
-        DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation],
+        DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation], MMA_LAYOUT_SUMS=True,
         num_warps=plan.num_warps, **plan.blocks,
     )
     return out
