@@ -56,7 +56,10 @@ def depthwise_taps(
     ``tl.zeros``.
     """
     x_tile = n[:, None] * x_stride_n + channel[None, :] * x_stride_c
-    acc = tl.zeros(x_tile.shape, dtype=tl.float32) if zero is None else zero
+    if zero is None:
+        acc = tl.zeros(x_tile.shape, dtype=tl.float32)
+    else:
+        acc = zero
     for i in tl.static_range(3):
         ih = oh * STRIDE + i - PADDING
         row_ok = pixel_mask & (ih >= 0) & (ih < H)
