@@ -11,6 +11,11 @@ once. Column ``k`` of head ``i`` holds anchor ``k // V_i``, value ``k % V_i``, a
 reference's permute and view it lands at row ``offset + pixel*A + k // V_i`` of that head's
 ``[N, P, V_i]`` output: the epilogue stores each column group there directly. The class softmax
 over each anchor's ``V_0`` logits runs on the tile in registers before the store.
+
+The grid is (pixel blocks, column blocks). One column tile covers all the columns unless that
+leaves SMs idle (the 20x20 level at batch 16: 100 programs of 64 pixels); then the columns are
+split into tiles of ``BLOCK_N``, a power of two and a multiple of ``V_0``, so every softmax group
+still lies inside one program (:func:`anchor_heads_plan`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from .. import record, runtime
 from .common import SM_COUNT, LaunchPlan, autotuned, check_launch, gemm_warps, interpreter_tile, interpreting, launch_plan, \
     needs_int64, pointwise_gemm, tuned_variants
 
-#: The widest stacked head a single program covers (all columns in one tile, so the softmax
-#: groups never straddle two programs).
+#: The widest stacked head a launch takes (the interpreter's plan covers all columns in one tile).
 MAX_COLUMNS = 256
 
 
@@ -53,12 +57,13 @@ def anchor_heads_kernel(
     INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program i: pixels i*BLOCK_M.. times every head column, then softmax and scattered stores."""
+    """Program (i, j): pixels i*BLOCK_M.. times stacked head columns j*BLOCK_N.., then softmax and
+    scattered stores. ``BLOCK_N`` is a multiple of ``V0``, so each softmax group is in one tile."""
     pid_m = tl.program_id(0)
     if USE_INT64:
         pid_m = pid_m.to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # pixels (n, h, w), flattened
-    cols = tl.arange(0, BLOCK_N)  # stacked head columns
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # stacked head columns
     row_ok, col_ok = rows < pixels, cols < K
     pixel = rows % (H * W)
     n = rows // (H * W)
@@ -70,6 +75,7 @@ def anchor_heads_kernel(
     if SOFTMAX0:  # softmax over each anchor's V0 logits: consecutive column groups of the first head
         # NaN/Inf as torch.softmax: a NaN or +Inf logit makes its group all NaN (it reaches the sum
         # through exp), whether tl.max drops NaN (GPU max.f32, the interpreter's nanmax) or not.
+        # Tiles start at multiples of BLOCK_N, a multiple of V0: the groups are the tile's own.
         groups = tl.reshape(y, (BLOCK_M, BLOCK_N // V0, V0))
         e = tl.exp(groups - tl.max(groups, 2)[:, :, None])
         probs = tl.reshape(e / tl.sum(e, 2)[:, :, None], (BLOCK_M, BLOCK_N))
@@ -85,21 +91,26 @@ def anchor_heads_kernel(
                    out2_stride_n, out2_stride_p, out2_stride_v, row_ok)
 
 
-def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: bool = False,
+def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, group: int = 1, channels_last: bool = False,
                       dtype: torch.dtype = torch.float16, precision: str = "ieee",
                       interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`anchor_heads` makes for ``x`` ``[N, C, H, W]`` and ``K`` stacked head
-    columns: one program per ``BLOCK_M`` pixels, each covering all ``K`` columns (``BLOCK_N``), so
-    the softmax groups never straddle two programs. On a GPU, as for the convolutions
-    (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time and 8 warps
-    for exact float32 products (FMA), 32 channels when the input tile arrives by scalar loads, 64
-    pixels when 128 would leave SMs idle.
+    columns whose consecutive groups of ``group`` columns must stay in one program (the softmax's
+    ``V_0``; 1 without softmax): grid (pixel blocks, column blocks). On a GPU, as for the
+    convolutions (:func:`~fused.kernels.common.gemm_tiles`): 64 pixels and 16 channels at a time
+    and 8 warps for exact float32 products (FMA), 32 channels when the input tile arrives by scalar
+    loads; when the launch would have fewer programs than :data:`~fused.kernels.common.SM_COUNT`,
+    64 pixels instead of 128, then columns split in halves down to 16 (``tl.dot``'s minimum) while
+    ``BLOCK_N`` stays a multiple of ``group`` (both powers of two, so tiles start at multiples of
+    ``group`` and no group straddles two programs). Otherwise, and always in the interpreter, one
+    column tile covers all ``K`` columns.
     ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
     this machine's."""
     interpreter = interpreting(interpreter)
     pixels = N * H * W
     num_warps = gemm_warps(fma=False)
     block_m = min(128, max(triton.next_power_of_2(pixels), 16))
+    block_n = max(triton.next_power_of_2(K), 16)
     block_c = min(max(triton.next_power_of_2(C), 16), 64)
     if not interpreter:
         vector = (channels_last and C % 8 == 0) or (not channels_last and W % 16 == 0)
@@ -107,14 +118,19 @@ def anchor_heads_plan(N: int, C: int, H: int, W: int, K: int, *, channels_last: 
             block_m, block_c, num_warps = min(block_m, 64), 16, gemm_warps(fma=True)
         elif not vector:
             block_c = min(block_c, 32)
-        while triton.cdiv(pixels, block_m) < SM_COUNT and block_m > 64:  # spread small maps over more SMs
-            block_m //= 2
+        while triton.cdiv(pixels, block_m) * triton.cdiv(K, block_n) < SM_COUNT:  # spread small maps over more SMs
+            if block_m > 64:
+                block_m //= 2
+            elif block_n > 16 and (block_n // 2) % group == 0:
+                block_n //= 2
+            else:
+                break
     blocks = {
         "BLOCK_M": interpreter_tile(block_m, pixels, interpreter=interpreter),
-        "BLOCK_N": max(triton.next_power_of_2(K), 16),
+        "BLOCK_N": block_n,
         "BLOCK_C": interpreter_tile(block_c, C, interpreter=interpreter, big=64, max_tile=512),
     }
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]),), blocks, num_warps=num_warps)
+    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, block_n)), blocks, num_warps=num_warps)
 
 
 @runtime.launcher
@@ -177,22 +193,29 @@ def anchor_heads(
     pixels = N * H * W
     if pixels == 0:
         return outputs
-    plan = anchor_heads_plan(N, C, H, W, K, channels_last=x.stride(1) == 1, dtype=x.dtype, precision=precision)
+    group = values[0] if softmax else 1
+    plan = anchor_heads_plan(N, C, H, W, K, group=group, channels_last=x.stride(1) == 1, dtype=x.dtype,
+                             precision=precision)
+    if plan.blocks["BLOCK_N"] % group:
+        raise ValueError(f"{name}: a column tile of {plan.blocks['BLOCK_N']} would split the softmax groups of "
+                         f"{group} values over two programs; give anchor_heads_plan group={group}")
     padded = outputs + (outputs[0],) * (3 - len(outputs))  # absent heads: never written (V = 0)
     strides = [s for out in padded for s in out.stride()]
     args = (x, weight, bias, *padded, pixels, C, H, W, K, row_offset, *x.stride(), *weight.stride(), *strides)
     switches = dict(ANCHORS=anchors, V0=values[0], V1=values[1], V2=values[2], SOFTMAX0=bool(softmax),
                     INPUT_PRECISION=precision, USE_INT64=needs_int64(x, *outputs))
     record.kernel_launched(name)
-    launch_plan(anchor_heads_kernel, plan, (pixels,), args, switches, tuned=_tuned_kernel)
+    launch_plan(anchor_heads_kernel, plan, (pixels, K), args, switches, tuned=_tuned_kernel)
     return outputs
 
 
 def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
     """The launches a GPU autotunes over: the GPU plan first (:func:`~fused.kernels.common.tuned_variants`)."""
     N = args["pixels"] // (args["H"] * args["W"])
-    plan = anchor_heads_plan(N, args["C"], args["H"], args["W"], args["K"], channels_last=args["x_stride_c"] == 1,
-                             dtype=args["x_ptr"].dtype, precision=constexprs["INPUT_PRECISION"], interpreter=False)
+    group = constexprs["V0"] if constexprs["SOFTMAX0"] else 1
+    plan = anchor_heads_plan(N, args["C"], args["H"], args["W"], args["K"], group=group,
+                             channels_last=args["x_stride_c"] == 1, dtype=args["x_ptr"].dtype,
+                             precision=constexprs["INPUT_PRECISION"], interpreter=False)
     return tuned_variants(plan)
 
 

@@ -16,8 +16,9 @@ import torch
 import fused
 from fused import runtime
 from fused.kernels import conv2d
-from fused.kernels.common import config_key
+from fused.kernels.common import SM_COUNT, config_key
 from fused.kernels.conv2d import conv2d_bias_act, conv2d_plan
+from fused.kernels.heads import anchor_heads_plan
 from fused.measure import cli
 from fused.measure.inspect import ARCHS, Config, analyse, occupancy, record_launches, report, specialize
 from fused.measure.inspect import compile as C
@@ -105,6 +106,13 @@ def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
         assert launch["candidates"][0] == list(config_key(plan)) and len(launch["candidates"]) > 1
         assert launch["flops"][0] == 2 * a["pixels"] * a["K"] * a["C"] * a["R"] ** 2
     assert recorded[0]["args"]["x_ptr"]["shape"] == [16, 3, 640, 640]
+    heads = [launch for launch in recorded if launch["kernel"].endswith(":anchor_heads_kernel")]
+    for launch in heads:  # three levels; the 20x20 one fills the SMs by splitting its columns
+        a, c = launch["args"], launch["variant"]["spec"]["constexprs"]
+        plan = anchor_heads_plan(*a["x_ptr"]["shape"], a["K"], group=c["V0"] if c["SOFTMAX0"] else 1,
+                                 channels_last=a["x_ptr"]["stride"][1] == 1, dtype=torch.float16, interpreter=False)
+        assert tuple(launch["grid"]) == plan.grid and plan.grid[0] * plan.grid[1] >= SM_COUNT
+    assert len(heads) == 3 and max(launch["grid"][1] for launch in heads) == 2
 
 
 def _dry_runs(configs, monkeypatch=None, **env):
