@@ -30,6 +30,19 @@ def test_plans_do_not_depend_on_the_machine():
     assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (100,)  # 64 pixels: more SMs busy
 
 
+def test_se_excite_fills_the_sms_at_small_batches():
+    """ArcFace-SE's excite at batch 64 and 16 (C = 64 ... 512, C/16 hidden units): spans of channels
+    so that every launch has at least one program per SM on a GPU; one program per sample in the
+    interpreter, and on a GPU once the batch alone fills the SMs."""
+    for batch in (16, 64):
+        for channels in (64, 128, 256, 512):
+            plan = se.se_excite_plan(batch, channels, channels // 16, interpreter=False)
+            assert plan.programs >= common.SM_COUNT and plan.grid[0] == batch
+            assert se.se_excite_plan(batch, channels, channels // 16, interpreter=True).grid == (batch, 1)
+    assert se.se_excite_plan(256, 512, 32, interpreter=False).grid == (256, 1)
+    assert se.se_excite_plan(1, 512, 32, interpreter=False).grid == (1, se.MAX_EXCITE_SPANS)
+
+
 # MobileNet0.25's conv_dw blocks at 640x640: (C, K, stride, input size).
 MOBILENET_CONV_DW = [(8, 16, 1, 320), (16, 32, 2, 320), (32, 32, 1, 160), (32, 64, 2, 160), (64, 64, 1, 80),
                      (64, 128, 2, 80), (128, 128, 1, 40), (128, 256, 2, 40), (256, 256, 1, 20)]
