@@ -50,19 +50,30 @@ MOBILENET_CONV_DW = [(8, 16, 1, 320), (16, 32, 2, 320), (32, 32, 1, 160), (32, 6
 
 @pytest.mark.parametrize("dtype, precision", [(torch.float16, "ieee"), (torch.bfloat16, "ieee"),
                                               (torch.float32, "tf32"), (torch.float32, "ieee")])
-def test_conv_dw_fused_computes_the_depthwise_step_once_per_pixel(dtype, precision):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv_dw_fused_computes_the_depthwise_step_once_per_pixel(dtype, precision, channels_last):
     """One program covers every output channel (up to 256), so no program repeats another's
-    depthwise work; the tiles are those the compiler showed spill-free on sm_90a (8 warps, 16
-    input channels per step, 64 pixels on tensor cores, 32 with 128 or more exact fp32 columns)."""
+    depthwise work, unless that leaves SMs idle: then K = 256 takes two 128-wide tiles. The
+    tiles are those the compiler showed spill-free on sm_90a: 16 input channels per step, 64
+    pixels on tensor cores, 32 with 128 or more exact fp32 columns; 4 warps for channels_last
+    tiles up to 128 wide (2 or more programs per SM), else 8."""
     for C, K, stride, size in MOBILENET_CONV_DW:
         for batch in (1, 16):
             plan = depthwise.conv_dw_fused_plan(batch, C, size, size, K, stride, dtype=dtype, precision=precision,
-                                                interpreter=False)
-            assert plan.grid[1] == 1 and plan.blocks["BLOCK_N"] >= K
-            assert plan.blocks["BLOCK_C"] == 16 and plan.num_warps == 8
+                                                channels_last=channels_last, interpreter=False)
             fma_wide = dtype == torch.float32 and precision == "ieee" and K >= 128
-            assert plan.blocks["BLOCK_M"] == (32 if fma_wide else 64)
-    assert depthwise.conv_dw_fused_plan(1, 512, 8, 8, 512, interpreter=False).grid[1] == 2  # past 256: twice
+            assert plan.blocks["BLOCK_C"] == 16 and plan.blocks["BLOCK_M"] == (32 if fma_wide else 64)
+            one_tile = plan.grid[0] >= common.SM_COUNT or K <= 128
+            assert plan.blocks["BLOCK_N"] == (max(K, 16) if one_tile else 128)
+            assert plan.grid[1] == (1 if one_tile else 2)
+            assert plan.num_warps == (4 if channels_last and plan.blocks["BLOCK_N"] <= 128 else 8)
+    small = depthwise.conv_dw_fused_plan(16, 256, 20, 20, 256, dtype=torch.float16, interpreter=False)
+    assert small.grid == (100, 2) and small.programs >= common.SM_COUNT  # mobile0.25's 20x20 level at batch 16
+    big = depthwise.conv_dw_fused_plan(64, 256, 20, 20, 256, dtype=torch.float16, interpreter=False)
+    assert big.grid == (400, 1)  # enough programs: the depthwise step once
+    assert depthwise.conv_dw_fused_plan(16, 256, 20, 20, 256, dtype=torch.float16, interpreter=True).grid[1] == 1
+    assert depthwise.conv_dw_fused_plan(1, 512, 8, 8, 512, interpreter=False).grid[1] == 4  # two tiles of 256, split
+    assert depthwise.conv_dw_fused_plan(4, 512, 32, 32, 512, interpreter=False).grid == (128, 2)
 
 
 def test_launchers_launch_their_plan():
