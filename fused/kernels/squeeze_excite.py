@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, SM_COUNT, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, needs_int64, \
-    new_output, packed_slope, resolve_activation
+from .common import PRELU, SM_COUNT, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
+    needs_int64, new_output, packed_slope, resolve_activation
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
 TILE_ELEMENTS = 2048
@@ -102,10 +102,11 @@ def se_excite_kernel(
     """gate[n, c] = sigmoid(fc2(prelu(fc1(pooled[n]))))[c] in fp32, for sample ``n`` and one span of ``c``.
 
     Program (n, j) computes sample n's whole hidden layer, then the gates of the j-th of
-    ``num_programs(1)`` equal spans of channels (whole BLOCK_N tiles): the programs of one sample
-    recompute the same hidden vector, in the same order, so every gate is the same whatever the
-    split. ``pooled`` is ``splits`` partial means ``[splits, N, C]`` summed here in split order,
-    as ``se_squeeze_finish_kernel`` sums them (one split: the mean itself).
+    ``num_programs(1)`` equal spans of channels (whole BLOCK_N tiles): every program of a sample
+    computes the same hidden vector, with the same tiles in the same order, bit for bit, so the
+    split does not change which hidden values a gate sees. ``pooled`` is ``splits`` partial means
+    ``[splits, N, C]`` summed here in split order, as ``se_squeeze_finish_kernel`` sums them (one
+    split: the mean itself).
 
     Both layers are matrix-vector products, done as broadcast-multiply-and-sum over BLOCK_C
     (fc1) or BLOCK_N (fc2) channels at a time (tl.dot needs 16 rows; one sample has one). The
@@ -256,15 +257,12 @@ def se_excite_plan(N: int, C: int, hidden: int, *, interpreter: bool | None = No
     """
     block_hidden = triton.next_power_of_2(hidden)
     block_c = max(1, min(triton.next_power_of_2(C), TILE_ELEMENTS // block_hidden))
-    spans = 1
+    block_n, spans = block_c, 1
     if not interpreting(interpreter):
         span = triton.next_power_of_2(C)
         while N * triton.cdiv(C, span) < SM_COUNT and span > 1 and triton.cdiv(C, span // 2) <= MAX_EXCITE_SPANS:
             span //= 2
-        spans = triton.cdiv(C, span)
-        block_n = min(span, block_c)
-    else:
-        block_n = block_c
+        block_n, spans = min(span, block_c), triton.cdiv(C, span)
     return LaunchPlan((N, spans), {"BLOCK_C": block_c, "BLOCK_N": block_n, "BLOCK_HIDDEN": block_hidden})
 
 
