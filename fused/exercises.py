@@ -176,7 +176,8 @@ def _01_6(fold):
 # ---- lesson 02: depthwise ----
 
 @exercise("02", 2, "conv_dw_fused's GPU plan at batch 1 gives stage2 (128 -> 128, 40 x 40) and stage3 (256 -> 256, "
-          "20 x 20) few programs (fp16: 25 and 7). How many with BLOCK_M = 16? Answer (stage2, stage3).")
+          "20 x 20) few programs (fp16: 25, and 7 x 2 output-channel tiles = 14). How many with BLOCK_M = 16? "
+          "Answer (stage2, stage3).")
 def _02_2(answer):
     expected = []
     for C, H in ((128, 40), (256, 20)):

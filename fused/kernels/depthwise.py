@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import ACTIVATIONS, PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
+from .common import ACTIVATIONS, PRELU, SM_COUNT, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
     needs_int64, new_output, packed_slope, resolve_activation
 
 #: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant (a documented
@@ -232,32 +232,55 @@ def depthwise_plan(N: int, C: int, H: int, W: int, stride: int = 1, *, channels_
 
 
 def conv_dw_fused_plan(N: int, C: int, H: int, W: int, K: int, stride: int = 1, *,
-                       dtype: torch.dtype = torch.float32, precision: str = "ieee",
+                       dtype: torch.dtype = torch.float32, precision: str = "ieee", channels_last: bool = False,
                        interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`conv_dw_fused` makes for ``x`` ``[N, C, H, W]`` and ``K`` output channels.
 
     One program covers all output channels (``BLOCK_N`` >= K, up to 256): the depthwise step is
     computed once per pixel and channel, never again per output-channel tile (past K = 256 it
-    runs ``cdiv(K, 256)`` times). tl.dot needs every tile side >= 16. Register budget (sm_90a,
-    checked with ``facefuse inspect`` at MobileNet0.25's shapes on channels_last input, what the
-    fused models pass, stride 1 and 2, every dtype): a ``64 x BLOCK_N`` fp32 accumulator plus the
-    nine prefetched input taps fit without spills with 16 input channels per step and 4 warps (one
-    warpgroup) up to ``BLOCK_N`` 128, which leaves room for 2-3 programs per SM and lets the
-    pointwise ``wgmma`` stay in flight across steps (see :func:`conv_dw_fused_kernel`); 8 warps at
-    ``BLOCK_N`` 256, where 4 would spill. Exact float32
-    products (``dtype`` float32, ``precision`` "ieee") run on FMA units, which hold more per
-    thread than the tensor cores' ``wgmma`` (which wants 64-row tiles): 32 pixels per tile there
-    once ``BLOCK_N`` reaches 128. ``interpreter`` as in :func:`depthwise_plan`.
+    runs ``cdiv(K, 256)`` times). The exception, on a GPU: when that leaves SMs idle (fewer than
+    :data:`~fused.kernels.common.SM_COUNT` programs: mobile0.25's 20x20 level, 100 programs at
+    batch 16, 7 at batch 1), ``BLOCK_N`` drops to 128. The trade: twice the programs for
+    K = 256, each with half the MMA columns, but every pixel's depthwise step (nine loads and
+    FMAs per input channel) now runs in two programs, so the depthwise work and the input reads
+    double; with one program over all K, 32 SMs sat idle (at batch 16) instead. In the fused
+    models' layout the 200 programs run at once (2 per SM with 4 warps, below).
+
+    tl.dot needs every tile side >= 16. Register budget (sm_90a, checked with the compiler,
+    ``facefuse inspect``, at MobileNet0.25's shapes, stride 1 and 2, batch 1 and 16, every dtype
+    and float32 precision): a ``64 x BLOCK_N`` fp32 accumulator plus the nine prefetched input
+    taps fit without spills with 16 input channels per step. Exact float32 products (``dtype``
+    float32, ``precision`` "ieee") run on FMA units, which hold more per thread than the tensor
+    cores' ``wgmma`` (which wants 64-row tiles): 32 pixels per tile there once ``BLOCK_N``
+    reaches 128.
+
+    Warps: the ``wgmma`` takes its A operand (the depthwise result) from registers computed in
+    the loop; the kernel's MMA-layout zero tile lets Triton keep one in flight (see
+    :func:`conv_dw_fused_kernel`), and another program on the same SM fills what waiting is
+    left. With ``channels_last`` (``x`` and the output channel-contiguous, as in the fused models) and
+    ``BLOCK_N`` <= 128, 4 warps (one warpgroup) give 2 or 3 programs per SM instead of one
+    8-warp program (fp16 at 64 x 128: 226 registers and 2 per SM, where 8 warps took 152 and 1;
+    no spills in any dtype). ``BLOCK_N`` 256 spills with 4 warps (32 to 132 bytes), and so do
+    NCHW input's scalar loads (each element its own 64-bit address: 40 to 312 bytes at stride 2
+    and at 64 x 128), so those keep 8 warps and one program per SM.
+    ``interpreter`` as in :func:`depthwise_plan` (no split there: it pays per program).
     """
     pixels = N * _out_size(H, stride) * _out_size(W, stride)
-    block_n = min(256, max(16, triton.next_power_of_2(K)))
+    interpreter = interpreting(interpreter)
     fma = dtype == torch.float32 and precision == "ieee"
-    block_m = interpreter_tile(min(32 if fma and block_n >= 128 else 64, max(16, triton.next_power_of_2(pixels))),
-                               pixels, interpreter=interpreting(interpreter))
-    block_c = 16
+
+    def pixel_tile(block_n: int) -> int:
+        block_m = min(32 if fma and block_n >= 128 else 64, max(16, triton.next_power_of_2(pixels)))
+        return interpreter_tile(block_m, pixels, interpreter=interpreter)
+
+    block_n = min(256, max(16, triton.next_power_of_2(K)))
+    block_m = pixel_tile(block_n)
+    if not interpreter and block_n > 128 and triton.cdiv(pixels, block_m) * triton.cdiv(K, block_n) < SM_COUNT:
+        block_n = 128
+        block_m = pixel_tile(block_n)
+    warps = 4 if channels_last and block_n <= 128 else 8
     return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)),
-                      {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": block_c},
-                      num_warps=8 if block_n > 128 else 4)
+                      {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": 16}, num_warps=warps)
 
 
 @runtime.launcher
@@ -369,7 +392,8 @@ def conv_dw_fused(
     if pixels == 0 or K == 0:
         return out
 
-    plan = conv_dw_fused_plan(N, C, H, W, K, stride, dtype=x.dtype, precision=precision)
+    plan = conv_dw_fused_plan(N, C, H, W, K, stride, dtype=x.dtype, precision=precision,
+                              channels_last=x.stride(1) == 1 and out.stride(1) == 1)
     record.kernel_launched(name)
     runtime.launch(conv_dw_fused_kernel, plan.grid,
         x, dw_weight, dw_bias.contiguous(), pw_weight, pw_bias.contiguous(), out,

@@ -5,7 +5,8 @@ reads ``x`` for the pool, then reads it again and writes a scaled copy, which IR
 add the residual and apply PReLU. Here three kernels do the work:
 
 * ``se_squeeze``: the per-(n, c) mean over H*W, with large maps split across programs;
-* ``se_excite``: the MLP, one program per sample (it is tiny: C x C/16 weights). Inside the fused
+* ``se_excite``: the MLP (it is tiny: C x C/16 weights), one program per sample, or on a GPU
+  per span of a sample's channels when the batch is too small to fill the SMs. Inside the fused
   modules ``se_squeeze_excite`` runs both, and the excite kernel sums the squeeze's split partial
   means itself, so the small ``se_squeeze_finish`` launch is never needed there;
 * ``se_scale_residual_act``: ``activate(y * scale[n, c] + residual)``, so the scaled tensor is
@@ -23,8 +24,8 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, needs_int64, \
-    new_output, packed_slope, resolve_activation
+from .common import PRELU, SM_COUNT, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
+    needs_int64, new_output, packed_slope, resolve_activation
 
 #: Elements in one [BLOCK_C, BLOCK_HW] tile of the squeeze and scale kernels.
 TILE_ELEMENTS = 2048
@@ -32,6 +33,8 @@ TILE_ELEMENTS = 2048
 TARGET_PROGRAMS = 1024
 #: ... and in Triton's interpreter, which pays per program.
 INTERPRETER_TARGET_PROGRAMS = 16
+#: Most programs the excite gives one sample on a GPU (each recomputes the sample's hidden layer).
+MAX_EXCITE_SPANS = 16
 
 
 @triton.jit
@@ -94,16 +97,20 @@ def se_excite_kernel(
     pooled_stride_split, pooled_stride_n, pooled_stride_c,
     fc1_stride_out, fc1_stride_in, fc1_bias_stride, prelu_stride,
     fc2_stride_out, fc2_stride_in, fc2_bias_stride,
-    BLOCK_C: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, USE_INT64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_HIDDEN: tl.constexpr, USE_INT64: tl.constexpr,
 ):
-    """gate[n] = sigmoid(fc2(prelu(fc1(pooled[n])))) for one sample ``n`` per program, in fp32.
+    """gate[n, c] = sigmoid(fc2(prelu(fc1(pooled[n]))))[c] in fp32, for sample ``n`` and one span of ``c``.
 
-    ``pooled`` is ``splits`` partial means ``[splits, N, C]`` summed here in split order, as
-    ``se_squeeze_finish_kernel`` sums them (one split: the mean itself).
+    Program (n, j) computes sample n's whole hidden layer, then the gates of the j-th of
+    ``num_programs(1)`` equal spans of channels (whole BLOCK_N tiles): every program of a sample
+    computes the same hidden vector, with the same tiles in the same order, bit for bit, so the
+    split does not change which hidden values a gate sees. ``pooled`` is ``splits`` partial means
+    ``[splits, N, C]`` summed here in split order, as ``se_squeeze_finish_kernel`` sums them (one
+    split: the mean itself).
 
     Both layers are matrix-vector products, done as broadcast-multiply-and-sum over BLOCK_C
-    channels at a time (tl.dot needs 16 rows; one sample has one). The hidden vector stays in
-    registers between the layers. A shared PReLU slope has ``prelu_stride`` 0.
+    (fc1) or BLOCK_N (fc2) channels at a time (tl.dot needs 16 rows; one sample has one). The
+    hidden vector stays in registers between the layers. A shared PReLU slope has ``prelu_stride`` 0.
     """
     n = tl.program_id(0)
     if USE_INT64:
@@ -126,9 +133,11 @@ def se_excite_kernel(
     slope = tl.load(prelu_weight_ptr + r * prelu_stride, mask=r_mask, other=0.0).to(tl.float32)
     # Padded lanes must be exactly 0 for fc2: their fc1 sums are 0 * pooled, NaN when pooled has an Inf.
     hid = tl.where(r_mask, activate(z, slope, PRELU), 0.0)
-    # fc2: gate[c] = sigmoid(sum_r fc2_weight[c, r] * hid[r] + fc2_bias[c])
-    for c_start in range(0, C, BLOCK_C):
-        c = c_start + tl.arange(0, BLOCK_C)
+    # fc2: gate[c] = sigmoid(sum_r fc2_weight[c, r] * hid[r] + fc2_bias[c]) over this program's span
+    span = tl.cdiv(tl.cdiv(C, tl.num_programs(1)), BLOCK_N) * BLOCK_N
+    first = tl.program_id(1) * span
+    for c_start in range(first, tl.minimum(first + span, C), BLOCK_N):
+        c = c_start + tl.arange(0, BLOCK_N)
         c_mask = c < C
         w2 = tl.load(fc2_weight_ptr + c[:, None] * fc2_stride_out + r[None, :] * fc2_stride_in,
                      mask=c_mask[:, None] & r_mask[None, :], other=0.0)
@@ -232,12 +241,29 @@ def se_squeeze_plan(N: int, C: int, H: int, W: int, *, interpreter: bool | None 
     return SqueezePlan(partial, finish, splits, tiles_per_split * block_hw)
 
 
-def se_excite_plan(N: int, C: int, hidden: int) -> LaunchPlan:
+def se_excite_plan(N: int, C: int, hidden: int, *, interpreter: bool | None = None) -> LaunchPlan:
     """The launch :func:`se_excite` makes for ``N`` samples, ``C`` channels and ``hidden`` units:
-    one program per sample (the same on a GPU and in the interpreter)."""
+    grid ``(N, spans)``, each program the gates of one span of a sample's channels.
+
+    In the interpreter, which pays per program, one program per sample (one span). On a GPU one
+    program per sample leaves SMs idle at ArcFace's batch 64 (64 programs for 132 SMs), so the
+    channels are cut into power-of-two spans (whole ``BLOCK_N`` tiles) until ``N * spans``
+    reaches :data:`~fused.kernels.common.SM_COUNT`, at most :data:`MAX_EXCITE_SPANS` per sample.
+    The price: every program of a sample recomputes its hidden layer, reading all of fc1 (``C x
+    C/16`` weights), while fc2's weights are still read once; past a few spans a program's time
+    is mostly that recomputation, so more spans would only multiply fc1's reads.
+    ``interpreter=False`` gives the GPU's plan on any machine, ``True`` the interpreter's, None
+    this machine's.
+    """
     block_hidden = triton.next_power_of_2(hidden)
     block_c = max(1, min(triton.next_power_of_2(C), TILE_ELEMENTS // block_hidden))
-    return LaunchPlan((N,), {"BLOCK_C": block_c, "BLOCK_HIDDEN": block_hidden})
+    block_n, spans = block_c, 1
+    if not interpreting(interpreter):
+        span = triton.next_power_of_2(C)
+        while N * triton.cdiv(C, span) < SM_COUNT and span > 1 and triton.cdiv(C, span // 2) <= MAX_EXCITE_SPANS:
+            span //= 2
+        block_n, spans = min(span, block_c), triton.cdiv(C, span)
+    return LaunchPlan((N, spans), {"BLOCK_C": block_c, "BLOCK_N": block_n, "BLOCK_HIDDEN": block_hidden})
 
 
 def se_scale_residual_act_plan(N: int, C: int, H: int, W: int, *, interpreter: bool | None = None) -> LaunchPlan:

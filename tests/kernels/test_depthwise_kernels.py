@@ -1,5 +1,6 @@
 """Depthwise 3x3 and fused conv_dw kernels against a float64 reference (lesson 02)."""
 
+import functools
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fused import record
+from fused.teaching import watch_launches
 from fused.kernels.common import needs_int64
 from fused.kernels import common, depthwise
 from fused.kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
@@ -172,6 +174,30 @@ def test_fused_tf32_precision(device):
     actual = conv_dw_fused(x, *args, precision="tf32")
     expected = _leaky(_reference_conv_dw(x, *args, 1, 0.1), 0.1)
     assert_close(actual, expected, dtype="tf32", reduction_length=9 * 24, what="conv_dw_fused tf32")
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float16, "ieee"), (torch.float32, "ieee"),
+                                              (torch.float32, "tf32")])
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_conv_dw_fused_in_the_gpu_plans_output_channel_tiles(device, monkeypatch, dtype, precision, memory_format):
+    """A small map with K = 200 gets two 128-wide output-channel tiles on a GPU (too few programs
+    for one 256-wide tile), so each pixel's depthwise step runs in two programs: the same result,
+    the second tile's 72 columns masked, NaN and Inf where float64 puts them."""
+    plan = functools.partial(depthwise.conv_dw_fused_plan, interpreter=False)
+    monkeypatch.setattr(depthwise, "conv_dw_fused_plan", plan)
+    x = plant(torch.randn(2, 24, 5, 6, device=device).to(dtype).contiguous(memory_format=memory_format),
+              (math.nan, math.inf, -math.inf))
+    args = (torch.randn(24, 1, 3, 3, device=device) / 3, torch.randn(24, device=device),
+            torch.randn(200, 24, 1, 1, device=device) / 5, torch.randn(200, device=device))
+    channels_last = memory_format == torch.channels_last
+    chosen = plan(2, 24, 5, 6, 200, dtype=dtype, precision=precision, channels_last=channels_last)
+    assert chosen.grid[1] == 2 and chosen.blocks["BLOCK_N"] == 128 and chosen.num_warps == (4 if channels_last else 8)
+    with watch_launches(depthwise, "conv_dw_fused_kernel") as launches:
+        actual = conv_dw_fused(x, *args, precision=precision)
+    assert launches == [(chosen.grid, chosen.blocks)]
+    before = _reference_conv_dw(x, *args, 1, 0.1)
+    assert_close(actual, _leaky(before, 0.1), dtype="tf32" if precision == "tf32" else None,
+                 reduction_length=9 * 24, magnitude=largest_finite(before), what="conv_dw_fused in two N tiles")
 
 
 def test_output_keeps_memory_format(device):

@@ -30,6 +30,19 @@ def test_plans_do_not_depend_on_the_machine():
     assert heads.anchor_heads_plan(1, 64, 80, 80, 32, interpreter=False).grid == (100, 2)  # 64 pixels, 16 columns
 
 
+def test_se_excite_fills_the_sms_at_small_batches():
+    """ArcFace-SE's excite at batch 64 and 16 (C = 64 ... 512, C/16 hidden units): spans of channels
+    so that every launch has at least one program per SM on a GPU; one program per sample in the
+    interpreter, and on a GPU once the batch alone fills the SMs."""
+    for batch in (16, 64):
+        for channels in (64, 128, 256, 512):
+            plan = se.se_excite_plan(batch, channels, channels // 16, interpreter=False)
+            assert plan.programs >= common.SM_COUNT and plan.grid[0] == batch
+            assert se.se_excite_plan(batch, channels, channels // 16, interpreter=True).grid == (batch, 1)
+    assert se.se_excite_plan(256, 512, 32, interpreter=False).grid == (256, 1)
+    assert se.se_excite_plan(1, 512, 32, interpreter=False).grid == (1, se.MAX_EXCITE_SPANS)
+
+
 # MobileNet0.25's conv_dw blocks at 640x640: (C, K, stride, input size).
 MOBILENET_CONV_DW = [(8, 16, 1, 320), (16, 32, 2, 320), (32, 32, 1, 160), (32, 64, 2, 160), (64, 64, 1, 80),
                      (64, 128, 2, 80), (128, 128, 1, 40), (128, 256, 2, 40), (256, 256, 1, 20)]
@@ -37,20 +50,30 @@ MOBILENET_CONV_DW = [(8, 16, 1, 320), (16, 32, 2, 320), (32, 32, 1, 160), (32, 6
 
 @pytest.mark.parametrize("dtype, precision", [(torch.float16, "ieee"), (torch.bfloat16, "ieee"),
                                               (torch.float32, "tf32"), (torch.float32, "ieee")])
-def test_conv_dw_fused_computes_the_depthwise_step_once_per_pixel(dtype, precision):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv_dw_fused_computes_the_depthwise_step_once_per_pixel(dtype, precision, channels_last):
     """One program covers every output channel (up to 256), so no program repeats another's
-    depthwise work; the tiles are those the compiler showed spill-free on sm_90a (4 warps up to 128
-    output channels, 8 beyond, 16 input channels per step, 64 pixels on tensor cores, 32 with 128
-    or more exact fp32 columns)."""
+    depthwise work, unless that leaves SMs idle: then K = 256 takes two 128-wide tiles. The
+    tiles are those the compiler showed spill-free on sm_90a: 16 input channels per step, 64
+    pixels on tensor cores, 32 with 128 or more exact fp32 columns; 4 warps for channels_last
+    tiles up to 128 wide (2 or more programs per SM), else 8."""
     for C, K, stride, size in MOBILENET_CONV_DW:
         for batch in (1, 16):
             plan = depthwise.conv_dw_fused_plan(batch, C, size, size, K, stride, dtype=dtype, precision=precision,
-                                                interpreter=False)
-            assert plan.grid[1] == 1 and plan.blocks["BLOCK_N"] >= K
-            assert plan.blocks["BLOCK_C"] == 16 and plan.num_warps == (8 if plan.blocks["BLOCK_N"] > 128 else 4)
+                                                channels_last=channels_last, interpreter=False)
             fma_wide = dtype == torch.float32 and precision == "ieee" and K >= 128
-            assert plan.blocks["BLOCK_M"] == (32 if fma_wide else 64)
-    assert depthwise.conv_dw_fused_plan(1, 512, 8, 8, 512, interpreter=False).grid[1] == 2  # past 256: twice
+            assert plan.blocks["BLOCK_C"] == 16 and plan.blocks["BLOCK_M"] == (32 if fma_wide else 64)
+            one_tile = plan.grid[0] >= common.SM_COUNT or K <= 128
+            assert plan.blocks["BLOCK_N"] == (max(K, 16) if one_tile else 128)
+            assert plan.grid[1] == (1 if one_tile else 2)
+            assert plan.num_warps == (4 if channels_last and plan.blocks["BLOCK_N"] <= 128 else 8)
+    small = depthwise.conv_dw_fused_plan(16, 256, 20, 20, 256, dtype=torch.float16, interpreter=False)
+    assert small.grid == (100, 2) and small.programs >= common.SM_COUNT  # mobile0.25's 20x20 level at batch 16
+    big = depthwise.conv_dw_fused_plan(64, 256, 20, 20, 256, dtype=torch.float16, interpreter=False)
+    assert big.grid == (400, 1)  # enough programs: the depthwise step once
+    assert depthwise.conv_dw_fused_plan(16, 256, 20, 20, 256, dtype=torch.float16, interpreter=True).grid[1] == 1
+    assert depthwise.conv_dw_fused_plan(1, 512, 8, 8, 512, interpreter=False).grid[1] == 4  # two tiles of 256, split
+    assert depthwise.conv_dw_fused_plan(4, 512, 32, 32, 512, interpreter=False).grid == (128, 2)
 
 
 def test_launchers_launch_their_plan():

@@ -5,6 +5,7 @@ mean, like real feature maps: the policy scales its bound by the largest referen
 mean of a zero-mean map can be far smaller than the terms summed to get it.
 """
 
+import functools
 import math
 import re
 
@@ -16,6 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fused import record
+from fused.teaching import watch_launches
 from fused.kernels import squeeze_excite as se
 from fused.tolerance import assert_close
 from reference.squeeze_excite import SEBlock
@@ -158,6 +160,36 @@ def test_excite_matches_float64_mlp(device, batch, channels, reduction, dtype, s
     assert_close(gate, excite64(pooled, *params), reduction_length=channels + hidden, what="se_excite")
 
 
+def gpu_excite_plan(monkeypatch):
+    """Make the excite launch the GPU's plan (several programs per sample on small batches) here too."""
+    monkeypatch.setattr(se, "se_excite_plan", functools.partial(se.se_excite_plan, interpreter=False))
+
+
+@FIXTURE_OK
+@given(batch=st.sampled_from([1, 2, 3]), channels=CHANNELS, reduction=REDUCTIONS, dtype=kernel_dtypes(),
+       shared_prelu=st.booleans(), seed=SEEDS, specials=NONFINITE)
+@example(batch=2, channels=37, reduction=4, dtype=torch.float32, shared_prelu=False, seed=0,
+         specials=(math.inf,))  # 10 spans of 4 channels (the last one 1), hidden 9 padded to 16
+def test_excite_split_over_channel_spans(device, monkeypatch, batch, channels, reduction, dtype, shared_prelu,
+                                         seed, specials):
+    """The GPU plan cuts a small batch's channels into spans, one program each, every one recomputing
+    its sample's hidden layer: the gates match float64 (NaN and Inf where it puts them), every
+    channel is written once, and a second run gives the same bits."""
+    hidden = max(channels // reduction, 1)
+    params = make_params(channels, hidden, seed, dtype, device, shared_prelu)
+    pooled = plant(randn((batch, channels), seed, torch.float32, device), specials, seed)
+    plan = se.se_excite_plan(batch, channels, hidden, interpreter=False)
+    assert plan.grid[0] == batch and (plan.grid[1] > 1 or channels == 1) and plan.grid[1] <= se.MAX_EXCITE_SPANS
+    with monkeypatch.context() as patch:
+        gpu_excite_plan(patch)
+        with watch_launches(se, "se_excite_kernel") as launches:
+            gate = se.se_excite(pooled, *params)
+        again = se.se_excite(pooled, *params)
+    assert launches == [(plan.grid, plan.blocks)]
+    assert torch.equal(gate.isnan(), again.isnan()) and torch.equal(gate.nan_to_num(), again.nan_to_num())
+    assert_close(gate, excite64(pooled, *params), reduction_length=channels + hidden, what="se_excite in spans")
+
+
 # ----------------------------------------------------------------------------------- scale
 
 
@@ -247,17 +279,22 @@ def test_triton_kernels_ran(device):
 
 @FIXTURE_OK
 @given(batch=st.sampled_from([1, 2]), channels=st.sampled_from([3, 16, 40]), size=st.sampled_from([(5, 4), (33, 35)]),
-       dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, seed=SEEDS, specials=NONFINITE)
-def test_squeeze_excite_in_two_launches_is_bitwise_the_three_launch_gate(device, batch, channels, size, dtype,
-                                                                         memory_format, seed, specials):
+       dtype=kernel_dtypes(), memory_format=MEMORY_FORMAT, gpu_plan=st.booleans(), seed=SEEDS, specials=NONFINITE)
+def test_squeeze_excite_in_two_launches_is_bitwise_the_three_launch_gate(device, monkeypatch, batch, channels, size,
+                                                                         dtype, memory_format, gpu_plan, seed,
+                                                                         specials):
     """se_squeeze_excite sums the split partial means in se_squeeze_finish's order: the same bits
-    (NaN and Inf included) with one launch fewer on a split map."""
+    (NaN and Inf included) with one launch fewer on a split map, with the excite's channels in
+    one program per sample or in the GPU plan's spans."""
     params = make_params(channels, max(channels // 16, 1), seed, dtype, device)
     x = plant(make_x((batch, channels, *size), seed, dtype, device, memory_format, False), specials, seed)
-    with record.recording() as rec:
-        gate = se.se_squeeze_excite(x, *params)
-    assert rec.kernel_counts() == {"se_squeeze_partial": 1, "se_excite": 1}
-    expected = se.se_excite(se.se_squeeze(x), *params)
+    with monkeypatch.context() as patch:
+        if gpu_plan:
+            gpu_excite_plan(patch)
+        with record.recording() as rec:
+            gate = se.se_squeeze_excite(x, *params)
+        assert rec.kernel_counts() == {"se_squeeze_partial": 1, "se_excite": 1}
+        expected = se.se_excite(se.se_squeeze(x), *params)
     assert gate.dtype == torch.float32 and torch.equal(gate.isnan(), expected.isnan())
     assert torch.equal(gate.nan_to_num(), expected.nan_to_num())
 
