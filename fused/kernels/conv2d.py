@@ -21,6 +21,22 @@ loads of the next ``num_stages - 1`` steps (asynchronous copies to shared memory
 addresses allow, ``cp.async``) while the tensor cores work on this one. Nested, only the
 innermost channel loop was pipelined, and with ``C <= BLOCK_C`` it had one step, so every MMA
 waited for its loads; flat, the loads of the next tap overlap the MMAs of this one.
+
+**Split-K.** A small map gives few programs (1600 pixels x 64 channels is 50 tiles) and leaves
+most of a GPU's 132 SMs idle while each program walks the whole reduction. Then
+:func:`conv2d_plan` may split the step loop: program ``(i, j, split)`` runs its contiguous share
+of the ``R*R*c_blocks`` steps and stores its fp32 partial tile into a ``[SPLIT_K, pixels, K]``
+workspace, and a second kernel, :func:`conv2d_splitk_reduce_kernel`, sums the partials in split
+order and applies the epilogue (:func:`conv2d_epilogue`, the one both kernels use). Why two
+launches, as cuBLAS does it deterministically, rather than one kernel adding into the output: a
+bias, a residual or an activation needs the complete sum, and partial sums added by atomics, or
+finished by whichever program counts itself last, arrive in a different order on every run (so
+the bits change) and race, which Triton's interpreter, running one program at a time, would never
+show. The rule (GPU plans only, :data:`SPLIT_K_MIN_FLOPS`, :data:`SPLIT_K_MIN_STEPS`): split a
+launch with fewer programs than SMs that computes at least 2**24 FLOPs into about
+``SM_COUNT / programs`` parts of at least 4 steps each (halving ``BLOCK_C``, down to 16, to
+make steps); a smaller launch stays one launch, since at batch 1 a second launch costs more than
+the idle SMs. ``SPLIT_K=1`` compiles exactly the unsplit kernel. Split launches do not autotune.
 """
 
 from __future__ import annotations
@@ -68,7 +84,9 @@ def conv2d_bias_act_kernel(
     The reduction over ``(r, s, c)`` is one flat loop of ``R*R*c_blocks`` steps (tap-major): step
     ``k`` reads tap ``k // c_blocks`` and channel block ``k % c_blocks``. One loop, not three
     nested ones, so Triton's software pipeliner prefetches the next tiles while the tensor cores
-    work on this one, across taps as well as channel blocks.
+    work on this one, across taps as well as channel blocks. With ``SPLIT_K > 1`` program
+    (i, j, split) runs the split-th of ``SPLIT_K`` contiguous shares of those steps and stores its
+    fp32 tile into the ``partial`` workspace instead (:func:`conv2d_splitk_reduce_kernel` finishes).
     """
     pid_m = tl.program_id(0)
     if USE_INT64:  # offsets may pass 2**31: do all index arithmetic in int64
