@@ -47,7 +47,8 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import PRELU, RELU, SM_COUNT, LaunchPlan, activate, autotuned, check_launch, gemm_tiles, gemm_warps, \
-    interpreter_tile, interpreting, launch_plan, needs_int64, new_output, packed_slope, resolve_activation, tuned_variants
+    interpreter_tile, interpreting, launch_plan, needs_int64, new_output, packed_slope, resolve_activation, \
+    tuned_variants
 
 #: Split-K (see the module docstring): a GPU launch with fewer programs than SMs splits its
 #: reduction when it computes at least this many FLOPs (2 per multiply-add); smaller launches

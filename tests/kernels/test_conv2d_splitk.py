@@ -151,7 +151,8 @@ def test_the_split_launch_runs_both_kernels(monkeypatch, device):
         y = run(device)
     assert rec.kernel_counts() == {"conv2d_bias_act": 1, "conv2d_splitk_reduce": 1}
     assert [(grid, args["SPLIT_K"]) for grid, args in conv.calls] == [(plan.grid, 3)]
-    assert [(grid, args["SPLIT_K"]) for grid, args in reduce.calls] == [(conv2d.conv2d_reduce_plan(2 * 7 * 6, 24).grid, 3)]
+    reduce_plan = conv2d.conv2d_reduce_plan(2 * 7 * 6, 24)
+    assert [(grid, args["SPLIT_K"]) for grid, args in reduce.calls] == [(reduce_plan.grid, 3)]
     assert tuple(reduce.calls[0][1]["partial_ptr"].shape) == (3, 2 * 7 * 6, 24)
     assert_close(y, expected_g(), reduction_length=32 * 9)
 
