@@ -29,10 +29,10 @@ of the ``R*R*c_blocks`` steps and stores its fp32 partial tile into a ``[SPLIT_K
 workspace, and a second kernel, :func:`conv2d_splitk_reduce_kernel`, sums the partials in split
 order and applies the epilogue (:func:`conv2d_epilogue`, the one both kernels use). Why two
 launches, as cuBLAS does it deterministically, rather than one kernel adding into the output: a
-bias, a residual or an activation needs the complete sum, and partial sums added by atomics, or
-finished by whichever program counts itself last, arrive in a different order on every run (so
-the bits change) and race, which Triton's interpreter, running one program at a time, would never
-show. The rule (GPU plans only, :data:`SPLIT_K_MIN_FLOPS`, :data:`SPLIT_K_MIN_STEPS`): split a
+bias, a residual or an activation needs the complete sum; partial sums added by atomics arrive in
+a different order on every run (so the bits change); and a program that finishes the tile when a
+counter says it came last relies on memory ordering between programs, a race that Triton's
+interpreter, running one program at a time, would never show. The rule (GPU plans only, :data:`SPLIT_K_MIN_FLOPS`, :data:`SPLIT_K_MIN_STEPS`): split a
 launch with fewer programs than SMs that computes at least 2**24 FLOPs into about
 ``SM_COUNT / programs`` parts of at least 4 steps each (halving ``BLOCK_C``, down to 16, to
 make steps); a smaller launch stays one launch, since at batch 1 a second launch costs more than
