@@ -210,14 +210,16 @@ def _02_6(answer):
 
 # ---- lesson 03: squeeze-excite ----
 
-@exercise("03", 2, "layer4's 3x3 conv at batch 1 (1 x 512 x 8 x 8 -> 512): how many programs does the GPU plan "
-          "launch, and into how many splits of the reduction must each program's work be cut to reach one "
-          f"program per SM on a {H100_SMS}-SM H100? Answer (programs, splits).")
+@exercise("03", 2, "layer4's 3x3 conv at batch 1 (1 x 512 x 8 x 8 -> 512): how many programs (output tiles, "
+          "before any split) does the GPU plan launch, and into how many splits of the reduction must each "
+          f"program's work be cut to reach one program per SM on a {H100_SMS}-SM H100? Answer (programs, splits).")
 def _03_2(answer):
-    programs = _programs(conv_kernels.conv2d_plan(1, 512, 8, 8, 512, 3, 1, 1, interpreter=False))
+    plan = conv_kernels.conv2d_plan(1, 512, 8, 8, 512, 3, 1, 1, interpreter=False)
+    programs = math.prod(plan.grid[:2])  # the output tiles; a split-K plan adds a third grid axis
     expected = (programs, math.ceil(H100_SMS / programs))
     _equal(answer, expected, "(programs, splits)")
-    return f"{expected[0]} x {expected[1]} = {expected[0] * expected[1]} programs."
+    return (f"{expected[0]} x {expected[1]} = {expected[0] * expected[1]} programs. conv2d_plan now splits this "
+            f"launch itself: SPLIT_K = {plan.blocks.get('SPLIT_K', 1)} (split-K, fused/kernels/conv2d.py).")
 
 
 @exercise("03", 5, "If TARGET_PROGRAMS were 512 instead of 1024, how many splits would the GPU squeeze plan use for "
@@ -282,12 +284,14 @@ def _05_1(answer):
     return f"{expected[0]:.1%} at 64 x 64, {expected[1]:.1%} at 8 x 8: the correction matters most in layer4."
 
 
-@exercise("05", 2, "layer4's 3x3 conv at batch 1 (1 x 512 x 8 x 8 -> 512): how many programs does its GPU plan "
-          "launch? Answer an int.")
+@exercise("05", 2, "layer4's 3x3 conv at batch 1 (1 x 512 x 8 x 8 -> 512): how many programs (output tiles, "
+          "before any split of the reduction) does its GPU plan launch? Answer an int.")
 def _05_2(answer):
-    programs = _programs(conv_kernels.conv2d_plan(1, 512, 8, 8, 512, 3, 1, 1, interpreter=False))
+    plan = conv_kernels.conv2d_plan(1, 512, 8, 8, 512, 3, 1, 1, interpreter=False)
+    programs = math.prod(plan.grid[:2])  # the output tiles; a split-K plan adds a third grid axis
     _equal(answer, programs, "programs")
-    return f"{programs} programs for {H100_SMS} SMs."
+    return (f"{programs} programs for {H100_SMS} SMs; conv2d_plan now splits the reduction "
+            f"{plan.blocks.get('SPLIT_K', 1)} ways (split-K, fused/kernels/conv2d.py).")
 
 
 @exercise("05", 3, "Max-pool before the PReLU gives the same result as after it exactly when the PReLU is "

@@ -21,6 +21,22 @@ loads of the next ``num_stages - 1`` steps (asynchronous copies to shared memory
 addresses allow, ``cp.async``) while the tensor cores work on this one. Nested, only the
 innermost channel loop was pipelined, and with ``C <= BLOCK_C`` it had one step, so every MMA
 waited for its loads; flat, the loads of the next tap overlap the MMAs of this one.
+
+**Split-K.** A small map gives few programs (1600 pixels x 64 channels is 50 tiles) and leaves
+most of a GPU's 132 SMs idle while each program walks the whole reduction. Then
+:func:`conv2d_plan` may split the step loop: program ``(i, j, split)`` runs its contiguous share
+of the ``R*R*c_blocks`` steps and stores its fp32 partial tile into a ``[SPLIT_K, pixels, K]``
+workspace, and a second kernel, :func:`conv2d_splitk_reduce_kernel`, sums the partials in split
+order and applies the epilogue (:func:`conv2d_epilogue`, the one both kernels use). Why two
+launches, as cuBLAS does it deterministically, rather than one kernel adding into the output: a
+bias, a residual or an activation needs the complete sum; partial sums added by atomics arrive in
+a different order on every run (so the bits change); and a program that finishes the tile when a
+counter says it came last relies on memory ordering between programs, a race that Triton's
+interpreter, running one program at a time, would never show. The rule (GPU plans only, :data:`SPLIT_K_MIN_FLOPS`, :data:`SPLIT_K_MIN_STEPS`): split a
+launch with fewer programs than SMs that computes at least 2**24 FLOPs into about
+``SM_COUNT / programs`` parts of at least 4 steps each (halving ``BLOCK_C``, down to 16, to
+make steps); a smaller launch stays one launch, since at batch 1 a second launch costs more than
+the idle SMs. ``SPLIT_K=1`` compiles exactly the unsplit kernel. Split launches do not autotune.
 """
 
 from __future__ import annotations
@@ -30,8 +46,20 @@ import triton
 import triton.language as tl
 
 from .. import record, runtime
-from .common import PRELU, RELU, LaunchPlan, activate, autotuned, check_launch, gemm_tiles, gemm_warps, launch_plan, \
-    interpreting, needs_int64, new_output, packed_slope, resolve_activation, tuned_variants
+from .common import PRELU, RELU, SM_COUNT, LaunchPlan, activate, autotuned, check_launch, gemm_tiles, gemm_warps, \
+    interpreter_tile, interpreting, launch_plan, needs_int64, new_output, packed_slope, resolve_activation, \
+    tuned_variants
+
+#: Split-K (see the module docstring): a GPU launch with fewer programs than SMs splits its
+#: reduction when it computes at least this many FLOPs (2 per multiply-add); smaller launches
+#: stay one launch, since a second launch would cost more than the idle SMs.
+SPLIT_K_MIN_FLOPS = 2**24
+#: ... and gives each split at least this many steps of the main loop, so that each still pipelines.
+SPLIT_K_MIN_STEPS = 4
+#: A documented test switch: an integer makes every launch, in the interpreter too, split its
+#: reduction into that many parts (at most one per step; tiles as the GPU rule narrows them), so
+#: the tests run the split path on the CPU. None (normal use): :func:`conv2d_plan` decides.
+FORCE_SPLIT_K: int | None = None
 
 
 @triton.jit
@@ -45,10 +73,11 @@ def conv2d_bias_act_kernel(
     res_stride_n, res_stride_k, res_stride_h, res_stride_w,
     res_scale_stride_n, res_scale_stride_k,
     out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+    partial_ptr, partial_stride_split, partial_stride_m,  # the split-K workspace (SPLIT_K > 1)
     R: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     HAS_RESIDUAL_SCALE: tl.constexpr, HAS_INPUT_AFFINE: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RELU_FROM: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """Program (i, j) computes output pixels i*BLOCK_M.. x output channels j*BLOCK_N.. of
     conv(x, w) in fp32, then applies the epilogue once.
@@ -56,7 +85,9 @@ def conv2d_bias_act_kernel(
     The reduction over ``(r, s, c)`` is one flat loop of ``R*R*c_blocks`` steps (tap-major): step
     ``k`` reads tap ``k // c_blocks`` and channel block ``k % c_blocks``. One loop, not three
     nested ones, so Triton's software pipeliner prefetches the next tiles while the tensor cores
-    work on this one, across taps as well as channel blocks.
+    work on this one, across taps as well as channel blocks. With ``SPLIT_K > 1`` program
+    (i, j, split) runs the split-th of ``SPLIT_K`` contiguous shares of those steps and stores its
+    fp32 tile into the ``partial`` workspace instead (:func:`conv2d_splitk_reduce_kernel` finishes).
     """
     pid_m = tl.program_id(0)
     if USE_INT64:  # offsets may pass 2**31: do all index arithmetic in int64
@@ -78,8 +109,15 @@ def conv2d_bias_act_kernel(
     w_cols = weight_ptr + cols * w_stride_k
 
     c_blocks = tl.cdiv(C, BLOCK_C)
+    steps = R * R * c_blocks
+    if SPLIT_K == 1:
+        first, last = 0, steps
+    else:  # program (i, j, split) walks its contiguous share of the steps
+        per_split = tl.cdiv(steps, SPLIT_K)
+        first = tl.program_id(2) * per_split
+        last = tl.minimum(first + per_split, steps)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, R * R * c_blocks):
+    for k in range(first, last):
         tap = k // c_blocks
         if USE_INT64:
             tap = tap.to(tl.int64)
@@ -101,7 +139,30 @@ def conv2d_bias_act_kernel(
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
 
-    # Epilogue on the fp32 tile: bias, scaled residual, activation, then one store.
+    if SPLIT_K == 1:
+        conv2d_epilogue(acc, n, oh, ow, cols, row_ok, col_ok, bias_ptr, residual_ptr, residual_scale_ptr,
+                        prelu_slopes_ptr, out_ptr, leaky_slope, relu_from,
+                        res_stride_n, res_stride_k, res_stride_h, res_stride_w, res_scale_stride_n,
+                        res_scale_stride_k, out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+                        HAS_BIAS, HAS_RESIDUAL, HAS_RESIDUAL_SCALE, ACTIVATION, HAS_RELU_FROM)
+    else:  # this split's fp32 partial tile; conv2d_splitk_reduce_kernel sums them and finishes
+        split = tl.program_id(2)
+        if USE_INT64:
+            split = split.to(tl.int64)
+        at = partial_ptr + split * partial_stride_split + rows[:, None] * partial_stride_m + cols[None, :]
+        tl.store(at, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def conv2d_epilogue(acc, n, oh, ow, cols, row_ok, col_ok, bias_ptr, residual_ptr, residual_scale_ptr,
+                    prelu_slopes_ptr, out_ptr, leaky_slope, relu_from,
+                    res_stride_n, res_stride_k, res_stride_h, res_stride_w, res_scale_stride_n,
+                    res_scale_stride_k, out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_RESIDUAL_SCALE: tl.constexpr,
+                    ACTIVATION: tl.constexpr, HAS_RELU_FROM: tl.constexpr):
+    """The epilogue on an fp32 tile of output pixels ``(n, oh, ow)`` x channels ``cols``: bias,
+    scaled residual, activation, then one store. The one epilogue of both the unsplit kernel
+    and the split-K reduce."""
     out_ok = row_ok[:, None] & col_ok[None, :]
     y = acc
     if HAS_BIAS:
@@ -127,6 +188,45 @@ def conv2d_bias_act_kernel(
              y.to(out_ptr.dtype.element_ty), mask=out_ok)
 
 
+@triton.jit
+def conv2d_splitk_reduce_kernel(
+    partial_ptr, bias_ptr, residual_ptr, residual_scale_ptr, prelu_slopes_ptr, out_ptr,
+    pixels, K, OH, OW, leaky_slope, relu_from,
+    partial_stride_split, partial_stride_m,
+    res_stride_n, res_stride_k, res_stride_h, res_stride_w,
+    res_scale_stride_n, res_scale_stride_k,
+    out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_RESIDUAL_SCALE: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_RELU_FROM: tl.constexpr, USE_INT64: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The second launch of a split-K convolution: program (i, j) sums the ``SPLIT_K`` fp32
+    partial tiles of output pixels i*BLOCK_M.. x channels j*BLOCK_N.. in split order (the same
+    sum on every run), then applies :func:`conv2d_epilogue`."""
+    pid_m = tl.program_id(0)
+    if USE_INT64:
+        pid_m = pid_m.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if USE_INT64:
+        cols = cols.to(tl.int64)
+    row_ok, col_ok = rows < pixels, cols < K
+    ow = rows % OW
+    oh = (rows // OW) % OH
+    n = rows // (OW * OH)
+    ok = row_ok[:, None] & col_ok[None, :]
+    at = partial_ptr + rows[:, None] * partial_stride_m + cols[None, :]
+    acc = tl.load(at, mask=ok, other=0.0)
+    for _ in tl.static_range(1, SPLIT_K):  # one split after the other: a fixed order of the sum
+        at += partial_stride_split
+        acc += tl.load(at, mask=ok, other=0.0)
+    conv2d_epilogue(acc, n, oh, ow, cols, row_ok, col_ok, bias_ptr, residual_ptr, residual_scale_ptr,
+                    prelu_slopes_ptr, out_ptr, leaky_slope, relu_from,
+                    res_stride_n, res_stride_k, res_stride_h, res_stride_w, res_scale_stride_n,
+                    res_scale_stride_k, out_stride_n, out_stride_k, out_stride_h, out_stride_w,
+                    HAS_BIAS, HAS_RESIDUAL, HAS_RESIDUAL_SCALE, ACTIVATION, HAS_RELU_FROM)
+
+
 def conv2d_plan(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
                 channels_last: bool = False, dtype: torch.dtype = torch.float16, precision: str = "ieee",
                 interpreter: bool | None = None) -> LaunchPlan:
@@ -146,8 +246,50 @@ def conv2d_plan(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1,
     fma = dtype == torch.float32 and precision == "ieee" and not interpreter
     blocks = gemm_tiles(pixels, K, C, interpreter=interpreter, fma=fma,
                         tf32=dtype == torch.float32 and precision == "tf32", scalar_loads=not vector)
-    return LaunchPlan((triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"])), blocks,
-                      num_warps=gemm_warps(fma=fma))
+    grid = (triton.cdiv(pixels, blocks["BLOCK_M"]), triton.cdiv(K, blocks["BLOCK_N"]))
+    flops = 2 * pixels * K * C * R * R
+    if FORCE_SPLIT_K is not None:
+        wanted = FORCE_SPLIT_K
+    elif interpreter or grid[0] * grid[1] >= SM_COUNT or flops < SPLIT_K_MIN_FLOPS:
+        wanted = 1
+    else:
+        wanted = triton.cdiv(SM_COUNT, grid[0] * grid[1])
+    split, block_c = _split_k(wanted, R * R, C, blocks["BLOCK_C"], forced=FORCE_SPLIT_K is not None)
+    if split > 1:
+        blocks, grid = {**blocks, "BLOCK_C": block_c, "SPLIT_K": split}, (*grid, split)
+    return LaunchPlan(grid, blocks, num_warps=gemm_warps(fma=fma))
+
+
+def _split_k(wanted: int, taps: int, C: int, block_c: int, *, forced: bool) -> tuple[int, int]:
+    """``(SPLIT_K, BLOCK_C)`` for a reduction of ``taps`` x ``C``, ``wanted`` splits asked for:
+    ``BLOCK_C`` halved (down to 16) until each split has :data:`SPLIT_K_MIN_STEPS` steps, then
+    at most as many splits as keep that many steps each (any number up to one step each when
+    ``forced``), and none empty. ``(1, block_c)`` when it does not split."""
+    if wanted <= 1:
+        return 1, block_c
+    narrow = block_c
+    while narrow > 16 and taps * triton.cdiv(C, narrow) < wanted * SPLIT_K_MIN_STEPS:
+        narrow //= 2
+    steps = taps * triton.cdiv(C, narrow)
+    split = min(wanted, steps if forced else steps // SPLIT_K_MIN_STEPS)
+    if split <= 1:
+        return 1, block_c
+    return triton.cdiv(steps, triton.cdiv(steps, split)), narrow  # no split left without steps
+
+
+def conv2d_reduce_plan(pixels: int, K: int, *, interpreter: bool | None = None) -> LaunchPlan:
+    """The launch of a split-K convolution's reduce (:func:`conv2d_bias_act`, when
+    :func:`conv2d_plan` has ``SPLIT_K``): one program per ``BLOCK_M`` output pixels x ``BLOCK_N``
+    channels, tiles halved (down to 16 x 16) until the launch has :data:`SM_COUNT` programs; it
+    reads ``SPLIT_K`` fp32 values and writes one per output element."""
+    block_m = interpreter_tile(64, pixels, interpreter=interpreting(interpreter))
+    block_n = min(max(triton.next_power_of_2(K), 16), 64)
+    while triton.cdiv(pixels, block_m) * triton.cdiv(K, block_n) < SM_COUNT and max(block_m, block_n) > 16:
+        if block_m > 16:
+            block_m //= 2
+        else:
+            block_n //= 2
+    return LaunchPlan((triton.cdiv(pixels, block_m), triton.cdiv(K, block_n)), {"BLOCK_M": block_m, "BLOCK_N": block_n})
 
 
 def conv2d_configs(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
@@ -155,10 +297,11 @@ def conv2d_configs(N: int, C: int, H: int, W: int, K: int, R: int, stride: int =
                    precision: str = "ieee") -> list[LaunchPlan]:
     """The launches a GPU autotunes over (:func:`~fused.kernels.common.autotuned`): the GPU plan
     of :func:`conv2d_plan` first, then the same tiles with 2 or 4 pipeline stages, and with 8
-    warps; none of them spills at the models' shapes (checked on the compiler's output)."""
+    warps; none of them spills at the models' shapes (checked on the compiler's output). A split-K
+    plan is its own only candidate: split launches do not autotune (they launch their plan)."""
     plan = conv2d_plan(N, C, H, W, K, R, stride, padding, channels_last=channels_last, dtype=dtype,
                        precision=precision, interpreter=False)
-    return tuned_variants(plan)
+    return [plan] if "SPLIT_K" in plan.blocks else tuned_variants(plan)
 
 
 def _candidates(args: dict, constexprs: dict) -> list[LaunchPlan]:
@@ -274,18 +417,34 @@ def conv2d_bias_act(
     shape = (N, C, H, W, K, R, stride, padding)
     layout = {"channels_last": x.stride(1) == 1, "dtype": x.dtype, "precision": precision}
     plan = conv2d_plan(*shape, **layout)
+    split = plan.blocks.get("SPLIT_K", 1)
+    # split-K: each split's fp32 partial sums, [SPLIT_K, pixels, K] (from the caching allocator)
+    partials = torch.empty((split, pixels, K), dtype=torch.float32, device=x.device) if split > 1 else None
     dummy = prelu_slopes  # stands in for absent tensors; the kernel never reads it for them
+    relu_start = K if relu_from is None else relu_from
+    epilogue = (*_strides(residual, 4), *_strides(residual_scale, 2), *out.stride())
     args = (x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
             _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
-            pixels, C, H, W, K, OH, OW,
-            stride, padding, leaky_slope, K if relu_from is None else relu_from,
-            *x.stride(), *weight.stride(), *_strides(residual, 4), *_strides(residual_scale, 2), *out.stride())
+            pixels, C, H, W, K, OH, OW, stride, padding, leaky_slope, relu_start,
+            *x.stride(), *weight.stride(), *epilogue, _or(partials, dummy), *_strides(partials, 3)[:2])
     switches = dict(
         R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
         ACTIVATION=code, HAS_RELU_FROM=relu_from is not None, INPUT_PRECISION=precision,
-        USE_INT64=needs_int64(x, weight, residual, residual_scale, out),
+        USE_INT64=needs_int64(x, weight, residual, residual_scale, out, partials),
     )
     record.kernel_launched(name)
-    launch_plan(conv2d_bias_act_kernel, plan, (pixels, K), args, switches, tuned=_tuned_kernel)
+    if split == 1:
+        launch_plan(conv2d_bias_act_kernel, plan, (pixels, K), args, {**switches, "SPLIT_K": 1}, tuned=_tuned_kernel)
+        return out
+    runtime.launch(conv2d_bias_act_kernel, plan.grid, *args, **switches, **plan.blocks,
+                   num_warps=plan.num_warps, num_stages=plan.num_stages)
+    reduce = conv2d_reduce_plan(pixels, K)
+    record.kernel_launched("conv2d_splitk_reduce")
+    runtime.launch(conv2d_splitk_reduce_kernel, reduce.grid,
+                   partials, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy), prelu_slopes, out,
+                   pixels, K, OH, OW, leaky_slope, relu_start, *partials.stride()[:2], *epilogue,
+                   **{k: switches[k] for k in ("HAS_BIAS", "HAS_RESIDUAL", "HAS_RESIDUAL_SCALE", "ACTIVATION",
+                                               "HAS_RELU_FROM", "USE_INT64")},
+                   SPLIT_K=split, **reduce.blocks, num_warps=reduce.num_warps, num_stages=reduce.num_stages)
     return out

@@ -186,7 +186,9 @@ def test_ssh_fused_writes_branches_into_one_buffer(channels, n, size, dtype, fmt
     out, expected, rec = fused_and_expected(R.SSH(in_channel, out_channel), x, dtype=dtype)
     assert out.shape == expected.shape and out.dtype == dtype
     if n:
-        assert rec.kernel_counts() == {"conv2d_bias_act": 4}  # 5 convs, one shared launch
+        # 5 convs, one shared launch (on a GPU a big enough one splits K and adds a reduce)
+        assert rec.kernel_counts()["conv2d_bias_act"] == 4
+        assert rec.kernels() <= {"conv2d_bias_act", "conv2d_splitk_reduce"}
         assert rec.torch_ops["cat"] == 0 and rec.torch_ops["relu"] == 0 and rec.pytorch_convolutions() == 0
     assert_close(out, expected, dtype=dtype, reduction_length=9 * max(in_channel, out_channel // 4))
 

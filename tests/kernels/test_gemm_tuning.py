@@ -50,11 +50,14 @@ def test_plans_see_the_layout_the_launcher_sees():
 
 
 def test_candidates_start_with_the_plan_and_stay_in_the_tile_space():
-    plan = conv2d.conv2d_plan(1, 64, 40, 40, 128, 3, 2, 1, channels_last=True, interpreter=False)
-    configs = conv2d.conv2d_configs(1, 64, 40, 40, 128, 3, 2, 1, channels_last=True)
+    plan = conv2d.conv2d_plan(16, 64, 40, 40, 128, 3, 2, 1, channels_last=True, interpreter=False)
+    configs = conv2d.conv2d_configs(16, 64, 40, 40, 128, 3, 2, 1, channels_last=True)
     assert configs[0] == plan and len(set(map(common.config_key, configs))) == len(configs) == 4
     assert {c.num_warps for c in configs} == {4, 8} and {c.num_stages for c in configs} == {2, 3, 4}
     assert all(common.config_key(c) in common.TILE_SPACE for c in configs)
+    split = conv2d.conv2d_plan(1, 64, 40, 40, 128, 3, 2, 1, channels_last=True, interpreter=False)
+    assert split.blocks["SPLIT_K"] > 1  # 28 programs: split-K launches its plan, no autotuning
+    assert conv2d.conv2d_configs(1, 64, 40, 40, 128, 3, 2, 1, channels_last=True) == [split]
 
 
 def test_conv2d_kernel_has_one_reduction_loop():
@@ -62,7 +65,7 @@ def test_conv2d_kernel_has_one_reduction_loop():
     MMAs across taps (three nested loops pipelined only the innermost, channel, loop)."""
     source = inspect.getsource(conv2d.conv2d_bias_act_kernel.fn)
     loops = [line.strip() for line in source.splitlines() if line.strip().startswith("for ")]
-    assert loops == ["for k in range(0, R * R * c_blocks):"]
+    assert loops == ["for k in range(first, last):"]  # all R * R * c_blocks steps, or a split's share
 
 
 @pytest.fixture

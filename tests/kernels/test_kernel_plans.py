@@ -10,7 +10,7 @@ from fused.kernels import common, conv2d, depthwise, fpn, heads
 from fused.kernels import squeeze_excite as se
 from fused.teaching import watch_launches
 
-KERNELS = [conv2d.conv2d_bias_act_kernel, depthwise.depthwise_conv_bias_act_kernel, depthwise.conv_dw_fused_kernel,
+KERNELS = [conv2d.conv2d_bias_act_kernel, conv2d.conv2d_splitk_reduce_kernel, depthwise.depthwise_conv_bias_act_kernel, depthwise.conv_dw_fused_kernel,
            fpn.lateral_upsample_add_kernel, heads.anchor_heads_kernel, se.se_squeeze_partial_kernel,
            se.se_excite_kernel, se.se_scale_residual_act_kernel]
 

@@ -92,6 +92,19 @@ def test_opcheck(name, op, args):
     torch.library.opcheck(op, args)
 
 
+SPLIT_CASES = [case for case in CASES if case[0].startswith("conv2d") and case[2][1].shape[-1] == 3]  # 3x3: 9 steps
+
+
+@pytest.mark.parametrize("name, op, args", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_opcheck_split_k(name, op, args, monkeypatch):
+    """The conv operators when the launch splits its reduction (``conv2d.FORCE_SPLIT_K``): a
+    workspace and a second kernel (the reduce) in the body, ``out=`` slices included."""
+    monkeypatch.setattr(conv2d, "FORCE_SPLIT_K", 3)
+    with fused.recording() as rec:
+        torch.library.opcheck(op, args)
+    assert rec.kernel_counts()["conv2d_splitk_reduce"] > 0
+
+
 def test_every_operator_is_checked_and_named_after_its_launcher():
     checked = {str(op).removeprefix("facefuse.") for _, op, _ in CASES}
     assert checked == set(ops.OPS), set(ops.OPS) ^ checked

@@ -102,9 +102,17 @@ def test_dry_run_takes_the_gpu_decisions_at_real_shapes():
         assert tuple(launch["grid"]) == plan.grid
         assert {k: launch["variant"]["spec"]["constexprs"][k] for k in plan.blocks} == plan.blocks
         assert launch["variant"]["options"] == {"num_warps": plan.num_warps, "num_stages": plan.num_stages}
+        assert launch["flops"][0] == 2 * a["pixels"] * a["K"] * a["C"] * a["R"] ** 2
+        if "SPLIT_K" in plan.blocks:  # split-K launches its plan, then the reduce (SSH's 20x20 level)
+            reduce = recorded[recorded.index(launch) + 1]
+            assert launch["candidates"] is None and reduce["kernel"].endswith(":conv2d_splitk_reduce_kernel")
+            assert reduce["args"]["SPLIT_K"] == plan.blocks["SPLIT_K"] and reduce["block"] == launch["block"]
+            assert reduce["flops"] == [0, a["pixels"] * a["K"] * (plan.blocks["SPLIT_K"] - 1)]
+            continue
         # launched through triton.autotune, as on a GPU: the plan first among the configs it times
         assert launch["candidates"][0] == list(config_key(plan)) and len(launch["candidates"]) > 1
-        assert launch["flops"][0] == 2 * a["pixels"] * a["K"] * a["C"] * a["R"] ** 2
+    assert sum("SPLIT_K" in launch["variant"]["spec"]["constexprs"] and launch["args"]["SPLIT_K"] > 1
+               for launch in convs) == 3
     assert recorded[0]["args"]["x_ptr"]["shape"] == [16, 3, 640, 640]
     heads = [launch for launch in recorded if launch["kernel"].endswith(":anchor_heads_kernel")]
     for launch in heads:  # three levels; the 20x20 one fills the SMs by splitting its columns
@@ -326,7 +334,7 @@ calls = []
 with torch.inference_mode(), runtime.recording_launches(lambda k, g, a, kw: calls.append((k, g, a, kw))):
     model(x)
 out = []
-for name in ("conv2d_bias_act_kernel", "conv_dw_fused_kernel", "anchor_heads_kernel"):
+for name in ("conv2d_bias_act_kernel", "conv_dw_fused_kernel", "anchor_heads_kernel", "conv2d_splitk_reduce_kernel"):
     k, g, a, kw = next(c for c in calls if c[0].fn.__name__ == name)
     k, g, kw, _ = dryrun.plan_of_autotuned(k, g, a, kw)  # an autotuned launch: the plan it starts from
     jit = k.run(*a, grid=g, warmup=True, **kw)
@@ -344,7 +352,7 @@ def test_jit_warmup_compiles_the_same_kernel_hash():
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 3
+    assert len(results) == 4  # a split-K conv's reduce included
     for name, jit_hash, our_hash in results:
         assert jit_hash == our_hash, name
 
@@ -357,9 +365,10 @@ def test_facefuse_inspect_end_to_end(tmp_path):
                            "--show", "ptx,sass", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "dry run retinaface 640x640 b1 float16: 34 launches" in done.stderr
+    assert "dry run retinaface 640x640 b1 float16: 40 launches" in done.stderr  # 6 split-K reduces
     table = done.stdout.split("\n\nv")[0]
-    assert "retinaface 640x640 b1 float16" in table and "FLOPs by lowering: wgmma 100.0%" in table
+    # every dot FLOP on wgmma; the split-K reduces' sums are the "no dot" FLOPs
+    assert "retinaface 640x640 b1 float16" in table and "FLOPs by lowering: no dot 0.0%, wgmma 100.0%" in table
     assert max(len(line) for line in table.splitlines()) <= 120
     assert "===== ptx =====" in done.stdout and ".target sm_90a" in done.stdout
     assert "===== sass =====" in done.stdout and "HGMMA" in done.stdout

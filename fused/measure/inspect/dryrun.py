@@ -93,6 +93,8 @@ def launch_flops(kernel: str, args: dict, grid) -> tuple[int, int]:
     name = kernel.split(":")[-1]
     if name == "conv2d_bias_act_kernel":
         return 2 * args["pixels"] * args["K"] * args["C"] * args["R"] ** 2, 0
+    if name == "conv2d_splitk_reduce_kernel":  # the sum of a split-K conv's partials
+        return 0, args["pixels"] * args["K"] * (args["SPLIT_K"] - 1)
     if name == "conv_dw_fused_kernel":
         return 2 * args["pixels"] * args["C"] * args["K"], 2 * 9 * args["pixels"] * args["C"]
     if name in ("lateral_upsample_add_kernel", "anchor_heads_kernel"):
