@@ -285,8 +285,9 @@ def needs_int64(*tensors: torch.Tensor | None) -> bool:
 #: off: every launch then uses its plan). Never in the interpreter, whose launches are the plans.
 AUTOTUNE = os.environ.get("FACEFUSE_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 
-#: Every tile configuration an autotuned kernel may be given; each launch tries the few of them
-#: that its family's ``<family>_configs`` function lists for its shape (its plan first).
+#: The tile configurations an autotuned kernel is made with; each launch tries the few that its
+#: family's ``<family>_configs`` function lists for its shape (its plan first), including any
+#: plan outside this space (such as a 16-pixel tile for a map of 16 pixels or fewer).
 TILE_SPACE = tuple(itertools.product((32, 64, 128), (16, 32, 64, 128, 256), (16, 32, 64), (4, 8), (2, 3, 4)))
 
 
@@ -353,7 +354,10 @@ def autotuned(kernel, key: list[str], candidates, **options):
         wanted = [config_key(plan) for plan in candidates(named_args, kwargs)]
         by_key = {(cf.kwargs["BLOCK_M"], cf.kwargs["BLOCK_N"], cf.kwargs["BLOCK_C"], cf.num_warps, cf.num_stages): cf
                   for cf in configs}
-        return [by_key[k] for k in dict.fromkeys(wanted) if k in by_key]
+        # A candidate outside TILE_SPACE (a plan's 16-pixel tile for a tiny map) is timed all the same.
+        return [by_key.get(k) or triton.Config({"BLOCK_M": k[0], "BLOCK_N": k[1], "BLOCK_C": k[2]}, num_warps=k[3],
+                                               num_stages=k[4])
+                for k in dict.fromkeys(wanted)]
 
     if AUTOTUNE_TIMER is not None:
         options["do_bench"] = AUTOTUNE_TIMER

@@ -155,3 +155,16 @@ def test_autotuned_kernels_are_kept_until_reset(autotuned_in_interpreter):
     assert common.chosen_configs(conv2d.conv2d_bias_act_kernel) == {}
     conv2d.conv2d_bias_act(x, w, b, stride=2, padding=1, residual=residual)
     assert len(autotuned_in_interpreter) == 8
+
+
+def test_autotuned_launch_of_a_tiny_map_times_its_plan(autotuned_in_interpreter):
+    """A map of 16 pixels gets a 16-pixel tile, which is outside TILE_SPACE; pruning used to drop
+    every candidate, and a GPU raised 'No valid autotuner configs after pruning' (RetinaFace at
+    96x160 hit it in the FPN). The plan is always timed."""
+    x, w, b = torch.randn(1, 8, 4, 4), torch.randn(16, 8, 3, 3), torch.randn(16)
+    plan = conv2d.conv2d_plan(1, 8, 4, 4, 16, 3, 1, 1, interpreter=False)
+    assert plan.blocks["BLOCK_M"] == 16
+    out = conv2d.conv2d_bias_act(x, w, b, padding=1)
+    assert_close(out, F.conv2d(x.double(), w.double(), b.double(), padding=1), reduction_length=8 * 9)
+    (chosen,) = common.chosen_configs(conv2d.conv2d_bias_act_kernel).values()
+    assert chosen.kwargs["BLOCK_M"] == 16 and len(autotuned_in_interpreter) == 4
