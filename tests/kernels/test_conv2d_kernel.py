@@ -5,7 +5,6 @@ memory layouts, runs ``conv2d_bias_act`` and compares with ``F.conv2d`` in float
 project's one tolerance policy (reduction length ``C * R * R``).
 """
 
-import inspect
 import math
 
 import pytest
@@ -21,6 +20,7 @@ import fused.record
 from fused.kernels import common, conv2d
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
+from tests.spies import LaunchSpy
 from tests.strategies import (ACTIVATIONS, BATCH, CHANNELS, FIXTURE_OK, MEMORY_FORMAT, NONFINITE, SLOPE, SPATIAL,
                               STRIDE, kernel_dtypes, layout, plant)
 
@@ -193,23 +193,6 @@ def test_empty_batch_returns_empty_output_without_launching(device):
     assert rec.kernels() == set()
 
 
-class _SpyKernel:
-    """Wraps the kernel to record its launch arguments and optionally corrupt one (a bug)."""
-
-    def __init__(self, kernel, corrupt=None):
-        self.kernel, self.corrupt, self.calls = kernel, corrupt, []
-        self.names = list(inspect.signature(kernel.fn).parameters)
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            named = dict(zip(self.names, args)) | kwargs
-            if self.corrupt:
-                self.corrupt(named)
-            self.calls.append(named)
-            return self.kernel[grid](**named)
-        return launch
-
-
 def _pad_off_by_one(args):
     args["padding"] += 1
 
@@ -224,7 +207,7 @@ def test_a_wrong_kernel_is_caught(bug, monkeypatch, device):
     g = dict(N=2, C=5, K=13, H=7, W=6, R=3, stride=1, padding=1)
     x, weight, bias = make_inputs(g, torch.float32)
     expected = reference(x, weight, bias, stride=1, padding=1)
-    monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", _SpyKernel(conv2d.conv2d_bias_act_kernel, bug))
+    monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", LaunchSpy(conv2d.conv2d_bias_act_kernel, bug))
     y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), padding=1)
     with pytest.raises(AssertionError, match="out of tolerance"):
         assert_close(y.cpu(), expected, reduction_length=g["C"] * g["R"] ** 2)
@@ -258,13 +241,13 @@ def test_a_nan_dropping_kernel_is_caught(monkeypatch, device):
 def test_int64_offsets_give_the_same_result(monkeypatch, device):
     g = dict(N=2, C=37, K=24, H=9, W=11, R=3, stride=2, padding=1)
     x, weight, bias = make_inputs(g, torch.float16, torch.channels_last)
-    spy = _SpyKernel(conv2d.conv2d_bias_act_kernel)
+    spy = LaunchSpy(conv2d.conv2d_bias_act_kernel)
     monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", spy)
     conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=2, padding=1)
     monkeypatch.setattr(common, "FORCE_INT64", True)
     y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=2, padding=1,
                         activation="relu")
-    assert [call["USE_INT64"] for call in spy.calls] == [False, True]
+    assert [args["USE_INT64"] for _, args in spy.calls] == [False, True]
     check(y.cpu(), reference(x, weight, bias, stride=2, padding=1, activation="relu"), x, g)
 
 

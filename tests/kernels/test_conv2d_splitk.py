@@ -23,6 +23,7 @@ from fused.kernels import common, conv2d
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
 from tests.kernels.test_conv2d_kernel import activations, check, geometries, make_inputs, output_size, reference
+from tests.spies import LaunchSpy
 from tests.strategies import FIXTURE_OK, MEMORY_FORMAT, NONFINITE, kernel_dtypes, layout, plant
 
 SPLITS = st.sampled_from([2, 3, 5, 64])
@@ -123,28 +124,11 @@ def expected_g():
     return reference(x, weight, bias, stride=1, padding=1)
 
 
-class _Spy:
-    """Wraps a kernel to record its launches (grid and arguments by name) and optionally corrupt them."""
-
-    def __init__(self, kernel, corrupt=None):
-        self.kernel, self.corrupt, self.calls = kernel, corrupt, []
-        self.names = list(inspect.signature(kernel.fn).parameters)
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            named = dict(zip(self.names, args)) | kwargs
-            if self.corrupt:
-                self.corrupt(named)
-            self.calls.append((grid, named))
-            return self.kernel[grid](**named)
-        return launch
-
-
 def test_the_split_launch_runs_both_kernels(monkeypatch, device):
     monkeypatch.setattr(conv2d, "FORCE_SPLIT_K", 3)
     plan = conv2d.conv2d_plan(2, 32, 7, 6, 24, 3, 1, 1, dtype=torch.float32)
     assert plan.blocks["SPLIT_K"] == 3 and plan.blocks["BLOCK_C"] == 16 and plan.grid[2] == 3
-    conv, reduce = _Spy(conv2d.conv2d_bias_act_kernel), _Spy(conv2d.conv2d_splitk_reduce_kernel)
+    conv, reduce = LaunchSpy(conv2d.conv2d_bias_act_kernel), LaunchSpy(conv2d.conv2d_splitk_reduce_kernel)
     monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", conv)
     monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", reduce)
     with fused.record.recording() as rec:
@@ -161,7 +145,7 @@ def test_an_unsplit_launch_is_unchanged(monkeypatch, device):
     """``FORCE_SPLIT_K=1`` and the default (the interpreter never splits by itself) launch the one
     kernel with ``SPLIT_K=1``, no reduce, and the same bits; a split result is the same bits on
     every run (the reduce sums in split order, no atomics)."""
-    conv = _Spy(conv2d.conv2d_bias_act_kernel)
+    conv = LaunchSpy(conv2d.conv2d_bias_act_kernel)
     monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", conv)
     with fused.record.recording() as rec:
         default = run(device)
@@ -182,7 +166,7 @@ def _drop_last_split(args):
 
 def test_a_reduce_that_drops_the_last_split_is_caught(monkeypatch, device):
     monkeypatch.setattr(conv2d, "FORCE_SPLIT_K", 3)
-    monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", _Spy(conv2d.conv2d_splitk_reduce_kernel,
+    monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", LaunchSpy(conv2d.conv2d_splitk_reduce_kernel,
                                                                    _drop_last_split))
     with pytest.raises(AssertionError, match="out of tolerance"):
         assert_close(run(device), expected_g(), reduction_length=32 * 9)
@@ -232,7 +216,7 @@ def test_infinities_in_different_splits_sum_to_nan(monkeypatch, device):
         y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device)).cpu()
     assert rec.kernel_counts()["conv2d_splitk_reduce"] == 1
     assert_close(y, expected, reduction_length=32)
-    monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", _Spy(conv2d.conv2d_splitk_reduce_kernel,
+    monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", LaunchSpy(conv2d.conv2d_splitk_reduce_kernel,
                                                                    _drop_last_split))
     with pytest.raises(AssertionError, match="NaN/Inf placement differs"):
         assert_close(conv2d_bias_act(x.to(device), weight.to(device), bias.to(device)).cpu(), expected,
@@ -242,7 +226,7 @@ def test_infinities_in_different_splits_sum_to_nan(monkeypatch, device):
 def test_int64_offsets_in_both_kernels(monkeypatch, device):
     monkeypatch.setattr(conv2d, "FORCE_SPLIT_K", 3)
     monkeypatch.setattr(common, "FORCE_INT64", True)
-    conv, reduce = _Spy(conv2d.conv2d_bias_act_kernel), _Spy(conv2d.conv2d_splitk_reduce_kernel)
+    conv, reduce = LaunchSpy(conv2d.conv2d_bias_act_kernel), LaunchSpy(conv2d.conv2d_splitk_reduce_kernel)
     monkeypatch.setattr(conv2d, "conv2d_bias_act_kernel", conv)
     monkeypatch.setattr(conv2d, "conv2d_splitk_reduce_kernel", reduce)
     y = run(device, activation="relu")
