@@ -1,7 +1,7 @@
-"""``python -m fused`` is the ``facefuse`` command (:mod:`fused.measure.cli`)."""
+"""``python -m fused`` is the ``facefuse`` command (:mod:`fused.cli`)."""
 
 import sys
 
-from .measure.cli import main
+from .cli import main
 
 sys.exit(main())

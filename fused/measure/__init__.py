@@ -1,4 +1,4 @@
-"""Measurement: profiling, benchmarking, machine ceilings, recorded results and the ``facefuse`` command.
+"""Measurement: profiling, benchmarking, machine ceilings, recorded results, kernel inspection.
 
 Nothing in the kernels or the fused modules imports this package: ``import fused`` does not load
 it, and it uses only their public names.
@@ -14,16 +14,28 @@ it, and it uses only their public names.
 * :mod:`~fused.measure.timing`, :mod:`~fused.measure.ceilings`, :mod:`~fused.measure.environment`:
   how everything is timed, the measured roofline, and where a result was measured;
 * :mod:`~fused.measure.results`: recorded GPU results and the README's table;
-* :mod:`~fused.measure.cli`: the ``facefuse`` command (also ``python -m fused``).
-"""
+* :mod:`~fused.measure.inspect`: the kernels compiled for a GPU on any machine.
 
-from .blocks import find_rows
-from .columns import trace_runs
-from .models import MODELS, build_model, example_input
-from .profiler import profile, profile_model
-from .rows import OUTSIDE, SUM, TOTAL, Profile, Row, read_csv
+The ``facefuse`` command that runs them is :mod:`fused.cli`.
+"""
 
 __all__ = [
     "profile", "profile_model", "Profile", "Row", "read_csv", "SUM", "OUTSIDE", "TOTAL",
     "MODELS", "build_model", "example_input", "find_rows", "trace_runs",
 ]
+
+#: name → the module that defines it; imported on first use (PEP 562), so that the command line
+#: and ``fused.measure.choices`` load without torch.
+_WHERE = {"find_rows": "blocks", "trace_runs": "columns", "MODELS": "models", "build_model": "models",
+          "example_input": "models", "profile": "profiler", "profile_model": "profiler", "OUTSIDE": "rows",
+          "SUM": "rows", "TOTAL": "rows", "Profile": "rows", "Row": "rows", "read_csv": "rows"}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'fused.measure' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

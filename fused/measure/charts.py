@@ -8,9 +8,12 @@ or writing a profile's table, CSV or JSON does not load matplotlib.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from matplotlib.figure import Figure
 
-from .rows import PATHS, Profile
+if TYPE_CHECKING:  # rows imports this module when it draws: no import back at run time
+    from .rows import Profile
 
 
 #: A time axis is logarithmic when its largest positive value is at least this many times its smallest.
@@ -34,7 +37,7 @@ def _summary_line(prof: Profile) -> str:
         row = next((r for r in prof.rows if r.kind == kind), None)
         if row is None:
             continue
-        times = [f"{label.split(' ')[0]} {getattr(row, f'{p}_median_ms'):.3g} ms" for p, label in PATHS
+        times = [f"{label.split(' ')[0]} {getattr(row, f'{p}_median_ms'):.3g} ms" for p, label in prof.PATHS
                  if getattr(row, f"{p}_median_ms") is not None]
         if times:
             parts.append(f"{name}: {', '.join(times)}" + (f" [FLAGGED {row.flags}]" if row.flags else ""))
@@ -49,7 +52,7 @@ def profile_chart(prof: Profile) -> Figure:
     (:func:`spans_decades`); a block whose numbers are flagged has its label marked ``[!]``."""
     rows = prof.blocks()
     labels = [f"{r.path} [{r.block_type}]" + (" [!]" if r.flags else "") for r in rows]
-    series = [(label, [getattr(r, f"{p}_median_ms") for r in rows]) for p, label in PATHS]
+    series = [(label, [getattr(r, f"{p}_median_ms") for r in rows]) for p, label in prof.PATHS]
     series = [(label, times) for label, times in series if any(t is not None and t > 0 for t in times)]
     fig = Figure(figsize=(10, max(3.5, 0.28 * len(rows) * max(1, len(series)) ** 0.5 + 2.0)))
     ax = fig.subplots()
@@ -117,7 +120,7 @@ def roofline_chart(prof: Profile, label_top: int = 6) -> Figure | None:
     markers = {"ref": ("o", "#4c72b0"), "compile": ("s", "#55a868"), "fused": ("^", "#dd8452"),
                "fused_compile": ("D", "#8172b3")}
     ys_all = [ceil.matmul_flops]
-    for p, label in PATHS:
+    for p, label in prof.PATHS:
         points = [(intensity[id(r)], r.flops / (getattr(r, f"{p}_median_ms") * 1e-3), r) for r in rows
                   if getattr(r, f"{p}_median_ms")]
         if not points:

@@ -58,6 +58,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 from .ceilings import Ceilings
 
@@ -235,6 +236,8 @@ class Profile:
     notes: list[str] = field(default_factory=list)
     fuse_report: str = ""
     ceilings: dict = field(default_factory=dict)
+    #: ``(column prefix, label)`` of every timed path (:data:`PATHS`), for the charts.
+    PATHS: ClassVar[tuple] = PATHS
 
     # -- access ---------------------------------------------------------------------------
     def blocks(self) -> list[Row]:

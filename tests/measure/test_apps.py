@@ -11,7 +11,7 @@ from PIL import Image
 
 import reference
 from fused.apps import files
-from fused.measure.cli import main
+from fused.cli import main
 
 
 def image(path, height, width, seed):

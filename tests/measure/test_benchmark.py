@@ -11,7 +11,7 @@ import fused
 import fused.measure as M
 import reference as R
 from fused.measure import benchmark as B
-from fused.measure.cli import main
+from fused.cli import main
 
 ON_GPU = torch.cuda.is_available() and not fused.runtime.INTERPRETED
 
@@ -204,7 +204,7 @@ def test_block_cases_take_list_inputs_and_several_outputs():
 
 
 def test_recorded_results_are_readable(results, tmp_path, monkeypatch):
-    from fused.measure import cli
+    from fused import cli
     from fused.measure import results as recorded
 
     monkeypatch.chdir(tmp_path)  # recordings go to results/ of the project folder: here, the current directory

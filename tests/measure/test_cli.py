@@ -10,7 +10,7 @@ import torch
 
 import fused
 import fused.measure as M
-from fused.measure.cli import main
+from fused.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_CUDA = not torch.cuda.is_available() or fused.runtime.INTERPRETED

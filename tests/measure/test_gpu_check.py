@@ -180,7 +180,7 @@ def test_a_bundle_carries_a_run_to_a_fresh_folder(tmp_path):
 
 
 def test_the_command_refuses_unknown_stages(tmp_path, capsys):
-    from fused.measure.cli import main
+    from fused.cli import main
 
     assert main(["gpu-check", "--out", str(tmp_path), "--stages", "tests,nope"]) == 2
     assert "unknown stage" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from fused.kernels import conv2d
 from fused.kernels.common import SM_COUNT, config_key
 from fused.kernels.conv2d import conv2d_bias_act, conv2d_plan
 from fused.kernels.heads import anchor_heads_plan
-from fused.measure import cli
+from fused import cli
 from fused.measure.inspect import ARCHS, Config, analyse, occupancy, record_launches, report, specialize
 from fused.measure.inspect import compile as C
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import subprocess
 import sys
@@ -13,22 +12,31 @@ from .execute import step_env
 from .steps import ROOT, Machine, Step
 
 
-@functools.lru_cache(maxsize=1)
-def _cli_parser():
-    from .. import cli
+#: ``() -> argparse.ArgumentParser``: the parser of ``python -m fused``. The command line sets it
+#: when it runs gpu-check (this package does not import the command line); when unset, each
+#: command is parsed in a fresh ``python`` process instead.
+CLI_PARSER = None
 
-    return cli.build_parser()
+_PARSE_ONLY = ("import sys\nfrom fused.cli import build_parser\nbuild_parser().parse_args(sys.argv[1:])\n")
 
 
 def parse_cli(argv: list[str]) -> str | None:
     """Parse ``argv`` (after ``python -m fused``) with the real parser; the usage error, or None."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            _cli_parser().parse_args(argv)
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            return err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else f"exit {exc.code}"
+    if CLI_PARSER is None:
+        proc = subprocess.run([sys.executable, "-c", _PARSE_ONLY, *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        code, text = proc.returncode, proc.stderr
+    else:
+        err = io.StringIO()
+        code = 0
+        try:
+            with contextlib.redirect_stderr(err):
+                CLI_PARSER().parse_args(argv)
+        except SystemExit as exc:
+            code = exc.code
+        text = err.getvalue()
+    if code not in (0, None):
+        return text.strip().splitlines()[-1] if text.strip() else f"exit {code}"
     return None
 
 

@@ -22,8 +22,8 @@ import sys
 
 import torch
 
-from . import models, timing
-from .models import DTYPES, profile_options
+from .measure import models, timing
+from .measure.models import DTYPES, profile_options
 
 PROFILE_DEFAULT_OUT = "facefuse-profile"
 BENCH_DEFAULT_OUT = "facefuse-bench"
@@ -165,14 +165,14 @@ def add_results(sub) -> argparse.ArgumentParser:
         description="The README's results table is generated from results/*.json by this command "
                     "(same as python -m fused.measure.results).",
     )
-    from . import results
+    from .measure import results
 
     results.add_arguments(r)
     return r
 
 
 def add_gpu_check(sub) -> argparse.ArgumentParser:
-    from . import gpu_check
+    from .measure import gpu_check
 
     g = sub.add_parser("gpu-check", help="on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the "
                                          "README table in resumable steps, with a summary of every target",
@@ -182,7 +182,7 @@ def add_gpu_check(sub) -> argparse.ArgumentParser:
 
 
 def add_inspect(sub) -> argparse.ArgumentParser:
-    from .inspect import command
+    from .measure.inspect import command
 
     i = sub.add_parser("inspect", help="compile the kernels of a model for a GPU on any machine: registers, spills, "
                                        "tensor cores, loads, occupancy per variant",
@@ -192,37 +192,39 @@ def add_inspect(sub) -> argparse.ArgumentParser:
 
 
 def run_inspect(args) -> int:
-    from .inspect import command
+    from .measure.inspect import command
 
     return command.run(args, args.parser)
 
 
 def run_gpu_check(args) -> int:
-    from . import gpu_check
+    from .measure import gpu_check
+    from .measure.gpu_check import dryrun
 
+    dryrun.CLI_PARSER = build_parser  # the dry run checks each step's command with this parser
     return gpu_check.run(args, args.parser)
 
 
 def add_detect(sub) -> argparse.ArgumentParser:
-    from ..apps import detect
+    from .apps import detect
 
     return detect.add_detect(sub)
 
 
 def run_detect(args) -> int:
-    from ..apps import detect
+    from .apps import detect
 
     return detect.run_detect(args)
 
 
 def add_embed(sub) -> argparse.ArgumentParser:
-    from ..apps import embed
+    from .apps import embed
 
     return embed.add_embed(sub)
 
 
 def run_embed(args) -> int:
-    from ..apps import embed
+    from .apps import embed
 
     return embed.run_embed(args)
 
@@ -243,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _all_families() -> list[str]:
-    from . import benchmark
+    from .measure import benchmark
 
     return list(benchmark.FAMILIES)
 
 
 def _ceilings(args, device, dtype, say):
     """The machine's ceilings, from the cache or measured now; never fatal."""
-    from . import ceilings
+    from .measure import ceilings
 
     try:
         found = ceilings.measure(device, dtype, remeasure=args.remeasure)
@@ -318,7 +320,7 @@ def run_profile(args) -> int:
         if args.compile and not on_gpu:
             say("torch.compile compiles every block with Inductor's C++ backend: a minute or two on a small CPU "
                 "the first time (Inductor caches its work, so reruns are faster); --no-compile skips it")
-    from .profiler import profile
+    from .measure.profiler import profile
 
     threads = timing.cpu_threads() if device.type == "cpu" else None  # fixed for the ceilings and every row
     with timing.torch_threads(threads):
@@ -341,7 +343,7 @@ def run_profile(args) -> int:
     for kind, path in paths.items():
         print(f"  {kind:8s} {path}")
     if args.record:
-        from . import results
+        from .measure import results
 
         recorded = results.record(paths["json"], {".png": paths["chart"], "-roofline.png": paths.get("roofline")})
         print("recorded " + ", ".join(recorded) + "\nnow run `python -m fused.measure.results --update-readme`")
@@ -354,7 +356,7 @@ def run_profile(args) -> int:
 
 
 def run_bench(args) -> int:
-    from . import benchmark
+    from .measure import benchmark
 
     parser = args.parser
     device = _device(args)
@@ -428,7 +430,7 @@ def run_bench(args) -> int:
 def record_results(json_path, chart_path=None) -> str:
     """Copy a benchmark JSON (and its plot) into ``results/`` as ``<families>-<gpu>-<date>.json``
     (and ``.png``); return the JSON's new path."""
-    from . import results
+    from .measure import results
 
     return results.record(json_path, {".png": chart_path} if chart_path else None)[0]
 
@@ -439,7 +441,7 @@ def record_results(json_path, chart_path=None) -> str:
 
 
 def run_ceilings(args) -> int:
-    from . import ceilings
+    from .measure import ceilings
 
     device = _device(args)
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -450,7 +452,7 @@ def run_ceilings(args) -> int:
 
 
 def run_results(args) -> int:
-    from . import results
+    from .measure import results
 
     try:
         return results.run(args)
