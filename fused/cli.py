@@ -1,4 +1,4 @@
-"""``facefuse`` (also ``python -m fused``): profile a face model block by block, or benchmark kernels.
+"""``facefuse`` (also ``python -m fused``): the command line of facefuse.
 
     facefuse profile                       # RetinaFace mobile0.25, CPU-sized defaults on a CPU
     facefuse profile --model arcface --device cuda --dtype float16 --cuda-graphs --trace trace.json
@@ -10,8 +10,11 @@
     facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and similarities
     facefuse inspect --model all           # the code a GPU would run, compiled here: spills, tensor cores, loads
 
-Bad arguments give a usage message and exit status 2, never a traceback. Each subcommand is one
-entry of :data:`COMMANDS`: a function that adds its parser and the function that runs it.
+Bad arguments and outputs that cannot be written give a usage message and exit status 2, never a
+traceback, before any long work. Each subcommand is one entry of :data:`COMMANDS`. Arguments are
+parsed before torch and the kernels load (only the chosen subcommand's parser is built), so
+``--help`` and usage errors are quick; the commands themselves live in :mod:`fused.measure` and
+:mod:`fused.apps`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from .measure import models, timing
-from .measure.models import DTYPES, profile_options
+from .apps import options as app_options
+from .measure import choices
 
 PROFILE_DEFAULT_OUT = "facefuse-profile"
 BENCH_DEFAULT_OUT = "facefuse-bench"
@@ -31,33 +35,18 @@ BENCH_DEFAULT_OUT = "facefuse-bench"
 
 def _size(text: str):
     try:
-        return models.parse_size(text)
+        return choices.parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _integer_at_least(minimum: int, what: str):
-    """An argparse type for integers >= ``minimum``, with a clear message otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive = _integer_at_least(1, "positive")
-_non_negative = _integer_at_least(0, "non-negative")
+_positive = app_options.at_least(1, "positive")
+_non_negative = app_options.at_least(0, "non-negative")
 
 
 def add_profile(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "profile", help="time, FLOPs and bytes of every block of a model; fused correctness per block",
+        "profile", help=SUMMARIES["profile"],
         description="Profile a model block by block: reference eager time and torch.compile time (median "
                     "after warm-up), FLOPs, bytes moved, arithmetic intensity, achieved GB/s and percent of the "
                     "measured copy bandwidth, peak memory (CUDA); with fused kernels available, the backend that "
@@ -66,19 +55,19 @@ def add_profile(sub) -> argparse.ArgumentParser:
                     "On a CPU the fused kernels run in Triton's interpreter for correctness only, and fused "
                     "times and speedups stay empty.",
     )
-    p.add_argument("--model", choices=list(models.MODELS), default="retinaface",
+    p.add_argument("--model", choices=list(choices.MODELS), default="retinaface",
                    help="retinaface = mobile0.25; arcface = IR-18 without SE (default: retinaface)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW|N",
-                   help=f"input size (default: {models.DEFAULT_SIZE['cpu']} on a CPU, {models.DEFAULT_SIZE['cuda']} "
-                        f"on a GPU; ArcFace takes {models.ARCFACE_SIZE} only)")
+                   help=f"input size (default: {choices.DEFAULT_SIZE['cpu']} on a CPU, {choices.DEFAULT_SIZE['cuda']} "
+                        f"on a GPU; ArcFace takes {choices.ARCFACE_SIZE} only)")
     p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+    p.add_argument("--dtype", choices=list(choices.DTYPE_NAMES), default="float32",
                    help="model and input dtype (default: float32; half precision needs --device cuda)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto = cuda when available, else cpu (default: auto)")
     p.add_argument("--repeats", type=_positive, default=None, help="timed runs per block (default: 10 on CPU, 100 on GPU)")
     p.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs per block (default: 2 on CPU, 10 on GPU)")
-    p.add_argument("--memory-format", choices=list(models.MEMORY_FORMATS), default="nchw",
+    p.add_argument("--memory-format", choices=list(choices.MEMORY_FORMAT_NAMES), default="nchw",
                    help="layout of the model and input (default: nchw)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time every path as CUDA graph replays, which removes launch overhead (CUDA only)")
@@ -100,7 +89,7 @@ def add_profile(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-fused", action="store_true", help="reference columns only: skip fusing and the fused checks")
     p.add_argument("--check-size", type=_size, default=None, metavar="HxW|N",
                    help=f"input size of the fused correctness pass (default: the profiled size on a GPU, "
-                        f"{models.CPU_CHECK_SIZE} on a CPU where the kernels run in Triton's slow interpreter)")
+                        f"{choices.CPU_CHECK_SIZE} on a CPU where the kernels run in Triton's slow interpreter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the input (default: 0)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="released weights to load (default: seeded initialisation with randomized BatchNorm)")
@@ -110,20 +99,20 @@ def add_profile(sub) -> argparse.ArgumentParser:
 
 def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser(
-        "bench", help="benchmark fused kernels against eager PyTorch and torch.compile (CUDA)",
+        "bench", help=SUMMARIES["bench"],
         description="For each case of a kernel family: correctness against float64 first, then eager NCHW, "
                     "eager channels_last, torch.compile and the fused kernels timed side by side; speedups, "
                     "GB/s and % of the measured copy bandwidth. Needs a CUDA GPU (--allow-cpu runs the "
                     "correctness checks and the CPU baselines on small shapes, without fused timings).",
     )
-    b.add_argument("--family", default="all", choices=[*_all_families(), "all"],
-                   help="kernel family (default: all that have fused modules)")
+    b.add_argument("--family", default="all", metavar="FAMILY",
+                   help="kernel family, or all (default: all that have fused modules); an unknown name lists them")
     b.add_argument("--model", choices=["retinaface", "retinaface-resnet50", "all"], default="retinaface",
                    help="the RetinaFace variant(s) the RetinaFace families take their shapes from (default: "
                         "retinaface = mobile0.25; all = both backbones). ArcFace families always use IR-18 at 128x128")
     b.add_argument("--size", type=_positive, default=None, metavar="N", help="RetinaFace input side (default: 640 on GPU, 64 on CPU)")
     b.add_argument("--batch", type=_positive, nargs="+", default=None, metavar="N", help="batch sizes (default: 1 16 on GPU, 1 on CPU)")
-    b.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: float16 on GPU, float32 on CPU")
+    b.add_argument("--dtype", choices=list(choices.DTYPE_NAMES), default=None, help="default: float16 on GPU, float32 on CPU")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--repeats", type=_positive, default=None, help="timed runs (default: 100 on GPU, 10 on CPU)")
     b.add_argument("--warmup", type=_non_negative, default=None, help="warm-up runs (default: 10 on GPU, 2 on CPU)")
@@ -147,13 +136,13 @@ def add_bench(sub) -> argparse.ArgumentParser:
 
 def add_ceilings(sub) -> argparse.ArgumentParser:
     c = sub.add_parser(
-        "ceilings", help="measure (or show the cached) copy bandwidth and matmul throughput of this machine",
+        "ceilings", help=SUMMARIES["ceilings"],
         description="The two roofs of the roofline, measured on this machine: copy bandwidth (GB/s) and "
                     "torch.mm throughput (FLOP/s). Cached in $FACEFUSE_CACHE/ceilings.json (default "
                     "~/.cache/facefuse/ceilings.json), keyed by device name, torch version and dtype.",
     )
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    c.add_argument("--dtype", choices=list(DTYPES), default=None,
+    c.add_argument("--dtype", choices=list(choices.DTYPE_NAMES), default=None,
                    help="matmul dtype (default: float16 on GPU; always float32 on CPU)")
     c.add_argument("--remeasure", action="store_true", help="measure again and overwrite the cached entry")
     return c
@@ -161,7 +150,7 @@ def add_ceilings(sub) -> argparse.ArgumentParser:
 
 def add_results(sub) -> argparse.ArgumentParser:
     r = sub.add_parser(
-        "results", help="print the recorded GPU results as markdown, or regenerate the README's table",
+        "results", help=SUMMARIES["results"],
         description="The README's results table is generated from results/*.json by this command "
                     "(same as python -m fused.measure.results).",
     )
@@ -171,22 +160,10 @@ def add_results(sub) -> argparse.ArgumentParser:
     return r
 
 
-def add_gpu_check(sub) -> argparse.ArgumentParser:
-    from .measure import gpu_check
-
-    g = sub.add_parser("gpu-check", help="on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the "
-                                         "README table in resumable steps, with a summary of every target",
-                       description=gpu_check.__doc__.split("\n\n")[0])
-    gpu_check.add_arguments(g)
-    return g
-
-
 def add_inspect(sub) -> argparse.ArgumentParser:
     from .measure.inspect import command
 
-    i = sub.add_parser("inspect", help="compile the kernels of a model for a GPU on any machine: registers, spills, "
-                                       "tensor cores, loads, occupancy per variant",
-                       description=command.__doc__.split("\n\n")[0])
+    i = sub.add_parser("inspect", help=SUMMARIES["inspect"], description=command.__doc__.split("\n\n")[0])
     command.add_arguments(i)
     return i
 
@@ -197,18 +174,10 @@ def run_inspect(args) -> int:
     return command.run(args, args.parser)
 
 
-def run_gpu_check(args) -> int:
-    from .measure import gpu_check
-    from .measure.gpu_check import dryrun
-
-    dryrun.CLI_PARSER = build_parser  # the dry run checks each step's command with this parser
-    return gpu_check.run(args, args.parser)
-
-
 def add_detect(sub) -> argparse.ArgumentParser:
-    from .apps import detect
-
-    return detect.add_detect(sub)
+    p = sub.add_parser("detect", help=SUMMARIES["detect"], description=app_options.DETECT_DESCRIPTION)
+    app_options.add_detect_arguments(p)
+    return p
 
 
 def run_detect(args) -> int:
@@ -218,9 +187,9 @@ def run_detect(args) -> int:
 
 
 def add_embed(sub) -> argparse.ArgumentParser:
-    from .apps import embed
-
-    return embed.add_embed(sub)
+    p = sub.add_parser("embed", help=SUMMARIES["embed"], description=app_options.EMBED_DESCRIPTION)
+    app_options.add_embed_arguments(p)
+    return p
 
 
 def run_embed(args) -> int:
@@ -229,25 +198,66 @@ def run_embed(args) -> int:
     return embed.run_embed(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="facefuse",
-        description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
-                    "benchmark the fused Triton kernels against eager PyTorch and torch.compile, or run the "
-                    "fused detector and ArcFace on your own photos (detect, embed).",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    sub.required = True
-    for add, run in COMMANDS.values():
-        command = add(sub)
-        command.set_defaults(func=run, parser=command)
-    return parser
+# --------------------------------------------------------------------------------------------
+# gpu-check: the project's GPU verification harness, kept in this one function
+# --------------------------------------------------------------------------------------------
 
 
-def _all_families() -> list[str]:
-    from .measure import benchmark
+def gpu_check_command() -> "Command":
+    """``facefuse gpu-check``: its parser and its run, from :mod:`fused.measure.gpu_check` (which
+    checks its own --out and --bundle)."""
 
-    return list(benchmark.FAMILIES)
+    def add(sub) -> argparse.ArgumentParser:
+        from .measure import gpu_check
+
+        g = sub.add_parser("gpu-check", help=SUMMARIES["gpu-check"], description=gpu_check.__doc__.split("\n\n")[0])
+        gpu_check.add_arguments(g)
+        return g
+
+    def run(args) -> int:
+        from .measure import gpu_check
+        from .measure.gpu_check import dryrun
+
+        dryrun.CLI_PARSER = build_parser  # the dry run checks each step's command with this parser
+        return gpu_check.run(args, args.parser)
+
+    return Command(add, run)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs, checked before the work
+# --------------------------------------------------------------------------------------------
+
+
+def check_writable(parser, option: str, path: str, kind: str = "folder") -> None:
+    """A usage error (exit 2) unless ``path`` (a ``"folder"`` or a ``"file"``) can be created and
+    written: the folder is created now and a probe file written and removed in it, so read-only
+    file systems, permissions and a regular file on the way are all found before the work starts."""
+    target = Path(path)
+    if kind == "folder" and target.exists() and not target.is_dir():
+        parser.error(f"{option} {path}: exists and is not a folder; give a folder name")
+    if kind == "file" and (target.is_dir() or path.endswith(("/", os.sep))):
+        parser.error(f"{option} {path}: is a folder; give a file name such as trace.json")
+    folder = target if kind == "folder" else target.parent
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.lexists(existing) and not existing.is_dir():
+        parser.error(f"{option} {path}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        parser.error(f"{option} {path}: cannot write there ({exc.strerror or exc})")
+
+
+def check_outputs(args, command: "Command") -> None:
+    """Every output option of ``command`` given (or defaulted) in ``args``: :func:`check_writable`."""
+    for dest, kind in command.outputs:
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_writable(args.parser, "--" + dest.replace("_", "-"), value, kind)
 
 
 def _ceilings(args, device, dtype, say):
@@ -276,8 +286,10 @@ def _progress(args):
 # --------------------------------------------------------------------------------------------
 
 
-def _device(args) -> torch.device:
+def _device(args):
     """The device ``--device`` names, or a usage error (exit 2) saying why it is not available."""
+    from .measure import models
+
     try:
         return models.resolve_device(args.device)
     except ValueError as exc:
@@ -285,6 +297,9 @@ def _device(args) -> torch.device:
 
 
 def run_profile(args) -> int:
+    from .measure import models, timing
+    from .measure.models import profile_options
+
     parser = args.parser
     try:  # the checks profile() makes, made first so that a bad option is a usage error
         opts = profile_options(args.model, size=args.size, batch=args.batch, dtype=args.dtype, device=args.device,
@@ -296,8 +311,6 @@ def run_profile(args) -> int:
     device, dtype = opts.device, opts.dtype
     if args.record and device.type != "cuda":
         parser.error("--record keeps GPU results only; a CPU profile has no fused timings to record")
-    if args.trace is not None and (os.path.isdir(args.trace) or args.trace.endswith(os.sep)):
-        parser.error(f"--trace: {args.trace!r} is a folder; give a file name such as trace.json")
     if args.weights is not None:
         try:  # load once here so a mismatch is a usage error, not a traceback
             models.build_model(args.model, seed=args.seed, weights=args.weights)
@@ -332,14 +345,14 @@ def run_profile(args) -> int:
             ceilings=_ceilings(args, device, dtype, say), trace=args.trace, threads=threads,
         )
     paths = result.save(args.out)
-    if args.trace:
-        paths["trace"] = args.trace
     print(result.table())
     if result.fuse_report:
         print()
         print(result.fuse_report)
     print()
     print(f"wrote {args.out}{os.sep}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    if args.trace:
+        paths["trace"] = args.trace  # where --trace said, not in --out
     for kind, path in paths.items():
         print(f"  {kind:8s} {path}")
     if args.record:
@@ -356,9 +369,14 @@ def run_profile(args) -> int:
 
 
 def run_bench(args) -> int:
-    from .measure import benchmark
+    import torch
+
+    from .measure import benchmark, timing
+    from .measure.models import DTYPES
 
     parser = args.parser
+    if args.family != "all" and args.family not in benchmark.FAMILIES:
+        parser.error(f"--family: unknown {args.family!r}; choose from {', '.join(benchmark.FAMILIES)} or all")
     device = _device(args)
     on_gpu = device.type == "cuda"
     if not on_gpu and not args.allow_cpu:
@@ -442,6 +460,7 @@ def record_results(json_path, chart_path=None) -> str:
 
 def run_ceilings(args) -> int:
     from .measure import ceilings
+    from .measure.models import DTYPES
 
     device = _device(args)
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -489,24 +508,83 @@ def format_results(results: list[dict]) -> str:
 
 # --------------------------------------------------------------------------------------------
 
-#: name → (adds the subcommand's parser to the subparsers, runs it with the parsed arguments).
-COMMANDS = {
-    "profile": (add_profile, run_profile),
-    "bench": (add_bench, run_bench),
-    "ceilings": (add_ceilings, run_ceilings),
-    "results": (add_results, run_results),
-    "gpu-check": (add_gpu_check, run_gpu_check),
-    "detect": (add_detect, run_detect),
-    "embed": (add_embed, run_embed),
-    "inspect": (add_inspect, run_inspect),
+#: name → one line about it: ``facefuse --help`` lists these without building the subcommands' parsers.
+SUMMARIES = {
+    "profile": "time, FLOPs and bytes of every block of a model; fused correctness per block",
+    "bench": "benchmark fused kernels against eager PyTorch and torch.compile (CUDA)",
+    "ceilings": "measure (or show the cached) copy bandwidth and matmul throughput of this machine",
+    "results": "print the recorded GPU results as markdown, or regenerate the README's table",
+    "gpu-check": "on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the README table in "
+                 "resumable steps, with a summary of every target",
+    "detect": "detect faces in images and folders: JSON records, annotated images, fused vs unfused timing",
+    "embed": "embed the detected faces with ArcFace: embeddings, nearest faces by cosine similarity, timing",
+    "inspect": "compile the kernels of a model for a GPU on any machine: registers, spills, tensor cores, loads, "
+               "occupancy per variant",
 }
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``add(subparsers) -> parser``, ``run(args) -> exit status``, its output options
+    as ``(dest, "folder" | "file")`` (checked before it runs), and whether it needs torch."""
+
+    add: object
+    run: object
+    outputs: tuple = ()
+    torch: bool = True
+    #: ``check(args)``: usage errors found without torch, made before the outputs are checked.
+    check: object = None
+
+
+COMMANDS = {
+    "profile": Command(add_profile, run_profile, (("out", "folder"), ("trace", "file"))),
+    "bench": Command(add_bench, run_bench, (("out", "folder"),)),
+    "ceilings": Command(add_ceilings, run_ceilings),
+    "results": Command(add_results, run_results, torch=False),
+    "gpu-check": gpu_check_command(),
+    "detect": Command(add_detect, run_detect, (("out", "folder"),), check=app_options.check_paths),
+    "embed": Command(add_embed, run_embed, (("out", "folder"),), check=app_options.check_paths),
+    "inspect": Command(add_inspect, run_inspect, (("out", "folder"),)),
+}
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser of ``facefuse``. Given ``argv``, only the subcommand it names gets its full parser
+    (the others are listed with their summary), so that parsing loads no more than that command's
+    options; without, every subcommand is built."""
+    parser = argparse.ArgumentParser(
+        prog="facefuse",
+        description="Learn GPU kernel fusion on face models: profile RetinaFace/ArcFace block by block, "
+                    "benchmark the fused Triton kernels against eager PyTorch and torch.compile, or run the "
+                    "fused detector and ArcFace on your own photos (detect, embed).",
+        epilog="exit status: 0 done, 1 some inputs or cases failed (the rest is written), 2 bad arguments or "
+               "outputs that cannot be written, 3 a download failed (--pretrained), 130 interrupted",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    sub.required = True
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for name, command in COMMANDS.items():
+        if argv is None or name == chosen:
+            built = command.add(sub)
+            built.set_defaults(func=command.run, parser=built)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
+    return parser
 
 
 def main(argv=None) -> int:
     """Entry point of ``facefuse`` and ``python -m fused``; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
+        command = COMMANDS[args.command]
+        if command.check is not None:
+            command.check(args)
+        check_outputs(args, command)
+        if command.torch:
+            import fused
+
+            fused.import_all()  # the kernels and fused modules, once the arguments are known to be good
         return args.func(args)
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         code = exc.code

@@ -16,25 +16,11 @@ from torch import nn
 import reference
 
 from .. import runtime
+from .choices import (ARCFACE_SIZE, CPU_CHECK_SIZE, DEFAULT_REPEATS, DEFAULT_SIZE, DTYPE_NAMES,  # noqa: F401
+                      MEMORY_FORMAT_NAMES, MODELS, RETINAFACE_MODELS, parse_size)
 
-#: The models ``facefuse profile --model`` knows, with a line about each.
-MODELS = {
-    "retinaface": "RetinaFace mobile0.25 (MobileNetV1 x0.25 backbone)",
-    "retinaface-resnet50": "RetinaFace with the ResNet-50 backbone",
-    "arcface": "ResNetArcFace IR-18 without squeeze-excite (the released identity network)",
-    "arcface-se": "ResNetArcFace IR-18 with squeeze-excite",
-}
-#: The RetinaFace variants among :data:`MODELS`.
-RETINAFACE_MODELS = ("retinaface", "retinaface-resnet50")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: ArcFace's only input side: fc5 needs the 8x8 map that a 128x128 face gives.
-ARCFACE_SIZE = 128
-#: Default RetinaFace input side: small on a CPU (the reference timing runs on a few cores).
-DEFAULT_SIZE = {"cpu": 320, "cuda": 640}
-#: On a CPU the fused kernels run in Triton's interpreter; their correctness pass uses this side.
-CPU_CHECK_SIZE = 64
-DEFAULT_REPEATS = {"cpu": (2, 10), "cuda": (10, 100)}  # (warmup, repeats)
-MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
+MEMORY_FORMATS = dict(zip(MEMORY_FORMAT_NAMES, (torch.contiguous_format, torch.channels_last)))
 
 
 def build_model(name: str, *, seed: int = 0, weights=None) -> nn.Module:
@@ -92,17 +78,6 @@ def default_size(name: str, device) -> tuple[int, int]:
         return (ARCFACE_SIZE, ARCFACE_SIZE)
     side = DEFAULT_SIZE["cuda" if torch.device(device).type == "cuda" else "cpu"]
     return (side, side)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"320"`` → (320, 320); ``"480x640"`` → (480, 640) (H x W)."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size must be N or HxW with positive integers (e.g. 320 or 480x640), got {text!r}")
-    h, w = (int(parts[0]), int(parts[-1]))
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return (h, w)
 
 
 def pair(size) -> tuple[int, int]:

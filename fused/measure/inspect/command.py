@@ -59,17 +59,19 @@ def configs_from_args(args, parser) -> list[Config]:
     """The configurations the options ask for (a usage error for impossible ones)."""
     dtypes = ("float16", "bfloat16", "float32") if args.dtype == "all" else (args.dtype,)
     models = [c for c in DEFAULT_CONFIGS if args.model in ("all", c["model"])]
-    if args.model != "all" and (args.size or args.batch):
+    for option, value in (("--size", args.size), ("--batch", args.batch)):
+        if value is not None and value < 1:
+            parser.error(f"{option}: expected a positive integer, got {value}")
+    given = args.size is not None or args.batch is not None
+    if args.model != "all" and given:
         first = models[0]
-        size = args.size or first["size"][0]
+        size = args.size if args.size is not None else first["size"][0]
         if args.model.startswith("arcface") and size != 128:
             parser.error(f"--size: {args.model} takes 128x128 inputs only, got {size}")
         if not args.model.startswith("arcface") and size < 32:
             parser.error(f"--size: RetinaFace needs at least 32, got {size}")
-        if args.batch is not None and args.batch < 1:
-            parser.error(f"--batch: expected a positive integer, got {args.batch}")
-        models = [{"model": args.model, "size": (size, size), "batch": args.batch or first["batch"]}]
-    elif args.size or args.batch:
+        models = [{"model": args.model, "size": (size, size), "batch": args.batch if args.batch is not None else first["batch"]}]
+    elif given:
         parser.error("--size and --batch apply to one model: name it with --model")
     return [Config(m["model"], tuple(m["size"]), m["batch"], d, args.memory_format, args.precision)
             for d in dtypes for m in models]
@@ -87,8 +89,8 @@ def run(args, parser) -> int:
         parser.error("--jobs: expected a positive integer")
     baseline_run = args.write_baseline or args.check_baseline
     if baseline_run:
-        if args.arch != DEFAULT_TARGET or args.model != "retinaface" or args.dtype != "float16" or args.size \
-                or args.batch or args.memory_format != "nchw" or args.precision != "auto":
+        if args.arch != DEFAULT_TARGET or args.model != "retinaface" or args.dtype != "float16" or args.size is not None \
+                or args.batch is not None or args.memory_format != "nchw" or args.precision != "auto":
             parser.error("--write-baseline/--check-baseline inspect the default set (every model, three dtypes, "
                          "sm_90a); leave out --model, --dtype, --arch, --size, --batch, --memory-format, --precision")
         configs = default_configs()
