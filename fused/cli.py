@@ -576,7 +576,10 @@ def main(argv=None) -> int:
     """Entry point of ``facefuse`` and ``python -m fused``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # with the subcommand's usage, not the top level's
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         command = COMMANDS[args.command]
         if command.check is not None:
             command.check(args)

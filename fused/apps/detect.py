@@ -2,10 +2,11 @@
 
 Writes into DIR, as each image is done: ``records/<name>.json`` (or, with ``--jsonl``, a line of
 ``records.jsonl``) holding the boxes, scores and landmarks in the image's pixels, its size and the
-time per image; with ``--draw``, ``drawn/<name>`` annotated; at the end ``summary.json``
-(options, counts, timings, the skipped files and why). Unreadable files are reported and skipped.
-Exit status 0, or 1 when some files were skipped (the others' records are written), 2 for bad
-arguments.
+time per image; with ``--draw``, ``drawn/<name>`` annotated; at the end, or on an interrupt,
+``summary.json`` (options, counts, timings, the skipped files and why). Names and the reuse of DIR
+are :mod:`fused.apps.outputs`. Unreadable files are reported and skipped. Exit status 0, or 1 when
+some files were skipped (the others' records are written), 2 for bad arguments, 3 for a failed
+download of the released weights.
 """
 
 from __future__ import annotations
@@ -13,56 +14,51 @@ from __future__ import annotations
 import sys
 import time
 
-from . import files, run
-
-
-def add_detect(sub):
-    p = sub.add_parser(
-        "detect", help="detect faces in images and folders: JSON records, annotated images, fused vs unfused timing",
-        description=__doc__.split("\n\n")[0].replace("``", "") + " Images of one size run as one batch.",
-    )
-    run.add_common(p)
-    p.add_argument("--draw", action="store_true", help="also write annotated copies under DIR/drawn/")
-    return p
+from . import outputs, run
 
 
 def run_detect(args) -> int:
     begun = run.start(args, "detect")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)
-    detector, say = begun.detector, progress.say
-    records = files.Records(out, args.jsonl)
-    skipped, faces = [], 0
+    detector, say, records = begun.detector, progress.say, begun.records
+    drawn = outputs.drawn_names([item.name for item in items]) if args.draw else {}
+    skipped, faces = [], sum(len(r.get("faces", ())) for r in records.done.values())
     started = time.perf_counter()
 
     def on_image(item, full, scaled, detections, record):
         nonlocal faces
-        records.write(record, item.name)
+        try:
+            records.write(record, item.name)
+            if "error" not in record and args.draw:
+                outputs.draw(full, record["faces"], outputs.in_folder(out / "drawn", drawn[item.name]))
+        except OSError as exc:  # this image's outputs only: the batch goes on
+            record = {"path": record["path"], "error": f"could not write its outputs ({type(exc).__name__}: {exc})"}
         if "error" in record:
             skipped.append(record)
             say(f"skipped {record['path']}: {record['error']}")
             return
         faces += len(record["faces"])
-        if args.draw:
-            files.draw(full, record["faces"], files.drawn_path(out, item.name))
 
-    timings, finished = None, False
+    timings, finished = run.Timings("detection", use_fused), False
     try:
-        timings = run.detect_all(items, detector, args, device, use_fused, compare, progress, on_image)
+        run.detect_all(items, detector, args, device, use_fused, compare, progress, on_image, timings,
+                       done=records.done)
         finished = True
     finally:
         records.close()
         progress.close()
+        done = len(records.done) + records.count - len(skipped)
         summary = {
             "command": "detect", "model": args.model, "device": device.type, "fused": use_fused,
-            "weights": args.weights or ("released" if args.pretrained else f"random (seed {args.seed})"),
-            "conf": args.conf, "iou": args.iou, "batch": args.batch, "max_size": args.max_size,
-            "images": len(items), "done": records.count - len(skipped), "skipped": skipped, "faces": faces,
+            "threads": begun.threads, **run.result_options(args, "detect"), "batch": args.batch,
+            "images": len(items), "done": done, "resumed": begun.resumed, "skipped": skipped, "faces": faces,
             "finished": finished, "seconds": round(time.perf_counter() - started, 3),
-            "timing": timings.summary() if timings else None,
+            "timing": timings.summary(),
         }
         summary_path = run.write_summary(out, summary)
-    print(f"{summary['done']} images, {faces} faces, {len(skipped)} skipped; records in {records.where()}"
+    print(f"{done} images, {faces} faces, {len(skipped)} skipped; records in {records.where()}"
+          + (f" ({begun.resumed} from the earlier run)" if begun.resumed else "")
           + (f", annotated images in {out / 'drawn'}" if args.draw else ""))
     for line in timings.lines(device):
         print(line)

@@ -1,9 +1,8 @@
 """Images on disk: finding them, reading them (PIL, which matplotlib already needs), batching them
-by size, drawing detections on them, and a progress line with images per second."""
+by size, and a progress line with images per second (what is written: :mod:`fused.apps.outputs`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -115,60 +114,6 @@ def batches(items: list[Item], batch: int) -> list[list[Item]]:
         if item.error is None:
             groups.setdefault(item.input_size, []).append(item)
     return [group[i:i + batch] for group in groups.values() for i in range(0, len(group), batch)]
-
-
-def draw(full: np.ndarray, faces: list[dict], path: Path) -> None:
-    """Save ``full`` with each face's box, score and five landmarks drawn on it to ``path``."""
-    from PIL import Image, ImageDraw
-
-    image = Image.fromarray(full)
-    pen = ImageDraw.Draw(image)
-    width = max(1, round(max(image.size) / 400))
-    colours = [(255, 0, 0), (0, 255, 255), (255, 0, 255), (0, 255, 0), (0, 0, 255)]
-    for face in faces:
-        x1, y1, x2, y2 = face["box"]
-        pen.rectangle([x1, y1, x2, y2], outline=(255, 255, 0), width=width)
-        pen.text((x1 + 2, y1 + 2), f"{face['score']:.2f}", fill=(255, 255, 0))
-        for (x, y), colour in zip(face["landmarks"], colours):
-            r = 1 + width
-            pen.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-
-
-def drawn_path(out: Path, name: str) -> Path:
-    """Where the annotated copy of ``name`` goes: the same format for JPEG and PNG, else PNG."""
-    target = out / "drawn" / name
-    return target if target.suffix.lower() in (".jpg", ".jpeg", ".png") else target.with_name(target.name + ".png")
-
-
-class Records:
-    """Per-image JSON records written as they come: ``records.jsonl`` (one line each, flushed), or
-    ``records/<name>.json`` (one file each); work done survives a crash or an interrupt."""
-
-    def __init__(self, out: Path, jsonl: bool):
-        self.out, self.jsonl = out, jsonl
-        out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "records.jsonl", "w") if jsonl else None
-        self.count = 0
-
-    def write(self, record: dict, name: str) -> None:
-        text = json.dumps(record)
-        if self.file is not None:
-            self.file.write(text + "\n")
-            self.file.flush()
-        else:
-            path = self.out / "records" / (name + ".json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n")
-        self.count += 1
-
-    def where(self) -> Path:
-        return self.out / ("records.jsonl" if self.jsonl else "records")
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 class Progress:

@@ -1,11 +1,12 @@
-"""What ``facefuse detect`` and ``facefuse embed`` share: their options, the models (released,
-from a file, or random), and the detection loop over batches of one size with its timings."""
+"""What ``facefuse detect`` and ``facefuse embed`` share: the models (released, from a file, or
+random), the start (device, threads, images, the --out folder), and the detection loop over
+batches of one size with its timings. Their options are :mod:`fused.apps.options`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,52 +16,12 @@ import torch
 import fused
 import reference
 
-from . import files
+from ..measure import timing
+from . import files, outputs
+from .options import DETECTORS
 
-DETECTORS = {"retinaface": "mobile0.25", "retinaface-resnet50": "resnet50"}
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    """The options both commands take."""
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs (created if needed)")
-    p.add_argument("--model", choices=list(DETECTORS), default="retinaface",
-                   help="detector: retinaface = mobile0.25 (default), or retinaface-resnet50")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--weights", metavar="FILE", help="the detector's weight file (.pth)")
-    which.add_argument("--pretrained", action="store_true",
-                       help="the released weights, downloaded once into the cache ($FACEFUSE_WEIGHTS_DIR, default "
-                            "torch hub's checkpoints folder; $FACEFUSE_WEIGHTS_URL names a mirror)")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the fused Triton kernels (default: on a GPU yes; on a CPU no, since there they run in "
-                        "Triton's interpreter: correct but slow)")
-    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time the first batch the other way (fused vs unfused) and print both (default: on a GPU)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--conf", type=float, default=0.8, help="score threshold in [0, 1] (default: 0.8)")
-    p.add_argument("--iou", type=float, default=0.4, help="NMS overlap threshold in [0, 1] (default: 0.4)")
-    p.add_argument("--batch", type=int, default=8, help="images of one size per batch (default: 8)")
-    p.add_argument("--max-size", type=int, default=None, metavar="N",
-                   help="shrink images whose longer side exceeds N pixels before detection (boxes are given in "
-                        "the original pixels); default: full size")
-    p.add_argument("--jsonl", action="store_true", help="write all records to records.jsonl (default: one JSON file "
-                                                        "per image under records/)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --weights/--pretrained")
-    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-
-
-def check_common(args) -> None:
-    """Usage errors (exit 2) for values argparse cannot check."""
-    for name in ("conf", "iou"):
-        value = getattr(args, name)
-        if not 0 <= value <= 1:
-            args.parser.error(f"--{name} must be in [0, 1], got {value}")
-    if args.batch < 1:
-        args.parser.error(f"--batch must be a positive integer, got {args.batch}")
-    if args.max_size is not None and args.max_size < files.MIN_SIDE:
-        args.parser.error(f"--max-size must be at least {files.MIN_SIDE}, got {args.max_size}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        args.parser.error(f"--out {args.out}: exists and is not a folder")
+#: Exit status of a failed download of released weights (--pretrained): not a usage error.
+DOWNLOAD_FAILED = 3
 
 
 def resolve(args) -> tuple[torch.device, bool, bool]:
@@ -77,42 +38,70 @@ def resolve(args) -> tuple[torch.device, bool, bool]:
     return device, use_fused, compare
 
 
+def result_options(args, command: str) -> dict:
+    """The options that change what a run records: an earlier run in --out with others is not resumed."""
+    random = f"random (seed {args.seed})"
+    found = {"model": args.model, "weights": args.weights or ("released" if args.pretrained else random),
+             "conf": args.conf, "iou": args.iou, "max_size": args.max_size, "jsonl": args.jsonl}
+    if command == "embed":
+        found["identity_weights"] = args.identity_weights or ("released" if args.pretrained else random)
+    return found
+
+
 @dataclass
 class Start:
-    """What both commands set up before their loop: the device and modes, the images (with their
-    sizes read), the progress bar and the fused detector."""
+    """What both commands set up before their loop: the device and modes, the CPU threads, the
+    images (with their sizes read), the progress bar, the fused detector and the records."""
 
     device: torch.device
     use_fused: bool
     compare: bool
+    threads: int | None
     out: Path
     items: list
     progress: "files.Progress"
     detector: torch.nn.Module
+    records: "outputs.Records"
+    resumed: int = 0
 
 
 def start(args, command: str) -> Start:
-    """Check the common options, find the images (none is a usage error), build the detector and
-    read every readable image's size."""
-    check_common(args)
+    """Resolve the device and threads, find the images (none is a usage error), prepare --out
+    (resume, refuse or overwrite), build the detector and read every image's size."""
     device, use_fused, compare = resolve(args)
+    threads = (args.threads or timing.cpu_threads()) if device.type == "cpu" else None
+    if threads is not None:
+        torch.set_num_threads(threads)  # one count for the whole run, as profile does
     out = Path(args.out)
     items = files.find_images(args.paths, exclude=out)
     if not items:
         args.parser.error("no images found in " + ", ".join(args.paths))
     progress = files.Progress(len(items), command, args.quiet)
+    try:
+        resume = outputs.prepare(out, command, result_options(args, command), args.overwrite, progress.say)
+    except outputs.ReuseError as exc:
+        args.parser.error(str(exc))
+    records = outputs.Records(out, args.jsonl, resume)
+    resumed = sum(1 for item in items if item.name in records.done)
+    if resume:
+        progress.say(f"resuming the run in {out}: {resumed} of {len(items)} images already recorded are skipped "
+                     "(--overwrite starts over)")
+        progress.total -= resumed
     detector = build("detector", DETECTORS[args.model], args, args.weights, device, progress.say)
     if use_fused and device.type != "cuda":
         progress.say("fused kernels on a CPU run in Triton's interpreter: correct, but slow (--no-fused for speed)")
+    if threads is not None:
+        progress.say(f"{threads} torch thread{'s' if threads != 1 else ''} on the CPU (--threads to change)")
     for item in items:
-        if item.error is None:
+        if item.error is None and item.name not in records.done:
             files.read_size(item, args.max_size)
-    return Start(device, use_fused, compare, out, items, progress, detector)
+    return Start(device, use_fused, compare, threads, out, items, progress, detector, records, resumed)
 
 
 def build(kind: str, network: str, args, weights, device, say) -> torch.nn.Module:
-    """A fused model in eval mode on ``device``: released, from ``weights``, or seeded random;
-    a file or download that fails is a usage error (exit 2) with the loader's message."""
+    """A fused model in eval mode on ``device``: released, from ``weights``, or seeded random. A
+    bad file is a usage error (exit 2) and a failed download exits with :data:`DOWNLOAD_FAILED`,
+    each with the loader's whole message."""
     try:
         if kind == "detector":
             model = reference.retinaface(network, seed=args.seed, pretrained=args.pretrained and not weights,
@@ -121,9 +110,11 @@ def build(kind: str, network: str, args, weights, device, say) -> torch.nn.Modul
             model = reference.arcface(seed=args.seed, pretrained=args.pretrained and not weights, progress=not args.quiet)
         if weights:
             reference.load_weights(model, weights)
-    except (OSError, ValueError) as exc:  # WeightFileError, WeightsMismatchError, WeightsDownloadError, ...
-        lines = [line if len(line) <= 300 else line[:297] + "..." for line in str(exc).splitlines()[:8]]
-        args.parser.error(f"{kind} weights: " + "\n".join(lines))
+    except reference.WeightsDownloadError as exc:
+        print(f"facefuse {args.command}: {kind} weights: {exc}", file=sys.stderr)
+        raise SystemExit(DOWNLOAD_FAILED) from None
+    except (OSError, ValueError) as exc:  # WeightFileError, WeightsMismatchError, ...
+        args.parser.error(f"{kind} weights: {exc}")
     if not (weights or args.pretrained):
         reference.randomize_batchnorm(model, seed=args.seed)
         say(f"the {kind} has random weights (seed {args.seed}): its outputs are meaningless; pass --pretrained "
@@ -163,15 +154,16 @@ class Timings:
         self.batches.append((seconds, images))
 
     def compare(self, fn, images: int, device) -> None:
-        """Time ``fn`` (``images`` images) both ways: a warm-up run, then the best of 3 (on a CPU, the
-        fused path, in Triton's interpreter, runs once)."""
+        """Time ``fn`` (``images`` images) both ways: a warm-up run, then the median of 3 (the statistic
+        of the run's own line; on a CPU, the fused path, in Triton's interpreter, runs once)."""
         result = {}
         for mode in (self.fused, not self.fused):
             thorough = device.type == "cuda" or not mode
             with fused.enabled(mode):
                 if thorough:
                     fn()  # compiles the kernels, fills the fold and prior caches
-                result["fused" if mode else "unfused"] = min(timed(fn, device, 3 if thorough else 1)[1]) / images * 1000
+                runs = timed(fn, device, 3 if thorough else 1)[1]
+                result["fused" if mode else "unfused"] = statistics.median(runs) / images * 1000
         self.compared = result
 
     def summary(self) -> dict:
@@ -198,7 +190,8 @@ class Timings:
                          + (", the first batch left out: it includes warm-up)" if s["first_batch_left_out"] else ")"))
         if self.compared:
             f, u = self.compared["fused"], self.compared["unfused"]
-            lines.append(f"{self.label}, first batch both ways: fused {f:.1f} ms/{unit}, unfused {u:.1f} ms/{unit} "
+            lines.append(f"{self.label}, first batch both ways (median of the runs after a warm-up): fused {f:.1f} "
+                         f"ms/{unit}, unfused {u:.1f} ms/{unit} "
                          f"({u / f:.2f}x)" + (" - on a CPU the fused kernels run in Triton's interpreter, "
                                               "so this is no speedup" if where == "CPU" else ""))
         elif s["median_ms_per_unit"] is not None:
@@ -219,11 +212,12 @@ def face_records(detections, scale_x: float, scale_y: float) -> list[dict]:
     return out
 
 
-def detect_all(items, detector, args, device, use_fused: bool, compare: bool, progress, on_image):
-    """Run the detector over ``items`` in batches of one size; call ``on_image(item, full, scaled,
-    detections, record)`` per image and ``on_image(item, None, None, None, record)`` per skipped one.
-    Returns the detection :class:`Timings`."""
-    timings = Timings("detection", use_fused)
+def detect_all(items, detector, args, device, use_fused: bool, compare: bool, progress, on_image,
+               timings: Timings, done=()):
+    """Run the detector over ``items`` (but those named in ``done``) in batches of one size, adding to
+    ``timings``; call ``on_image(item, full, scaled, detections, record)`` per image and
+    ``on_image(item, None, None, None, record)`` per skipped one."""
+    items = [item for item in items if item.name not in done]
     for item in items:
         if item.error is not None:
             on_image(item, None, None, None, error_record(item))
@@ -258,20 +252,19 @@ def detect_all(items, detector, args, device, use_fused: bool, compare: bool, pr
         timings.add(seconds[0], len(arrays))
         for (item, full, scaled), detections in zip(loaded, found):
             sx, sy = full.shape[1] / scaled.shape[1], full.shape[0] / scaled.shape[0]
-            record = {"path": files.relative(item.path), "width": item.width, "height": item.height,
+            record = {"path": outputs.display(files.relative(item.path)), "width": item.width, "height": item.height,
                       "input_size": list(item.input_size[::-1]), "faces": face_records(detections, sx, sy),
                       "time_ms": round(seconds[0] / len(arrays) * 1000, 3), "batch": len(arrays),
                       "fused": use_fused}
             on_image(item, full, scaled, detections, record)
             progress.update(done=1)
-    return timings
 
 
 def error_record(item) -> dict:
-    return {"path": files.relative(item.path), "error": item.error}
+    return {"path": outputs.display(files.relative(item.path)), "error": item.error}
 
 
 def write_summary(out: Path, summary: dict) -> Path:
     path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return path

@@ -61,6 +61,8 @@ def find_results_dir(results_dir: Path | str | None = None) -> Path:
     """``results_dir`` when given, else the project folder's ``results/`` (see
     :func:`project_folder`), else ``results/`` in the current directory (which may not exist yet)."""
     if results_dir:
+        if not Path(results_dir).is_dir():
+            raise ValueError(f"--results-dir {results_dir}: no such folder")
         return Path(results_dir)
     project = project_folder()
     return (project or Path.cwd()) / RESULTS
@@ -77,6 +79,14 @@ def find_readme(readme: Path | str | None = None) -> Path:
 
 
 
+def is_result(data) -> bool:
+    """Whether ``data`` (a parsed JSON file) is a recorded profile or benchmark."""
+    if not isinstance(data, dict):
+        return False
+    return data.get("kind") == PROFILE_KIND or (isinstance(data.get("rows"), list)
+                                                and isinstance(data.get("environment"), dict))
+
+
 def _runs(results_dir=None) -> list[dict]:
     """Every JSON file of the results folder, newest first, each with ``_file`` (its name)."""
     folder = find_results_dir(results_dir)
@@ -86,9 +96,11 @@ def _runs(results_dir=None) -> list[dict]:
             data = json.loads(path.read_text())
         except ValueError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict):
+        if is_result(data):
             data["_file"] = path.name
             found.append(data)
+        else:
+            print(f"skipped {path}: not a facefuse benchmark or profile result", file=sys.stderr)
     return sorted(found, key=lambda d: (d.get("environment", {}).get("date") or "", d["_file"]), reverse=True)
 
 
@@ -304,7 +316,7 @@ def record(json_path, plots: dict[str, str] | None = None, *, results_dir=None) 
     else:
         what = "-".join(data.get("families", [])) or "bench"
     stem = _slug(f"{what}-{env.get('gpu') or env.get('device')}-{env.get('date', '')}")
-    folder = find_results_dir(results_dir)
+    folder = Path(results_dir) if results_dir else find_results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / f"{stem}.json"]
     shutil.copyfile(json_path, written[0])
