@@ -23,11 +23,11 @@ def run_detect(args) -> int:
                                                         begun.items, begun.progress)
     detector, say, records = begun.detector, progress.say, begun.records
     drawn = outputs.drawn_names([item.name for item in items]) if args.draw else {}
-    skipped, faces = [], sum(len(r.get("faces", ())) for r in records.done.values())
+    skipped, faces, recorded = [], sum(len(r.get("faces", ())) for r in records.done.values()), 0
     started = time.perf_counter()
 
     def on_image(item, full, scaled, detections, record):
-        nonlocal faces
+        nonlocal faces, recorded
         try:
             records.write(record, item.name)
             if "error" not in record and args.draw:
@@ -39,6 +39,7 @@ def run_detect(args) -> int:
             say(f"skipped {record['path']}: {record['error']}")
             return
         faces += len(record["faces"])
+        recorded += 1
 
     timings, finished = run.Timings("detection", use_fused), False
     try:
@@ -48,7 +49,7 @@ def run_detect(args) -> int:
     finally:
         records.close()
         progress.close()
-        done = len(records.done) + records.count - len(skipped)
+        done = len(records.done) + recorded
         summary = {
             "command": "detect", "model": args.model, "device": device.type, "fused": use_fused,
             "threads": begun.threads, **run.result_options(args, "detect"), "batch": args.batch,

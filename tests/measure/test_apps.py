@@ -76,7 +76,7 @@ def test_detect_fused_and_compared(tmp_path, capsys):
                  "--fused", "--compare", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "detection: fused (Triton's interpreter" in printed and "first batch both ways: fused" in printed
+    assert "detection: fused (Triton's interpreter" in printed and "first batch both ways (median of the runs after a warm-up): fused" in printed
     timing = json.loads((tmp_path / "f" / "summary.json").read_text())["timing"]
     assert set(timing["compared_ms_per_unit"]) == {"fused", "unfused"}
     assert main(["detect", str(tmp_path / "one.png"), "--out", str(tmp_path / "u"), "--conf", "0.3", "--quiet"]) == 0
@@ -118,6 +118,7 @@ def test_an_interrupt_keeps_the_records_written(photos, tmp_path, monkeypatch):
     assert sum("faces" in r for r in records) == 2 and sum("error" in r for r in records) == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] is False and summary["done"] == 2
+    assert summary["timing"]["count"] >= 1 and summary["timing"]["median_ms_per_unit"] > 0  # the images timed
 
 
 def test_embed(tmp_path, capsys):
@@ -133,11 +134,14 @@ def test_embed(tmp_path, capsys):
     assert n > 0 and embeddings.shape == (n, 512) and embeddings.dtype == np.float32
     assert [r["row"] for r in index] == list(range(n)) and index[0]["label"] == "in/a.png#0"
     rows = list(csv.reader(open(out / "similarity.csv")))
-    assert rows[0] == ["face", *(r["label"] for r in index)] and len(rows) == n + 1
-    similarity = np.array([[float(v) for v in row[1:]] for row in rows[1:]])
-    np.testing.assert_allclose(np.diag(similarity), 1, atol=1e-4)
+    assert rows[0] == ["face", "rank", "neighbour", "similarity"] and len(rows) == n * (n - 1) + 1  # top-k 10 > n - 1
     expected = reference.cosine_similarity(torch.from_numpy(embeddings)).numpy()
-    np.testing.assert_allclose(similarity, expected, atol=1e-5)
+    labels = [r["label"] for r in index]
+    for face, rank, neighbour, value in rows[1:]:
+        i, j = labels.index(face), labels.index(neighbour)
+        assert i != j and abs(float(value) - expected[i, j]) < 1e-5
+        others = sorted((expected[i, k] for k in range(n) if k != i), reverse=True)
+        assert abs(float(value) - others[int(rank) - 1]) < 1e-5  # rank 1 is the most similar
     summary = json.loads((out / "summary.json").read_text())
     assert summary["faces"] == n and summary["timing"]["embedding"]["unit"] == "face"
     printed = capsys.readouterr()
@@ -149,7 +153,7 @@ def test_embed_with_no_faces(tmp_path):
     out = tmp_path / "out"
     assert main(["embed", str(tmp_path / "a.png"), "--out", str(out), "--conf", "1", "--quiet"]) == 0
     assert np.load(out / "embeddings.npy").shape == (0, 512)
-    assert (out / "faces.jsonl").read_text() == "" and (out / "similarity.csv").read_text().strip() == "face"
+    assert (out / "faces.jsonl").read_text() == "" and (out / "similarity.csv").read_text().strip() == "face,rank,neighbour,similarity"
 
 
 def test_pretrained_from_a_mirror(tmp_path, monkeypatch, capsys):
@@ -172,8 +176,10 @@ def test_pretrained_from_a_mirror(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--conf", "2"], "--conf must be in [0, 1]"),
-    (["--batch", "0"], "--batch must be a positive integer"),
+    (["--conf", "2"], "argument --conf: expected a number in [0, 1]"),
+    (["--conf", "nan"], "argument --conf: expected a number in [0, 1]"),
+    (["--batch", "0"], "argument --batch: expected a positive integer"),
+    (["--threads", "0"], "argument --threads: expected a positive integer"),
     (["--weights", "x.pth", "--pretrained"], "not allowed with argument"),
     (["--weights", "WEIGHTS"], "detector weights:"),
 ])

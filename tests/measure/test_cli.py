@@ -36,6 +36,8 @@ def test_profile_writes_its_files(tmp_path, capsys, ceilings_cache):
     assert "traceEvents" in json.loads(trace.read_text())
     printed = capsys.readouterr().out
     assert "body.stage1.0" in printed and str(out) in printed and str(trace) in printed
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    assert "trace.json" not in wrote  # the trace is where --trace said, not in --out
     assert "seeded initialisation" in printed and "measured ceilings:" in printed
     rows = M.rows.read_csv(out / "profile.csv")
     assert rows[0]["input_shapes"] == "1x3x48x48" and rows[0]["ref_gbps"] > 0
@@ -187,7 +189,8 @@ def test_bench_records_gpu_results_only(capsys):
 
 
 def test_bench_unknown_family(capsys):
-    assert "invalid choice" in bad(["bench", "--family", "nope", "--allow-cpu"], capsys)
+    err = bad(["bench", "--family", "nope", "--allow-cpu"], capsys)
+    assert "--family: unknown 'nope'; choose from conv_bn" in err
 
 
 def test_python_dash_m_help():
