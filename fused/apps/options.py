@@ -25,8 +25,9 @@ def fraction(text: str) -> float:
     return value
 
 
-def at_least(minimum: int, what: str = "positive"):
-    """An argparse type: an integer >= ``minimum``, with a clear message otherwise."""
+def at_least(minimum: int, what: str | None = None):
+    """An argparse type: an integer >= ``minimum`` (a ``what`` integer), with a clear message otherwise."""
+    expected = f"a {what} integer" if what else f"an integer of at least {minimum}"
 
     def parse(text: str) -> int:
         try:
@@ -34,7 +35,7 @@ def at_least(minimum: int, what: str = "positive"):
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer (at least {minimum}), got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
@@ -63,13 +64,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the first batch the other way (fused vs unfused) and print both (default: on a GPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=at_least(1), default=None, metavar="N",
+    p.add_argument("--threads", type=at_least(1, "positive"), default=None, metavar="N",
                    help="torch threads on a CPU (default: the idle cores, read once at the start: the cores "
                         "less the 1-minute load average, at least 1)")
     p.add_argument("--conf", type=fraction, default=0.8, help="score threshold in [0, 1] (default: 0.8)")
     p.add_argument("--iou", type=fraction, default=0.4, help="NMS overlap threshold in [0, 1] (default: 0.4)")
-    p.add_argument("--batch", type=at_least(1), default=8, help="images of one size per batch (default: 8)")
-    p.add_argument("--max-size", type=at_least(MIN_SIDE, "large enough"), default=None, metavar="N",
+    p.add_argument("--batch", type=at_least(1, "positive"), default=8, help="images of one size per batch (default: 8)")
+    p.add_argument("--max-size", type=at_least(MIN_SIDE), default=None, metavar="N",
                    help="shrink images whose longer side exceeds N pixels before detection (boxes are given in "
                         "the original pixels); default: full size")
     p.add_argument("--jsonl", action="store_true", help="write the per-image records to records.jsonl (default: one "
@@ -87,7 +88,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--identity-weights", metavar="FILE",
                    help="ArcFace's weight file (default: the released one with --pretrained, else random)")
-    p.add_argument("--top-k", type=at_least(1), default=TOP_K, metavar="K",
+    p.add_argument("--top-k", type=at_least(1, "positive"), default=TOP_K, metavar="K",
                    help=f"neighbours per face written to similarity.csv, most similar first (default: {TOP_K})")
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "MODELS", "build_model", "example_input", "find_rows", "trace_runs",
 ]
 
+from pathlib import Path
+
 #: name → the module that defines it; imported on first use (PEP 562), so that the command line
 #: and ``fused.measure.choices`` load without torch.
 _WHERE = {"find_rows": "blocks", "trace_runs": "columns", "MODELS": "models", "build_model": "models",
@@ -32,10 +34,15 @@ _WHERE = {"find_rows": "blocks", "trace_runs": "columns", "MODELS": "models", "b
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'fused.measure' has no attribute {name!r}")
+    """A name of ``__all__``, or a submodule (``fused.measure.ceilings``), imported now."""
     import importlib
 
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif not name.startswith("_") and ((Path(__file__).parent / f"{name}.py").is_file()
+                                       or (Path(__file__).parent / name / "__init__.py").is_file()):
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'fused.measure' has no attribute {name!r}")
     globals()[name] = value
     return value

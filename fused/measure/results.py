@@ -61,8 +61,6 @@ def find_results_dir(results_dir: Path | str | None = None) -> Path:
     """``results_dir`` when given, else the project folder's ``results/`` (see
     :func:`project_folder`), else ``results/`` in the current directory (which may not exist yet)."""
     if results_dir:
-        if not Path(results_dir).is_dir():
-            raise ValueError(f"--results-dir {results_dir}: no such folder")
         return Path(results_dir)
     project = project_folder()
     return (project or Path.cwd()) / RESULTS
@@ -316,7 +314,7 @@ def record(json_path, plots: dict[str, str] | None = None, *, results_dir=None) 
     else:
         what = "-".join(data.get("families", [])) or "bench"
     stem = _slug(f"{what}-{env.get('gpu') or env.get('device')}-{env.get('date', '')}")
-    folder = Path(results_dir) if results_dir else find_results_dir()
+    folder = find_results_dir(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / f"{stem}.json"]
     shutil.copyfile(json_path, written[0])
@@ -342,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.results_dir is not None and not Path(args.results_dir).is_dir():
+        raise ValueError(f"--results-dir {args.results_dir}: no such folder")  # before the README is touched
     table = results_table(args.results_dir)
     if args.check:
         current = readme_block(args.readme)

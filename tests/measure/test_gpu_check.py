@@ -11,6 +11,15 @@ from fused.measure.gpu_check import execute
 from fused.measure import pytest_cuda, sanitize_run
 
 
+@pytest.fixture(autouse=True)
+def cli_parser(monkeypatch):
+    """The dry run parses each command with the facefuse parser in this process, as gpu-check does."""
+    from fused.cli import build_parser
+    from fused.measure.gpu_check import dryrun
+
+    monkeypatch.setattr(dryrun, "CLI_PARSER", build_parser)
+
+
 def machine(cuda=False, missing=(), tools=None):
     modules = {m: m not in missing for m in (*G.TEST_MODULES, *G.PLOT_MODULES, *G.LESSON_MODULES, *G.OPTIONAL_MODULES)}
     return G.Machine(cuda=cuda, gpu="NVIDIA H100 80GB HBM3" if cuda else None, python="3.12", torch="2.11",

@@ -17,7 +17,8 @@ from .steps import ROOT, Machine, Step
 #: command is parsed in a fresh ``python`` process instead.
 CLI_PARSER = None
 
-_PARSE_ONLY = ("import sys\nfrom fused.cli import build_parser\nbuild_parser().parse_args(sys.argv[1:])\n")
+_PARSE_ONLY = ("import sys\nargv, sys.argv = sys.argv[1:], ['facefuse']  # parse as the facefuse script does: no torch\n"
+               "from fused.cli import build_parser\nbuild_parser(argv).parse_args(argv)\n")
 
 
 def parse_cli(argv: list[str]) -> str | None:
