@@ -20,6 +20,7 @@ parsed before torch and the kernels load (only the chosen subcommand's parser is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -229,10 +230,11 @@ def gpu_check_command() -> "Command":
 # --------------------------------------------------------------------------------------------
 
 
-def check_writable(parser, option: str, path: str, kind: str = "folder") -> None:
+def check_writable(parser, option: str, path: str, kind: str = "folder") -> Path | None:
     """A usage error (exit 2) unless ``path`` (a ``"folder"`` or a ``"file"``) can be created and
     written: the folder is created now and a probe file written and removed in it, so read-only
-    file systems, permissions and a regular file on the way are all found before the work starts."""
+    file systems, permissions and a regular file on the way are all found before the work starts.
+    Returns the outermost folder it created (None when all existed)."""
     target = Path(path)
     if kind == "folder" and target.exists() and not target.is_dir():
         parser.error(f"{option} {path}: exists and is not a folder; give a folder name")
@@ -244,20 +246,40 @@ def check_writable(parser, option: str, path: str, kind: str = "folder") -> None
         existing = existing.parent
     if os.path.lexists(existing) and not existing.is_dir():
         parser.error(f"{option} {path}: {existing} is a file, not a folder")
+    created = None
+    if not folder.exists():
+        created = folder
+        while not created.parent.exists() and created.parent != created:
+            created = created.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         parser.error(f"{option} {path}: cannot write there ({exc.strerror or exc})")
+    return created
 
 
-def check_outputs(args, command: "Command") -> None:
-    """Every output option of ``command`` given (or defaulted) in ``args``: :func:`check_writable`."""
+def check_outputs(args, command: "Command") -> list[Path]:
+    """:func:`check_writable` for every output option of ``command`` given (or defaulted) in ``args``;
+    the folders it created."""
+    created = []
     for dest, kind in command.outputs:
         value = getattr(args, dest, None)
         if value is not None:
-            check_writable(args.parser, "--" + dest.replace("_", "-"), value, kind)
+            created.append(check_writable(args.parser, "--" + dest.replace("_", "-"), value, kind))
+    return [c for c in created if c is not None]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (and the folders in them) that are still empty: a command that stops at a
+    usage error leaves no empty output folder behind."""
+    for top in folders:
+        for below in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                below.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
 
 
 def _ceilings(args, device, dtype, say):
@@ -575,6 +597,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``facefuse`` and ``python -m fused``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    created = []
     try:
         parser = build_parser(argv)
         args, extra = parser.parse_known_args(argv)
@@ -583,7 +606,7 @@ def main(argv=None) -> int:
         command = COMMANDS[args.command]
         if command.check is not None:
             command.check(args)
-        check_outputs(args, command)
+        created = check_outputs(args, command)
         if command.torch:
             import fused
 
@@ -591,7 +614,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
+        code = code if isinstance(code, int) else (0 if code is None else 2)
+        if code == 2:
+            remove_empty(created)
+        return code
     except KeyboardInterrupt:
         print("facefuse: interrupted", file=sys.stderr)
         return 130

@@ -88,6 +88,11 @@ def test_unwritable_outputs_are_usage_errors_before_the_work(tmp_path, capsys, m
     assert "--out" in err and ("not a folder" in err or "is a file" in err or "Read-only" in err), err
 
 
+def test_a_usage_error_leaves_no_empty_output_folder(tmp_path, capsys):
+    assert main(["profile", "--record", "--device", "cpu", "--out", str(tmp_path / "new" / "prof")]) == 2
+    assert "GPU results only" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_a_trace_that_is_a_folder(tmp_path, capsys):
     assert main(["profile", "--trace", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--trace" in capsys.readouterr().err
