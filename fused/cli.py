@@ -7,7 +7,7 @@
     facefuse results --update-readme       # regenerate the README's results table from results/
     facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
     facefuse detect photos/ --pretrained --out found --draw   # faces in your photos (fused.apps)
-    facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and similarities
+    facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and nearest faces
     facefuse inspect --model all           # the code a GPU would run, compiled here: spills, tensor cores, loads
 
 Bad arguments and outputs that cannot be written give a usage message and exit status 2, never a
