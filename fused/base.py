@@ -14,7 +14,11 @@ forward and records why (see :mod:`fused.record`):
 * the module is in training mode: BatchNorm statistics must update;
 * autograd is recording (a parameter or an input requires grad): the kernels have no backward,
   so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
-* the input dtype is not float32/float16/bfloat16 (float64, say).
+* the input dtype is not float32/float16/bfloat16 (float64, say);
+* a BatchNorm the block folds has ``running_var + eps == 0`` in some channel (its scale is
+  infinite: :func:`fused.folding.unfoldable_reason`). :func:`fused.fuse` leaves such blocks
+  unfused, with the reason in the fuse report; this fallback catches statistics loaded after
+  ``fuse()`` (in eager mode: under ``torch.compile`` the values cannot be read while tracing).
 
 Bad input raises before any of that, on both paths alike (flag on or off, grad or not): a
 non-floating input, or one whose dtype differs from the block's conv/linear weights (float16
@@ -262,8 +266,11 @@ class FusedModule(nn.Module):
         if runtime.tracing():  # torch.compile / torch.export: the record follows the ops at run time
             return self.fused_forward(*args) if reason is None else self.reference_forward(*args)
         if reason is None:
-            with record.in_block(self.facefuse_path):
-                return self.fused_forward(*args)
+            try:
+                with record.in_block(self.facefuse_path):
+                    return self.fused_forward(*args)
+            except folding.UnfoldableBatchNorm as exc:  # statistics changed after fuse() checked them
+                reason = f"a BatchNorm cannot be folded: {exc}"
         record.fell_back(type(self).__name__, reason, self.facefuse_path)
         return self.reference_forward(*args)
 
