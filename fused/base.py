@@ -14,11 +14,17 @@ forward and records why (see :mod:`fused.record`):
 * the module is in training mode: BatchNorm statistics must update;
 * autograd is recording (a parameter or an input requires grad): the kernels have no backward,
   so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
-* the input dtype is not float32/float16/bfloat16 (float64, say);
+* the input dtype is not float32/float16/bfloat16 (float64, say), or the ``torch.autocast``
+  dtype is not one of those;
 * a BatchNorm the block folds has ``running_var + eps == 0`` in some channel (its scale is
   infinite: :func:`fused.folding.unfoldable_reason`). :func:`fused.fuse` leaves such blocks
   unfused, with the reason in the fuse report; this fallback catches statistics loaded after
   ``fuse()`` (in eager mode: under ``torch.compile`` the values cannot be read while tracing).
+
+Under ``torch.autocast`` the fused path follows autocast: the kernels run in the autocast dtype,
+their inputs cast to it (float64 excepted) as autocast casts a convolution's, so each fused block
+returns the dtype its reference returns under the same autocast, and the record notes it
+(:meth:`fused.record.Recording.autocasts`). The folds are computed with autocast off.
 
 Bad input raises before any of that, on both paths alike (flag on or off, grad or not): a
 non-floating input, or one whose dtype differs from the block's conv/linear weights (float16
@@ -54,6 +60,7 @@ their launches when they run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import warnings
@@ -264,15 +271,41 @@ class FusedModule(nn.Module):
         self.check_input_dtypes(*args)
         reason = self.fallback_reason(*args)
         if runtime.tracing():  # torch.compile / torch.export: the record follows the ops at run time
-            return self.fused_forward(*args) if reason is None else self.reference_forward(*args)
+            return self.fused_forward(*self.autocast_inputs(args)) if reason is None else self.reference_forward(*args)
         if reason is None:
             try:
                 with record.in_block(self.facefuse_path):
-                    return self.fused_forward(*args)
+                    dtype = autocast_dtype(args)
+                    if dtype is not None:
+                        record.autocast(type(self).__name__, dtype if self.autocast_casts_inputs else None,
+                                        self.facefuse_path)
+                    return self.fused_forward(*self.autocast_inputs(args))
             except folding.UnfoldableBatchNorm as exc:  # statistics changed after fuse() checked them
                 reason = f"a BatchNorm cannot be folded: {exc}"
         record.fell_back(type(self).__name__, reason, self.facefuse_path)
         return self.reference_forward(*args)
+
+    #: Under ``torch.autocast``, cast the inputs to the autocast dtype before the kernels, as
+    #: autocast casts a convolution's. False for a block whose reference keeps its input's dtype
+    #: under autocast (SEBlock: ``x * gate`` promotes back to ``x``'s dtype).
+    autocast_casts_inputs: bool = True
+
+    def autocast_inputs(self, args: tuple) -> tuple:
+        """``args`` as the kernels take them: under ``torch.autocast`` (on the inputs' device type),
+        every floating tensor but float64 cast to the autocast dtype, as autocast casts the inputs
+        of a convolution (one level of lists opened, for the FPN); otherwise ``args`` unchanged."""
+        dtype = autocast_dtype(args) if self.autocast_casts_inputs else None
+        if dtype is None:
+            return args
+
+        def cast(a):
+            if isinstance(a, torch.Tensor):
+                return a.to(dtype) if a.is_floating_point() and a.dtype != torch.float64 else a
+            if isinstance(a, (list, tuple)):
+                return type(a)(cast(t) for t in a)
+            return a
+
+        return tuple(cast(a) for a in args)
 
     def inner_modules(self) -> list[nn.Module]:
         """The modules inside this block that the fused path runs itself (see :meth:`inner_children`)."""
@@ -347,6 +380,9 @@ class FusedModule(nn.Module):
         for t in tensors:
             if t.dtype not in runtime.SUPPORTED_DTYPES:
                 return f"dtype {t.dtype} is not supported by the kernels (float32, float16, bfloat16)"
+        dtype = autocast_dtype(args)
+        if dtype is not None and dtype not in runtime.SUPPORTED_DTYPES:
+            return f"autocast dtype {dtype} is not supported by the kernels (float32, float16, bfloat16)"
         return None
 
     def fold_modules(self) -> list[nn.Module]:
@@ -383,18 +419,18 @@ class FusedModule(nn.Module):
         if runtime.tracing():
             # torch.compile / torch.export: the fold is part of the graph, computed from the
             # parameters the graph gets (no cache, so never stale).
-            with torch.no_grad():
+            with _plain_precision(device):
                 return self.fold(dtype, device)
         key, tensors = self._fold_key(dtype, device)
         if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place
             # change could not be seen: fold on every call rather than risk stale weights.
-            with torch.no_grad():
+            with _plain_precision(device):
                 return self.fold(dtype, device)
         cached = self.__dict__.get(_CACHE)
         if cached is not None and cached[0] == key and not _verify:
             return cached[1]
-        with torch.no_grad():
+        with _plain_precision(device):
             value = self.fold(dtype, device)
         if cached is not None and cached[0] == key and not _same(cached[1], value):
             raise RuntimeError(
@@ -421,6 +457,29 @@ class FusedModule(nn.Module):
         state = self.__dict__.copy()
         state.pop(_CACHE, None)
         return state
+
+
+def autocast_dtype(args) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs convolutions in for these inputs (the autocast dtype of
+    their device type), or None when autocast is off there or no input is a tensor."""
+    tensors = _flat_tensors(args)
+    if not tensors:
+        return None
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _plain_precision(device):
+    """No grad, and autocast off on ``device``: a fold computes in the dtypes it names, whatever
+    the caller's autocast (a fold is cached and reused outside it)."""
+    device = torch.device(device)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    if torch.is_autocast_enabled(device.type):
+        stack.enter_context(torch.autocast(device.type, enabled=False))
+    return stack
 
 
 def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
