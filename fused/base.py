@@ -60,7 +60,6 @@ their launches when they run.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import warnings
@@ -189,6 +188,8 @@ class FusedModule(nn.Module):
 
     #: The seed's name for the block this module replaces (``"conv_bn"``, ``"conv_dw"``, ...).
     block_type: str = ""
+    #: Every block type the class declared in its class statement (registered for :func:`fused.fuse`).
+    block_types: tuple[str, ...] = ()
     #: The block's path in the model, set by :func:`fused.fuse` (for the record).
     facefuse_path: str | None = None
     #: True for fused classes whose children are blocks that :func:`fused.fuse` fuses too.
@@ -202,6 +203,7 @@ class FusedModule(nn.Module):
         if block_types is not None:
             names = registry.block_type_names(block_types)
             cls.block_type = names[0]
+            cls.block_types = names
             for name in names:
                 registry.register(name, cls)
 
@@ -409,6 +411,16 @@ class FusedModule(nn.Module):
             raise
         return (dtype, device, settings, state), tensors
 
+    def _fold_now(self, dtype: torch.dtype, device: torch.device) -> dict:
+        """:meth:`fold` without grad and with autocast off on ``device``: a fold computes in the
+        dtypes it names, whatever the caller's autocast (it is cached and reused outside it)."""
+        device_type = torch.device(device).type
+        if torch.is_autocast_enabled(device_type):
+            with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                return self.fold(dtype, device)
+        with torch.no_grad():
+            return self.fold(dtype, device)
+
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
         """Cached :meth:`fold` result, recomputed whenever what the fold reads has changed.
 
@@ -419,19 +431,16 @@ class FusedModule(nn.Module):
         if runtime.tracing():
             # torch.compile / torch.export: the fold is part of the graph, computed from the
             # parameters the graph gets (no cache, so never stale).
-            with _plain_precision(device):
-                return self.fold(dtype, device)
+            return self._fold_now(dtype, device)
         key, tensors = self._fold_key(dtype, device)
         if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place
             # change could not be seen: fold on every call rather than risk stale weights.
-            with _plain_precision(device):
-                return self.fold(dtype, device)
+            return self._fold_now(dtype, device)
         cached = self.__dict__.get(_CACHE)
         if cached is not None and cached[0] == key and not _verify:
             return cached[1]
-        with _plain_precision(device):
-            value = self.fold(dtype, device)
+        value = self._fold_now(dtype, device)
         if cached is not None and cached[0] == key and not _same(cached[1], value):
             raise RuntimeError(
                 f"facefuse: the folded weights cached by {type(self).__name__} "
@@ -469,17 +478,6 @@ def autocast_dtype(args) -> torch.dtype | None:
     if not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
-
-
-def _plain_precision(device):
-    """No grad, and autocast off on ``device``: a fold computes in the dtypes it names, whatever
-    the caller's autocast (a fold is cached and reused outside it)."""
-    device = torch.device(device)
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.no_grad())
-    if torch.is_autocast_enabled(device.type):
-        stack.enter_context(torch.autocast(device.type, enabled=False))
-    return stack
 
 
 def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,3 +121,19 @@ def test_no_autocast_no_autocast_record():
     with torch.inference_mode(), fused.recording() as rec:
         assert f(torch.randn(1, 4, 5, 5)).dtype == torch.float32
     assert rec.autocasts() == [] and rec.kernels() == {"conv2d_bias_act"}
+
+
+def test_autocast_under_torch_compile():
+    """Compiled (fullgraph), the fused path follows autocast as in eager mode."""
+    block = R.randomize_batchnorm(R.conv_bn(4, 8, 1, 0.1).eval())
+    f = fused.fuse(copy.deepcopy(block))
+    x = torch.randn(2, 4, 5, 5)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        expected = block(x)
+        eager = f(x)
+        torch._dynamo.reset()
+        with fused.recording() as rec:
+            out = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    assert out.dtype == eager.dtype == expected.dtype == torch.bfloat16
+    assert rec.kernels() == {"conv2d_bias_act"}
+    assert torch.equal(out, eager)
