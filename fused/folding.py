@@ -51,7 +51,8 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     extra rounding. Raises ValueError for a BN in training mode or without running statistics
     (its output then depends on the batch, so there is nothing to fold), and
     :class:`UnfoldableBatchNorm` where ``running_var + eps == 0`` (see :func:`unfoldable_reason`;
-    not checked while :func:`fused.runtime.tracing`, where values cannot be read).
+    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, where values cannot
+    be read).
     """
     if bn.training:
         raise ValueError("cannot fold a BatchNorm in training mode: its statistics must update; call model.eval()")
@@ -59,7 +60,8 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if weight.shape[0] != bn.num_features:
         raise ValueError(f"conv has {weight.shape[0]} output channels but BatchNorm has {bn.num_features} features")
-    if not runtime.tracing():
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # no reads in a CUDA graph capture
+    if not runtime.tracing() and not capturing:
         reason = unfoldable_reason(bn)
         if reason is not None:
             raise UnfoldableBatchNorm(reason)
