@@ -332,7 +332,7 @@ class FusedModule(nn.Module):
         if weight is None or all(t.dtype == weight.dtype for t in tensors):
             return
         x = next(t for t in tensors if t.dtype != weight.dtype)
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
             return
         short = str(weight.dtype).removeprefix("torch.")
         if x.dtype == torch.float64:
@@ -415,7 +415,7 @@ class FusedModule(nn.Module):
         """:meth:`fold` without grad and with autocast off on ``device``: a fold computes in the
         dtypes it names, whatever the caller's autocast (it is cached and reused outside it)."""
         device_type = torch.device(device).type
-        if torch.is_autocast_enabled(device_type):
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             with torch.no_grad(), torch.autocast(device_type, enabled=False):
                 return self.fold(dtype, device)
         with torch.no_grad():
@@ -475,7 +475,7 @@ def autocast_dtype(args) -> torch.dtype | None:
     if not tensors:
         return None
     device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
