@@ -14,7 +14,17 @@ forward and records why (see :mod:`fused.record`):
 * the module is in training mode: BatchNorm statistics must update;
 * autograd is recording (a parameter or an input requires grad): the kernels have no backward,
   so gradients stay exact; run inference under ``torch.inference_mode()`` to get the kernels;
-* the input dtype is not float32/float16/bfloat16 (float64, say).
+* the input dtype is not float32/float16/bfloat16 (float64, say), or the ``torch.autocast``
+  dtype is not one of those;
+* a BatchNorm the block folds has ``running_var + eps == 0`` in some channel (its scale is
+  infinite: :func:`fused.folding.unfoldable_reason`). :func:`fused.fuse` leaves such blocks
+  unfused, with the reason in the fuse report; this fallback catches statistics loaded after
+  ``fuse()`` (in eager mode: under ``torch.compile`` the values cannot be read while tracing).
+
+Under ``torch.autocast`` the fused path follows autocast: the kernels run in the autocast dtype,
+their inputs cast to it (float64 excepted) as autocast casts a convolution's, so each fused block
+returns the dtype its reference returns under the same autocast, and the record notes it
+(:meth:`fused.record.Recording.autocasts`). The folds are computed with autocast off.
 
 Bad input raises before any of that, on both paths alike (flag on or off, grad or not): a
 non-floating input, or one whose dtype differs from the block's conv/linear weights (float16
@@ -178,6 +188,8 @@ class FusedModule(nn.Module):
 
     #: The seed's name for the block this module replaces (``"conv_bn"``, ``"conv_dw"``, ...).
     block_type: str = ""
+    #: Every block type the class declared in its class statement (registered for :func:`fused.fuse`).
+    block_types: tuple[str, ...] = ()
     #: The block's path in the model, set by :func:`fused.fuse` (for the record).
     facefuse_path: str | None = None
     #: True for fused classes whose children are blocks that :func:`fused.fuse` fuses too.
@@ -191,6 +203,7 @@ class FusedModule(nn.Module):
         if block_types is not None:
             names = registry.block_type_names(block_types)
             cls.block_type = names[0]
+            cls.block_types = names
             for name in names:
                 registry.register(name, cls)
 
@@ -260,12 +273,41 @@ class FusedModule(nn.Module):
         self.check_input_dtypes(*args)
         reason = self.fallback_reason(*args)
         if runtime.tracing():  # torch.compile / torch.export: the record follows the ops at run time
-            return self.fused_forward(*args) if reason is None else self.reference_forward(*args)
+            return self.fused_forward(*self.autocast_inputs(args)) if reason is None else self.reference_forward(*args)
         if reason is None:
-            with record.in_block(self.facefuse_path):
-                return self.fused_forward(*args)
+            try:
+                with record.in_block(self.facefuse_path):
+                    dtype = autocast_dtype(args)
+                    if dtype is not None:
+                        record.autocast(type(self).__name__, dtype if self.autocast_casts_inputs else None,
+                                        self.facefuse_path)
+                    return self.fused_forward(*self.autocast_inputs(args))
+            except folding.UnfoldableBatchNorm as exc:  # statistics changed after fuse() checked them
+                reason = f"a BatchNorm cannot be folded: {exc}"
         record.fell_back(type(self).__name__, reason, self.facefuse_path)
         return self.reference_forward(*args)
+
+    #: Under ``torch.autocast``, cast the inputs to the autocast dtype before the kernels, as
+    #: autocast casts a convolution's. False for a block whose reference keeps its input's dtype
+    #: under autocast (SEBlock: ``x * gate`` promotes back to ``x``'s dtype).
+    autocast_casts_inputs: bool = True
+
+    def autocast_inputs(self, args: tuple) -> tuple:
+        """``args`` as the kernels take them: under ``torch.autocast`` (on the inputs' device type),
+        every floating tensor but float64 cast to the autocast dtype, as autocast casts the inputs
+        of a convolution (one level of lists opened, for the FPN); otherwise ``args`` unchanged."""
+        dtype = autocast_dtype(args) if self.autocast_casts_inputs else None
+        if dtype is None:
+            return args
+
+        def cast(a):
+            if isinstance(a, torch.Tensor):
+                return a.to(dtype) if a.is_floating_point() and a.dtype != torch.float64 else a
+            if isinstance(a, (list, tuple)):
+                return type(a)(cast(t) for t in a)
+            return a
+
+        return tuple(cast(a) for a in args)
 
     def inner_modules(self) -> list[nn.Module]:
         """The modules inside this block that the fused path runs itself (see :meth:`inner_children`)."""
@@ -290,7 +332,7 @@ class FusedModule(nn.Module):
         if weight is None or all(t.dtype == weight.dtype for t in tensors):
             return
         x = next(t for t in tensors if t.dtype != weight.dtype)
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
             return
         short = str(weight.dtype).removeprefix("torch.")
         if x.dtype == torch.float64:
@@ -340,6 +382,9 @@ class FusedModule(nn.Module):
         for t in tensors:
             if t.dtype not in runtime.SUPPORTED_DTYPES:
                 return f"dtype {t.dtype} is not supported by the kernels (float32, float16, bfloat16)"
+        dtype = autocast_dtype(args)
+        if dtype is not None and dtype not in runtime.SUPPORTED_DTYPES:
+            return f"autocast dtype {dtype} is not supported by the kernels (float32, float16, bfloat16)"
         return None
 
     def fold_modules(self) -> list[nn.Module]:
@@ -366,6 +411,16 @@ class FusedModule(nn.Module):
             raise
         return (dtype, device, settings, state), tensors
 
+    def _fold_now(self, dtype: torch.dtype, device: torch.device) -> dict:
+        """:meth:`fold` without grad and with autocast off on ``device``: a fold computes in the
+        dtypes it names, whatever the caller's autocast (it is cached and reused outside it)."""
+        device_type = torch.device(device).type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                return self.fold(dtype, device)
+        with torch.no_grad():
+            return self.fold(dtype, device)
+
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict:
         """Cached :meth:`fold` result, recomputed whenever what the fold reads has changed.
 
@@ -376,19 +431,16 @@ class FusedModule(nn.Module):
         if runtime.tracing():
             # torch.compile / torch.export: the fold is part of the graph, computed from the
             # parameters the graph gets (no cache, so never stale).
-            with torch.no_grad():
-                return self.fold(dtype, device)
+            return self._fold_now(dtype, device)
         key, tensors = self._fold_key(dtype, device)
         if key is None:
             # Tensors made under torch.inference_mode() have no version counter, so an in-place
             # change could not be seen: fold on every call rather than risk stale weights.
-            with torch.no_grad():
-                return self.fold(dtype, device)
+            return self._fold_now(dtype, device)
         cached = self.__dict__.get(_CACHE)
         if cached is not None and cached[0] == key and not _verify:
             return cached[1]
-        with torch.no_grad():
-            value = self.fold(dtype, device)
+        value = self._fold_now(dtype, device)
         if cached is not None and cached[0] == key and not _same(cached[1], value):
             raise RuntimeError(
                 f"facefuse: the folded weights cached by {type(self).__name__} "
@@ -414,6 +466,18 @@ class FusedModule(nn.Module):
         state = self.__dict__.copy()
         state.pop(_CACHE, None)
         return state
+
+
+def autocast_dtype(args) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs convolutions in for these inputs (the autocast dtype of
+    their device type), or None when autocast is off there or no input is a tensor."""
+    tensors = _flat_tensors(args)
+    if not tensors:
+        return None
+    device_type = tensors[0].device.type
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,22 +10,31 @@ import torch
 from torch import nn
 
 import reference
+from reference.block_types import ACTIVATIONS, activation_name
 from reference.checks import check_feature_map
 
 from .base import FusedModule, conv_weights
 from .kernels.conv2d import conv2d_bias_act
 
 
-def activation_of(act: nn.Module | None) -> tuple[str, float]:
-    """A ReLU, LeakyReLU or no activation module as ``(name, slope)`` for the kernels.
+def activation_of(act: nn.Module | None) -> tuple[str, float | torch.Tensor]:
+    """An activation module (or None) as ``(name, slope)`` for the kernels.
 
-    A LeakyReLU with slope 0 stays a LeakyReLU: unlike ReLU it turns -inf into NaN (-inf * 0).
+    The name is the module's in the one activation table, :data:`reference.block_types.ACTIVATIONS`
+    (the kernels apply every name of it); the slope is a LeakyReLU's ``negative_slope``, a
+    PReLU's weight, or 0 for activations without a parameter. A LeakyReLU with slope 0 stays a
+    LeakyReLU: unlike ReLU it turns -inf into NaN (-inf * 0). Raises ValueError for a module
+    that is not in the table.
     """
     if act is None:
         return "identity", 0.0
-    if isinstance(act, nn.ReLU):
-        return "relu", 0.0
-    return "leaky_relu", float(act.negative_slope)
+    name = activation_name(act)
+    if name is None:
+        raise ValueError(f"{type(act).__name__} is not an activation the kernels apply; they apply "
+                         f"{', '.join(sorted(c.__name__ for c in ACTIVATIONS))} (reference.block_types.ACTIVATIONS)")
+    if name == "prelu":
+        return name, act.weight
+    return name, float(getattr(act, "negative_slope", 0.0))
 
 
 def conv_bn_activation(seq: nn.Sequential) -> tuple[str, float]:

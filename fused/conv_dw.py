@@ -21,6 +21,7 @@ from reference.checks import check_feature_map
 from .base import FusedModule, conv_weights, kernel_weight
 from .conv_bn_act import activation_of
 from .folding import fold_batchnorm
+from .kernels.common import SCALAR_ACTIVATIONS
 from .kernels.conv2d import conv2d_bias_act
 from .kernels.depthwise import conv_dw_fused, depthwise_conv_bias_act
 
@@ -37,6 +38,10 @@ class FusedConvDW(FusedModule, nn.Sequential, block_types=("conv_dw",)):
             return f"depthwise stride {dw.stride} (the kernel takes 1 or 2)"
         if pw.stride != (1, 1) or pw.padding != (0, 0):
             return "pointwise conv with stride or padding"
+        for index in (2, 5):
+            name, _ = activation_of(seq[index])
+            if name not in SCALAR_ACTIVATIONS:
+                return f"{type(seq[index]).__name__} after layer {index - 1} (the conv_dw kernels take activations with one scalar slope)"
         return None
 
     @property

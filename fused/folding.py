@@ -5,6 +5,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import runtime
+
+
+class UnfoldableBatchNorm(ValueError):
+    """A BatchNorm whose eval-mode map is not an affine map with finite scale (``running_var +
+    eps == 0`` in some channel), so no folded conv reproduces it. Fused modules that meet one
+    run their reference forward and record this message as the reason."""
+
+
+def unfoldable_reason(bn: nn.Module) -> str | None:
+    """Why ``bn``'s statistics cannot be folded exactly (``running_var + eps == 0``), or None.
+
+    There ``1/sqrt(var + eps)`` is infinite: the reference gives ``±Inf`` (or NaN where ``y ==
+    mean``, or where ``gamma == 0``), depending on the sign of each output's ``y - mean``, which
+    no finite folded weight reproduces; folded, every output of the channel would be NaN.
+    """
+    var = getattr(bn, "running_var", None)
+    if var is None:
+        return None
+    zero = (var.detach().float() + bn.eps) == 0
+    if not bool(zero.any()):
+        return None
+    channels = zero.nonzero().flatten().tolist()
+    shown = ", ".join(map(str, channels[:5])) + (f", ... ({len(channels)} in all)" if len(channels) > 5 else "")
+    return (f"running_var + eps == 0 in channel(s) {shown} (eps={bn.eps:g}): the BatchNorm's scale 1/sqrt(var + eps) "
+            f"is infinite, so it cannot be folded into weights (the reference gives +-Inf or NaN there by the sign "
+            f"of y - mean); give the BatchNorm a positive eps to fuse it")
+
+
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the float32 weight and bias of ``conv`` followed by ``bn`` as one convolution.
@@ -20,7 +49,10 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
 
     Computed in float32 whatever the model's dtype, so a half-precision model folds without
     extra rounding. Raises ValueError for a BN in training mode or without running statistics
-    (its output then depends on the batch, so there is nothing to fold).
+    (its output then depends on the batch, so there is nothing to fold), and
+    :class:`UnfoldableBatchNorm` where ``running_var + eps == 0`` (see :func:`unfoldable_reason`;
+    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, where values cannot
+    be read).
     """
     if bn.training:
         raise ValueError("cannot fold a BatchNorm in training mode: its statistics must update; call model.eval()")
@@ -28,6 +60,11 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if weight.shape[0] != bn.num_features:
         raise ValueError(f"conv has {weight.shape[0]} output channels but BatchNorm has {bn.num_features} features")
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # no reads in a CUDA graph capture
+    if not runtime.tracing() and not capturing:
+        reason = unfoldable_reason(bn)
+        if reason is not None:
+            raise UnfoldableBatchNorm(reason)
     var = bn.running_var.detach().float()
     mean = bn.running_mean.detach().float()
     gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(var)

@@ -17,6 +17,7 @@ from torch import nn
 import reference
 
 from .base import PRECISIONS, FusedModule
+from .folding import unfoldable_reason
 from .registry import REGISTRY
 
 
@@ -76,7 +77,7 @@ def fuse(model: nn.Module, *, precision: str = "auto", verbose: bool = False) ->
         raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     report = FuseReport()
     if _fused_or_none(model, "", report, precision) is None or getattr(model, "fuses_children", False):
-        _fuse_children(model, "", report, precision)
+        _fuse_children(model, "", report, precision, in_skipped_block=bool(report.skipped))
     model.fuse_report = report
     if verbose:
         print(report)
@@ -114,11 +115,17 @@ def _inner_modules(fused_class, block: nn.Module):
 
 
 def _batchnorm_reason(fused_class, block: nn.Module) -> str | None:
-    """Why a BatchNorm the fused class would fold cannot be folded (no running statistics), or None."""
+    """Why a BatchNorm the fused class would fold cannot be folded (no running statistics, or
+    ``running_var + eps == 0``: :func:`fused.folding.unfoldable_reason`), or None."""
     for path, m in _inner_modules(fused_class, block):
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.running_mean is None or m.running_var is None):
+        if not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            continue
+        if m.running_mean is None or m.running_var is None:
             return (f"{path} has no running statistics (track_running_stats=False): it normalises with "
                     f"each batch's own statistics, which cannot be folded into weights")
+        reason = unfoldable_reason(m)
+        if reason is not None:
+            return f"{path}: {reason}"
     return None
 
 

@@ -39,7 +39,7 @@ from . import runtime
 class Event:
     """One thing that ran: a kernel launch or a fallback to the reference forward."""
 
-    kind: str  # "kernel" or "fallback"
+    kind: str  # "kernel", "fallback" or "autocast"
     name: str  # kernel name, or the fused module's class name for a fallback
     block: str | None  # the block's path in the model, when known
     backend: str  # "triton", "triton-interpreter" or "reference"
@@ -70,6 +70,11 @@ class Recording:
         """``(block path, reason)`` for every block that ran the reference forward."""
         return [(e.block, e.reason) for e in self.events if e.kind == "fallback"]
 
+    def autocasts(self) -> list[tuple[str | None, str | None]]:
+        """``(block path, dtype name)`` for every fused block that ran under ``torch.autocast``:
+        the dtype its kernels ran in (None for a block that keeps its input's dtype, SEBlock)."""
+        return [(e.block, e.note) for e in self.events if e.kind == "autocast"]
+
     def blocks(self) -> dict[str | None, list[str]]:
         """Kernel names per block path, in launch order."""
         out: dict[str | None, list[str]] = {}
@@ -87,6 +92,7 @@ class Recording:
         lines = [f"{n} x {name} ({runtime.backend()})" for name, n in sorted(counts.items())]
         lines += [f"note: {note}" for note in sorted({e.note for e in self.events if e.note})]
         lines += [f"fallback: {block}: {reason}" for block, reason in self.fallbacks()]
+        lines += [f"autocast: {block}: kernels in {dtype or 'the input dtype'}" for block, dtype in self.autocasts()]
         return "\n".join(lines) if lines else "nothing recorded"
 
 
@@ -147,6 +153,17 @@ def kernel_launched(name: str) -> None:
     recordings = _recordings.get()
     if recordings:
         event = Event("kernel", name, _current_block(), runtime.backend(), note=note)
+        for rec in recordings:
+            rec.events.append(event)
+
+
+def autocast(name: str, dtype: torch.dtype | None, block: str | None = None) -> None:
+    """Called by a fused module that takes the fused path under ``torch.autocast``, with the dtype
+    its kernels run in (None when it keeps its input's dtype)."""
+    recordings = _recordings.get()
+    if recordings:
+        note = None if dtype is None else str(dtype).removeprefix("torch.")
+        event = Event("autocast", name, block or _current_block(), runtime.backend(), note=note)
         for rec in recordings:
             rec.events.append(event)
 

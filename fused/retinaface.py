@@ -16,7 +16,7 @@ import torch
 import reference
 from reference.checks import check_feature_map
 
-from .base import FusedModule
+from .base import FusedModule, autocast_dtype
 from .heads import head_weights, unsupported_head
 from .kernels.heads import anchor_heads
 
@@ -64,6 +64,11 @@ class FusedRetinaFace(FusedModule, reference.RetinaFace, block_types=("RetinaFac
             anchor_heads(feature, weight, bias, (scores, boxes, landmarks), anchors=anchors, row_offset=offset,
                          softmax=self.phase == "test", precision=self.dot_precision(inputs))
             offset += feature.shape[2] * feature.shape[3] * anchors
+        if self.phase == "test" and autocast_dtype((inputs,)) is not None:
+            # The reference's softmax under autocast: float32 on CUDA (autocast runs softmax in
+            # float32 there), the autocast dtype on the CPU. Ask autocast itself, on an empty tensor.
+            softmax_dtype = torch.softmax(scores.new_empty((0,)), -1).dtype
+            scores = scores.to(softmax_dtype)
         return boxes, scores, landmarks
 
     def reference_forward(self, inputs: torch.Tensor):

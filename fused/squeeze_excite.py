@@ -37,7 +37,13 @@ def se_gate(se: reference.SEBlock, y: torch.Tensor) -> torch.Tensor:
 
 
 class FusedSEBlock(FusedModule, reference.SEBlock, block_types=("SEBlock",)):
-    """``reference.SEBlock`` run as squeeze, excite and scale kernels (parameters read as they are)."""
+    """``reference.SEBlock`` run as squeeze, excite and scale kernels (parameters read as they are).
+
+    Under ``torch.autocast`` it keeps its input's dtype, as the reference's ``x * gate`` does;
+    the excite MLP, which autocast would run in the autocast dtype, runs in float32.
+    """
+
+    autocast_casts_inputs = False
 
     def fold(self, dtype, device):  # nothing to fold: the kernels upcast the MLP's parameters
         return {}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import reference
+from reference.block_types import activation_name
 from reference.checks import check_feature_map
 from reference.retinaface import IntermediateLayers
 
@@ -26,7 +27,6 @@ from .base import FusedModule, channels_last_output, conv_weights, prelu_slopes
 from .conv_bn_act import activation_of, unsupported_conv
 from .kernels.conv2d import conv2d_bias_act
 
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
 
 
 def find_stems(module: nn.Module, keep_outputs=()) -> tuple[tuple[str, ...], ...]:
@@ -42,7 +42,7 @@ def find_stems(module: nn.Module, keep_outputs=()) -> tuple[tuple[str, ...], ...
         if not isinstance(child, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or unsupported_conv(child):
             continue
         run = [name, bn_name]
-        if i + 2 < len(children) and isinstance(children[i + 2][1], _ACTIVATIONS):
+        if i + 2 < len(children) and activation_name(children[i + 2][1]) is not None:
             run.append(children[i + 2][0])
         if not any(member in keep_outputs for member in run[:-1]):
             stems.append(tuple(run))
@@ -50,10 +50,11 @@ def find_stems(module: nn.Module, keep_outputs=()) -> tuple[tuple[str, ...], ...
 
 
 def _activation(module: nn.Module | None, channels: int, device):
-    """``(activation, slope)`` for the conv kernel."""
-    if isinstance(module, nn.PReLU):
-        return "prelu", prelu_slopes(module, channels, device)
-    return activation_of(module)
+    """``(activation, slope)`` for the conv kernel, a PReLU's slopes prepared once (at fold time)."""
+    name, slope = activation_of(module)
+    if name == "prelu":
+        return name, prelu_slopes(module, channels, device)
+    return name, slope
 
 
 class _FusedStems(FusedModule):

@@ -20,7 +20,26 @@ def block_class(cls: type) -> type:
     return cls
 
 
-_ACTIVATIONS = (nn.LeakyReLU, nn.ReLU)
+#: The one table of activations: the activation modules a block may end with, each as the name
+#: of its ``torch.nn.functional`` function (``F.relu``, ``F.relu6``, ...). Blocks are recognised
+#: with any of them (:func:`block_type`), and the fused kernels apply each name in their epilogue
+#: (``fused.kernels.common.activate``, the same names). Matched by exact type: a subclass may
+#: compute something else. To add one: a row here and its branch in ``activate``.
+ACTIVATIONS: dict[type, str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.PReLU: "prelu",
+}
+
+
+def activation_name(module: nn.Module | None) -> str | None:
+    """``module``'s name in :data:`ACTIVATIONS` (``"relu6"`` for an ``nn.ReLU6``), or None."""
+    return ACTIVATIONS.get(type(module))
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return type(m) in ACTIVATIONS
 
 
 def _is_plain_conv(m: nn.Module) -> bool:
@@ -48,12 +67,12 @@ def block_type(module: nn.Module) -> str | None:
         return None
     layers = list(module)
     if len(layers) == 6 and _is_depthwise_conv(layers[0]) and isinstance(layers[1], nn.BatchNorm2d) \
-            and isinstance(layers[2], _ACTIVATIONS) and isinstance(layers[3], nn.Conv2d) \
+            and _is_activation(layers[2]) and isinstance(layers[3], nn.Conv2d) \
             and layers[3].kernel_size == (1, 1) and _is_plain_conv(layers[3]) \
-            and isinstance(layers[4], nn.BatchNorm2d) and isinstance(layers[5], _ACTIVATIONS):
+            and isinstance(layers[4], nn.BatchNorm2d) and _is_activation(layers[5]):
         return "conv_dw"
     if len(layers) in (2, 3) and _is_plain_conv(layers[0]) and isinstance(layers[1], nn.BatchNorm2d):
-        if len(layers) == 3 and not isinstance(layers[2], _ACTIVATIONS):
+        if len(layers) == 3 and not _is_activation(layers[2]):
             return None
         k = layers[0].kernel_size
         if len(layers) == 3 and k == (3, 3):

@@ -47,15 +47,21 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 
     Freshly initialised BN layers are identities (mean 0, var 1, weight 1, bias 0), which would let
     a wrong BN fold go unnoticed; tests and lessons call this first. PReLU slopes are randomised too.
+    A BatchNorm built with ``affine=False`` (no weight and bias) or ``track_running_stats=False``
+    (no running statistics) gets only what it has.
     """
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-            m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+            mean, var = torch.randn(n, generator=g) * 0.2, torch.rand(n, generator=g) * 0.8 + 0.6
+            weight, bias = torch.rand(n, generator=g) * 0.8 + 0.6, torch.randn(n, generator=g) * 0.2
+            if m.running_mean is not None:  # None with track_running_stats=False
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+            if m.weight is not None:  # None with affine=False
+                m.weight.copy_(weight)
+                m.bias.copy_(bias)
         elif isinstance(m, nn.PReLU):
             m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.4)
     return model

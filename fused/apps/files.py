@@ -95,7 +95,7 @@ def load(item: Item) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image, ImageOps
 
     with Image.open(item.path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = rgb_image(ImageOps.exif_transpose(image))
     if image.size != (item.width, item.height):
         raise ValueError(f"the image's size changed since it was read ({item.width}x{item.height} -> "
                          f"{image.size[0]}x{image.size[1]})")
@@ -104,6 +104,53 @@ def load(item: Item) -> tuple[np.ndarray, np.ndarray]:
         return full, full
     scaled = image.resize(item.input_size[::-1], Image.BILINEAR)
     return full, np.asarray(scaled)
+
+
+#: Pillow modes of 16-bit unsigned samples (PNG, TIFF, PGM), read as 0..65535.
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def rgb_image(image):
+    """``image`` (any mode Pillow opens) as an 8-bit RGB PIL image, its values scaled, not clipped.
+
+    * 8-bit modes (``L``, ``P``, ``1``, ``RGB``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, with or
+      without alpha) go through Pillow's ``convert("RGB")``; alpha is dropped. 48-bit RGB PNGs
+      and TIFFs are opened by Pillow as ``RGB`` already.
+    * 16-bit grayscale (``I;16``, ``I;16B``, ...) and 32-bit integer (``I``, which is how Pillow
+      opens 16-bit PGMs) are read as 0..65535 and scaled by 255/65535, rounded; an ``I`` image
+      with a value outside 0..65535 is refused (its scale is unknown).
+    * 32-bit float (``F``, e.g. a float TIFF) is read as intensities in 0..1 and scaled by 255,
+      rounded; a float image with NaN, infinity or a value outside 0..1 is refused.
+
+    Refusals raise ValueError naming the mode, the values found and the fix. (``convert("RGB")``
+    clips 16-bit and float values to 255 instead: a 16-bit image turns white, a 0..1 float black.)
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode not in _SIXTEEN_BIT and mode not in ("I", "F"):
+        try:
+            return image.convert("RGB")
+        except ValueError as exc:
+            raise ValueError(f"images of Pillow mode {mode!r} cannot be converted to RGB ({exc}); save it as an "
+                             f"8-bit RGB or grayscale image (PNG or JPEG)") from None
+    values = np.asarray(image)
+    if mode == "F":
+        finite = np.isfinite(values).all()
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not finite or low < 0 or high > 1:
+            found = "NaN or infinite values" if not finite else f"values from {low:g} to {high:g}"
+            raise ValueError(f"a 32-bit float image (Pillow mode 'F') with {found}: facefuse reads float images as "
+                             f"intensities in 0..1. Rescale it to 0..1, or save it as an 8- or 16-bit image")
+        gray = np.rint(values.astype(np.float64) * 255).astype(np.uint8)
+    else:
+        values = values.astype(np.int64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a 32-bit integer image (Pillow mode 'I') with values from {values.min()} to "
+                             f"{values.max()}: facefuse reads integer images beyond 8 bits as 16-bit (0..65535), "
+                             f"so their scale is unknown. Save it as an 8- or 16-bit image")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
 
 
 def batches(items: list[Item], batch: int) -> list[list[Item]]:

@@ -29,14 +29,21 @@ from triton.runtime.jit import JITFunction
 
 from .. import runtime
 
-#: Activation codes. They are ``tl.constexpr`` values, so kernels compare a ``tl.constexpr``
-#: ``ACTIVATION`` with them by name (``if ACTIVATION == PRELU:``) and the branch is resolved at
-#: compile time; launchers pass ``ACTIVATIONS[name]``, the plain integer.
+#: Activation codes, one per name of the activation table (``reference.block_types.ACTIVATIONS``:
+#: the ``torch.nn.functional`` names) plus ``"identity"``. They are ``tl.constexpr`` values, so
+#: kernels compare a ``tl.constexpr`` ``ACTIVATION`` with them by name (``if ACTIVATION ==
+#: PRELU:``) and the branch is resolved at compile time; launchers pass ``ACTIVATIONS[name]``, the
+#: plain integer. :func:`activate` is the one place that applies them.
 IDENTITY: tl.constexpr = tl.constexpr(0)
 RELU: tl.constexpr = tl.constexpr(1)
 LEAKY_RELU: tl.constexpr = tl.constexpr(2)
 PRELU: tl.constexpr = tl.constexpr(3)
-ACTIVATIONS = {"identity": IDENTITY.value, "relu": RELU.value, "leaky_relu": LEAKY_RELU.value, "prelu": PRELU.value}
+RELU6: tl.constexpr = tl.constexpr(4)
+ACTIVATIONS = {"identity": IDENTITY.value, "relu": RELU.value, "leaky_relu": LEAKY_RELU.value, "prelu": PRELU.value,
+               "relu6": RELU6.value}
+#: The activations whose parameter is one scalar (or none): what kernels without a per-channel
+#: slope vector (``conv_dw_fused``) take.
+SCALAR_ACTIVATIONS = tuple(name for name in ACTIVATIONS if name != "prelu")
 
 #: A documented test switch: True makes every launcher use 64-bit offsets (``USE_INT64``) even
 #: for small tensors, so the tests exercise that path on the CPU. Off in normal use.
@@ -52,9 +59,10 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     ``slope`` is a scalar (LeakyReLU) or a tile broadcastable to ``y`` (PReLU, one slope per
     output channel or one shared); it is ignored for identity and ReLU.
 
-    The formulas are PyTorch's own: ReLU is ``y < 0 ? 0 : y`` (NaN stays NaN, -inf gives 0) and
-    LeakyReLU/PReLU are ``y > 0 ? y : y * slope`` (so a slope of 0 turns -inf into NaN, and a
-    NaN slope turns 0 into NaN, as in PyTorch). Why this is NaN-exact on the GPU as in the
+    The formulas are PyTorch's own: ReLU is ``y < 0 ? 0 : y`` (NaN stays NaN, -inf gives 0),
+    ReLU6 is ``y < 0 ? 0 : (y > 6 ? 6 : y)`` (PyTorch's hardtanh clamp: NaN stays NaN, ±inf give
+    0 and 6) and LeakyReLU/PReLU are ``y > 0 ? y : y * slope`` (so a slope of 0 turns -inf into
+    NaN, and a NaN slope turns 0 into NaN, as in PyTorch). Why this is NaN-exact on the GPU as in the
     interpreter: it uses only ordered comparisons, ``tl.where`` and an IEEE multiply, which
     behave the same in numpy and in PTX (a comparison with NaN is false in both). It avoids
     ``tl.maximum``, whose default is maxnum (numpy ``fmax``, PTX ``max.f32``): it returns the
@@ -62,6 +70,8 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     """
     if ACTIVATION == RELU:
         y = tl.where(y < 0, 0.0, y)
+    elif ACTIVATION == RELU6:
+        y = tl.where(y < 0, 0.0, tl.where(y > 6.0, 6.0, y))
     elif ACTIVATION == LEAKY_RELU or ACTIVATION == PRELU:
         y = tl.where(y > 0, y, y * slope)
     return y

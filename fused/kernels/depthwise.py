@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import record, runtime
 from .common import ACTIVATIONS, PRELU, SM_COUNT, LaunchPlan, activate, check_launch, interpreter_tile, interpreting, \
-    needs_int64, new_output, packed_slope, resolve_activation
+    needs_int64, new_output, packed_slope, resolve_activation, SCALAR_ACTIVATIONS
 
 #: Zero padding on each side, fixed by the 3x3 "same" convolution. A module constant (a documented
 #: test switch) so that a test can inject an off-by-one padding bug and check that the tolerance
@@ -355,8 +355,9 @@ def conv_dw_fused(
 
     ``leaky(conv1x1(leaky(depthwise3x3(x, dw_weight, dw_bias, stride), dw_slope), pw_weight, pw_bias), pw_slope)``
 
-    ``dw_activation``/``pw_activation`` may be ``"relu"`` instead (the slope is then ignored);
-    a ReLU is not a slope-0 LeakyReLU at -inf (0, not NaN).
+    ``dw_activation``/``pw_activation`` may be any of :data:`common.SCALAR_ACTIVATIONS` instead
+    (``"relu"``, ``"relu6"``, ``"identity"``: the slope is then ignored); a ReLU is not a slope-0
+    LeakyReLU at -inf (0, not NaN).
 
     x: [N, C, H, W]; dw_weight: [C, 1, 3, 3]; dw_bias: [C]; pw_weight: [K, C, 1, 1] or [K, C];
     pw_bias: [K]. The intermediate is rounded to x's dtype, as the two-kernel path stores it.
@@ -375,8 +376,9 @@ def conv_dw_fused(
     _check_param(name, "pw_bias", pw_bias, (K,))
     _check_stride(name, stride)
     for what, act in (("dw_activation", dw_activation), ("pw_activation", pw_activation)):
-        if act not in ("relu", "leaky_relu"):
-            raise ValueError(f"{name}: {what} must be 'relu' or 'leaky_relu', got {act!r}")
+        if act not in SCALAR_ACTIVATIONS:
+            raise ValueError(f"{name}: {what} must be one of {', '.join(map(repr, SCALAR_ACTIVATIONS))} (a "
+                             f"per-channel PReLU needs the two-kernel version), got {act!r}")
     check_launch(name, x, dw_weight, dw_bias, pw_weight, pw_bias, out, precision=precision)
     OH, OW = _out_size(H, stride), _out_size(W, stride)
     if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)

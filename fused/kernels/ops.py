@@ -54,9 +54,19 @@ KIND = ("triton_op" if not runtime.INTERPRETED and hasattr(torch.library, "trito
 OPS: dict = {}
 
 
-def _define(fn, mutates_args=(), fake=None):
-    """Register ``fn`` (typed, so torch infers the schema) as ``facefuse::<fn name>``."""
-    name = f"{NAMESPACE}::{fn.__name__}"
+def define(fn, mutates_args=(), fake=None, *, namespace: str = NAMESPACE, name: str | None = None):
+    """Register ``fn`` (typed, so torch infers the schema) as the operator
+    ``torch.ops.<namespace>.<name>`` (``name`` defaults to ``fn``'s, the launcher's) and return it.
+
+    ``fn`` calls the public launcher with the operator's arguments (its body, run under
+    :class:`fused.runtime.op_body`, launches). ``fake`` returns an empty output of the shape,
+    dtype and strides the launcher would return (for ``custom_op``; a ``triton_op`` traces its
+    body instead); an operator that writes into arguments names them in ``mutates_args`` and
+    returns None. Operators of the package's namespace are listed in :data:`OPS`; another
+    namespace (a block defined outside the package, a test's) keeps them out of it.
+    """
+    name = name or fn.__name__
+    qualified = f"{namespace}::{name}"
 
     @functools.wraps(fn)
     def body(*args, **kwargs):
@@ -64,11 +74,12 @@ def _define(fn, mutates_args=(), fake=None):
             return fn(*args, **kwargs)
 
     if KIND == "triton_op":
-        op = torch.library.triton_op(name, body, mutates_args=mutates_args)
+        op = torch.library.triton_op(qualified, body, mutates_args=mutates_args)
     else:
-        op = torch.library.custom_op(name, body, mutates_args=mutates_args)
+        op = torch.library.custom_op(qualified, body, mutates_args=mutates_args)
         op.register_fake(fake if fake is not None else _returns_none)
-    OPS[fn.__name__] = op
+    if namespace == NAMESPACE:
+        OPS[name] = op
     return op
 
 
@@ -217,16 +228,16 @@ def _scale_fake(y, *rest):
     return new_output(y, y.shape)
 
 
-_define(conv2d_bias_act, fake=_conv2d_fake)
-_define(conv2d_bias_act_out, mutates_args=("out",))
-_define(depthwise_conv_bias_act, fake=_depthwise_fake)
-_define(depthwise_conv_bias_act_out, mutates_args=("out",))
-_define(conv_dw_fused, fake=_conv_dw_fake)
-_define(conv_dw_fused_out, mutates_args=("out",))
-_define(lateral_upsample_add, fake=_lateral_fake)
-_define(anchor_heads, mutates_args=("out0", "out1", "out2"))
-_define(se_squeeze, fake=_squeeze_fake)
-_define(se_excite, fake=_excite_fake)
-_define(se_squeeze_excite, fake=_squeeze_excite_fake)
-_define(se_scale_residual_act, fake=_scale_fake)
-_define(se_scale_residual_act_out, mutates_args=("out",))
+define(conv2d_bias_act, fake=_conv2d_fake)
+define(conv2d_bias_act_out, mutates_args=("out",))
+define(depthwise_conv_bias_act, fake=_depthwise_fake)
+define(depthwise_conv_bias_act_out, mutates_args=("out",))
+define(conv_dw_fused, fake=_conv_dw_fake)
+define(conv_dw_fused_out, mutates_args=("out",))
+define(lateral_upsample_add, fake=_lateral_fake)
+define(anchor_heads, mutates_args=("out0", "out1", "out2"))
+define(se_squeeze, fake=_squeeze_fake)
+define(se_excite, fake=_excite_fake)
+define(se_squeeze_excite, fake=_squeeze_excite_fake)
+define(se_scale_residual_act, fake=_scale_fake)
+define(se_scale_residual_act_out, mutates_args=("out",))
