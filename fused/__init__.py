@@ -15,9 +15,7 @@ __all__ = [
     "enabled", "is_enabled", "set_enabled", "recording", "backend", "device",
     "fold_batchnorm", "batchnorm_affine", "conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_dw",
     "assert_close", "max_error", "reduction_length", "tolerance",
-    # every fused class imported above, read from the registry its class statement filled
-    *sorted({cls.__name__ for cls in REGISTRY.values()}),
-]
+]  # import_all() adds every fused class, read from the registry its class statement filled
 
 
 def import_all() -> None:
@@ -46,6 +44,7 @@ def import_all() -> None:
     from .runtime import backend, device
     from .tolerance import assert_close, max_error, reduction_length, tolerance
     globals().update({name: value for name, value in locals().items()})
+    __all__.extend(sorted({cls.__name__ for cls in REGISTRY.values()} - set(__all__)))
 
 
 def _is_command_line() -> bool:
@@ -62,9 +61,11 @@ def _is_command_line() -> bool:
 
 def __getattr__(name: str):
     """In the ``facefuse`` command, the package's names load on first use (PEP 562)."""
-    if name not in __all__:  # a submodule not imported yet, or no name of the package
+    if name not in __all__ and not name.startswith("Fused"):  # a submodule not imported yet, or no name
         raise AttributeError(f"module 'fused' has no attribute {name!r}")
     import_all()
+    if name not in globals():
+        raise AttributeError(f"module 'fused' has no attribute {name!r}")
     return globals()[name]
 
 
