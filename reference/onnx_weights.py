@@ -416,6 +416,11 @@ def _differences(want: ConvSite, got: ConvSite) -> list[str]:
     return out
 
 
+def _same_weights(a: GraphConv, b: GraphConv) -> bool:
+    return np.array_equal(a.weight, b.weight) and (a.bias is None) == (b.bias is None) and \
+        (a.bias is None or np.array_equal(a.bias, b.bias))
+
+
 def _show(names) -> str:
     return "{" + ", ".join(sorted(names)) + "}"
 
@@ -436,6 +441,7 @@ def _match(graph: _Graph, structure: ModelStructure) -> dict[str, list[GraphConv
                                      f"the graph has {len(graph.inputs)} inputs; RetinaFace takes one image batch")
     mapped: dict[str, str] = {INPUT: INPUT}  # graph conv label -> model conv name
     result: dict[str, list[GraphConv]] = {}
+    done: dict[str, GraphConv] = {}  # model conv -> its first graph Conv
     for want in structure.sites.values():
         ready = [c for c in convs if c.site.name not in mapped and all(u in mapped for u in c.site.upstream)]
         here = [c for c in ready if frozenset(mapped[u] for u in c.site.upstream) == want.upstream]
@@ -445,6 +451,12 @@ def _match(graph: _Graph, structure: ModelStructure) -> dict[str, list[GraphConv
                 c = here[0]
                 raise OnnxGraphMismatchError(src, c.site.name, "; ".join(_differences(want, c.site)))
             c = ready[0] if ready else None
+            twin = c and next((w for w in structure.sites.values() if w.name in done and not _differences(w, c.site)
+                               and frozenset(mapped[u] for u in c.site.upstream) == w.upstream), None)
+            if twin is not None:
+                raise OnnxGraphMismatchError(src, c.site.name, f"it sits where {done[twin.name].site.name!r} "
+                                             f"({twin.name}) does, alike in shape, but holds different weights, "
+                                             f"and the model has no second such conv")
             if c is None:
                 raise OnnxGraphMismatchError(src, "(end of graph)", f"the graph has no Conv for {want.name}, which "
                                              f"reads {_show(want.upstream)}")
@@ -452,15 +464,14 @@ def _match(graph: _Graph, structure: ModelStructure) -> dict[str, list[GraphConv
                 src, c.site.name, f"reads {_show(mapped[u] for u in c.site.upstream)}, but the model's next conv "
                 f"{want.name} reads {_show(want.upstream)}; no Conv of the graph fits {want.name}")
         first = fits[0]
-        for other in fits[1:]:
-            if not (np.array_equal(first.weight, other.weight) and
-                    (first.bias is None) == (other.bias is None) and
-                    (first.bias is None or np.array_equal(first.bias, other.bias))):
-                raise OnnxGraphMismatchError(src, other.site.name, f"it and {first.site.name!r} both fit {want.name} "
-                                             "but hold different weights")
-        for c in fits:
+        # Fits with the same weights are copies of one conv (an exporter may repeat a conv whose output
+        # is used twice); with other weights they are other convs in the same place (ResNet-50's
+        # layer3.0.conv1 and the FPN's output1 both read layer2, alike in shape): graph order decides.
+        same = [c for c in fits if c is first or _same_weights(first, c)]
+        for c in same:
             mapped[c.site.name] = want.name
-        result[want.name] = fits
+        result[want.name] = same
+        done[want.name] = first
     extra = [c for c in convs if c.site.name not in mapped]
     if extra:
         raise OnnxGraphMismatchError(src, extra[0].site.name, "this Conv has no counterpart in the model")
