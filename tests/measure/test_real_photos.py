@@ -44,7 +44,7 @@ def folder(tmp_path_factory):
     out = root / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "fused", "detect", str(photos), "--weights", str(weights),
-                          "--out", str(out), "--draw", "--no-fused", "--conf", "0.9", "--quiet"],
+                          "--out", str(out), "--draw", "--no-fused", "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600, cwd=root)
     assert run.returncode == 0, run.stdout + run.stderr
     records = {Path(p).name: json.loads(p.read_text()) for p in (out / "records").rglob("*.json")}
