@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import io
 import os
 from dataclasses import dataclass
 
@@ -505,7 +504,13 @@ def onnx_state_dict(model: nn.Module, source) -> dict[str, torch.Tensor]:
     Raises :class:`OnnxGraphMismatchError` naming the first node that does not fit,
     :class:`WeightFileError` for an unreadable file, :class:`OnnxNotInstalledError` without onnx.
     """
+    from .retinaface import RetinaFace
+
     name = _source_name(source)
+    if not isinstance(model, RetinaFace):
+        raise WeightFileError(name, f"is an ONNX model, and ONNX import is for a reference RetinaFace "
+                              f"(reference.retinaface(...)), not a {type(model).__name__}; for a fused model, "
+                              "load the weights into the reference model before fused.fuse")
     _import_onnx(name)
     structure = model_structure(model)
     graph = _Graph(read_onnx(source), name)

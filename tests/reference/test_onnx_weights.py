@@ -246,6 +246,8 @@ def test_a_damaged_or_external_file_is_refused(tmp_path):
     init.data_location = TensorProto.EXTERNAL
     with pytest.raises(R.WeightFileError, match="external data file"):
         R.load_onnx_weights(R.retinaface(), model.SerializeToString())
+    with pytest.raises(R.WeightFileError, match="ONNX import is for a reference RetinaFace"):
+        R.load_weights(R.arcface(), onnx_bytes())  # facefuse embed's identity weights go through load_weights too
     with pytest.raises(R.WeightFileError, match="is empty"):
         (tmp_path / "empty.onnx").write_bytes(b"")
         R.load_onnx_weights(R.retinaface(), tmp_path / "empty.onnx")
