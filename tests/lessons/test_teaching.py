@@ -1,5 +1,6 @@
 """fused.teaching: the helpers the lessons share."""
 
+import pytest
 import torch
 
 import fused
@@ -22,8 +23,18 @@ def test_show_lines(capsys):
     show_lines(show_lines, "lines = inspect", "print(")
     out = capsys.readouterr().out.splitlines()
     assert out[0].strip().startswith("lines = inspect") and out[-1].strip().startswith("print(")
-    show_lines(show_lines, "no such line", "x")  # the whole source when `start` is missing
-    assert capsys.readouterr().out.startswith("def show_lines(")
+
+
+def test_show_lines_raises_when_a_line_is_missing(capsys):
+    """A lesson whose start or stop line has left the source fails, instead of printing the whole
+    function under prose that no longer describes it."""
+    with pytest.raises(LookupError, match="no line of show_lines contains 'no such line'"):
+        show_lines(show_lines, "no such line", "print(")
+    with pytest.raises(LookupError, match="after 'lines = inspect' contains 'no such line'"):
+        show_lines(show_lines, "lines = inspect", "no such line")
+    with pytest.raises(LookupError, match="conv2d_bias_act_kernel contains 'if HAS_RESIDUAL:'"):
+        show_lines(conv_kernels.conv2d_bias_act_kernel, "if HAS_RESIDUAL:", "y += res")  # in conv2d_epilogue
+    assert capsys.readouterr().out == ""
 
 
 def test_watch_launches_records_and_restores():
