@@ -77,20 +77,24 @@ def implicit_gemm(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 
     o.set(xlim=(0, K), ylim=(rows, 0), xlabel="output channels k",
           title=f"output: {drawn['row_tiles']} x {drawn['column_tiles']} = {drawn['programs']} programs\n"
                 f"BLOCK_M x BLOCK_N = {bm} x {bn}")
+    split = f", each tile's reduction cut into SPLIT_K = {drawn['SPLIT_K']} shares" if drawn["SPLIT_K"] > 1 else ""
     fig.suptitle(f"conv {N}x{C}x{H}x{W} -> {K}, {R}x{R}, stride {stride}: the implicit GEMM "
-                 f"({'interpreter' if interpreter else 'GPU'} plan)")
+                 f"({'interpreter' if interpreter else 'GPU'} plan{split})")
     return fig, drawn
 
 
 def program_tile(N: int, C: int, H: int, W: int, K: int, R: int, stride: int = 1, padding: int = 0, *,
                  program: int = 0, tap: tuple[int, int] = (0, 0), interpreter: bool = False) -> tuple[Figure, dict]:
-    """The ``BLOCK_M`` output pixels of row tile ``program`` on the output map (sample 0 drawn), and
+    """The ``BLOCK_M`` output pixels of row tile ``program`` (negative: from the last) on the output map (sample 0 drawn), and
     its lanes at kernel tap ``(r, s)``: which read a real input pixel, which fall in the zero padding
     (``pixel_ok`` false: the masked load returns 0), and which are past the last row (``row_ok``
     false). Lanes are decoded with the kernel's own ``%`` and ``//``."""
     plan = _plan(N, C, H, W, K, R, stride, padding, interpreter)
     OH, OW = _output_size(H, W, R, stride, padding)
     bm = plan.blocks["BLOCK_M"]
+    if not -plan.grid[0] <= program < plan.grid[0]:
+        raise IndexError(f"program_tile: program {program} is not a row tile of the plan ({plan.grid[0]} row tiles)")
+    program %= plan.grid[0]  # -1: the last row tile
     rows = torch.arange(program * bm, (program + 1) * bm)
     row_ok = rows < N * OH * OW
     ow, oh, n = rows % OW, (rows // OW) % OH, rows // (OW * OH)
