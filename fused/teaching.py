@@ -17,7 +17,8 @@ launches, and a few callables timed side by side.
 
     fused.assert_close(fused_block(x), expected, dtype=tolerance_dtype(x))  # "tf32" for float32 on a GPU
 
-Nothing in the kernels or the fused modules imports this module.
+Pictures drawn from the launch plans are in :mod:`fused.teaching_plots`. Nothing in the kernels or
+the fused modules imports this module.
 """
 
 from __future__ import annotations
