@@ -64,3 +64,16 @@ def test_tolerance_dtype_follows_the_float32_precision(monkeypatch):
     monkeypatch.setattr(teaching, "float32_precision", lambda device: "tf32")  # as on an H100
     assert tolerance_dtype(x) == "tf32"
     assert tolerance_dtype(x.half()) == torch.float16 and tolerance_dtype(x.bfloat16()) == torch.bfloat16
+
+
+def test_no_lesson_stops_at_a_breakpoint():
+    """Lesson 01 teaches breakpoints inside a kernel; CI runs the lessons top to bottom, so no code
+    cell may leave one (it would wait for input forever)."""
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "lessons").glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert not re.search(r"^\s*(breakpoint\(\)|import pdb|pdb\.set_trace\(\))", code, re.M), path.name
