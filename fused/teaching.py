@@ -17,7 +17,8 @@ launches, and a few callables timed side by side.
 
     fused.assert_close(fused_block(x), expected, dtype=tolerance_dtype(x))  # "tf32" for float32 on a GPU
 
-Nothing in the kernels or the fused modules imports this module.
+Pictures drawn from the launch plans are in :mod:`fused.teaching_plots`. Nothing in the kernels or
+the fused modules imports this module.
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ class ListOps(TorchDispatchMode):
 
 def show_lines(fn, start: str, stop: str) -> None:
     """Print the source of ``fn`` (a function, or a ``@triton.jit`` kernel) from the first line
-    containing ``start`` to the next line containing ``stop``; all of it when ``start`` is not found
-    (the source has changed since the lesson was written)."""
+    containing ``start`` to the next line containing ``stop``. Raises ``LookupError`` when either
+    line is missing, so a lesson fails in CI when the code has changed under its prose."""
     lines = inspect.getsource(getattr(fn, "fn", fn)).splitlines()
+    name = getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn))
     first = next((i for i, line in enumerate(lines) if start in line), None)
     if first is None:
-        print("\n".join(lines))
-        return
-    last = next((i for i in range(first + 1, len(lines)) if stop in lines[i]), len(lines) - 1)
+        raise LookupError(f"show_lines: no line of {name} contains {start!r}; the source has changed, "
+                          f"so update the lesson (its prose and the start line it shows)")
+    last = next((i for i in range(first + 1, len(lines)) if stop in lines[i]), None)
+    if last is None:
+        raise LookupError(f"show_lines: no line of {name} after {start!r} contains {stop!r}; the source has "
+                          f"changed, so update the lesson (its prose and the stop line it shows)")
     print("\n".join(lines[first:last + 1]))
 
 

@@ -4,14 +4,15 @@ import math
 
 import torch
 
-from fused.kernels import conv2d as conv_kernels
+from fused.kernels import common as kernel_common
 
 
 def exercise_2():
-    # 400 output rows; the GPU plan takes BLOCK_M = 128 and one 32-wide column tile.
-    plan = conv_kernels.conv2d_plan(1, 64, 20, 20, 32, 3, 1, 1, interpreter=False)
-    programs = plan.grid[0] * plan.grid[1]
-    return programs, math.ceil(400 / 32) * plan.grid[1]
+    # 400 output rows x 32 output channels. gemm_tiles gives the GPU's tiles: BLOCK_M starts at 128 and is
+    # halved (down to 64) while the launch has fewer programs than the GPU has SMs.
+    tiles = kernel_common.gemm_tiles(20 * 20, 32, 64, interpreter=False)
+    column_tiles = math.ceil(32 / tiles["BLOCK_N"])
+    return math.ceil(400 / tiles["BLOCK_M"]) * column_tiles, math.ceil(400 / 32) * column_tiles
 
 
 def exercise_6():

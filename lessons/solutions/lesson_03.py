@@ -2,8 +2,6 @@
 
 import math
 
-from fused.kernels import squeeze_excite as se_kernels
-
 
 def exercise_2():
     # 64 output rows fit one 64-row tile (the smallest wgmma tile). With fewer programs than SMs the
@@ -20,5 +18,7 @@ def exercise_5():
 
 
 def exercise_6():
-    return tuple(se_kernels.se_squeeze_plan(*shape, interpreter=False).splits
-                 for shape in [(1, 64, 64, 64), (64, 64, 64, 64), (1, 512, 8, 8)])
+    # Tiles of 32 channels x 64 positions (2048 elements). splits = min(tiles, 1024 // unsplit programs):
+    # layer2 has 32 x 32 / 64 = 16 tiles and 128 / 32 = 4 channel blocks, so min(16, 256) = 16;
+    # layer3 has 16 x 16 / 64 = 4 tiles and 8 channel blocks, so min(4, 128) = 4.
+    return min(32 * 32 // 64, 1024 // (128 // 32)), min(16 * 16 // 64, 1024 // (256 // 32))

@@ -9,9 +9,11 @@ def exercise_1():
 
 
 def exercise_2():
-    # N * 8 * 8 = 64 output rows: one 64-row tile. With fewer programs than SMs the plan halves
-    # BLOCK_N down to 32 (gemm_tiles in fused/kernels/common.py): 512 output channels in 32-wide tiles.
-    return math.ceil(64 / 64) * math.ceil(512 / 32)
+    # 64 x 8 x 8 = 4096 output rows. gemm_tiles starts from 128-wide column tiles with 64-row tiles
+    # (64 x 128 = 256 programs) and only shrinks tiles while there are fewer programs than the 132 SMs;
+    # the plan splits K only when the smallest tiles still leave SMs idle. An NCHW input is read by
+    # scalar loads, which cap the tiles at 64 x 64: 64 row tiles x 8 column tiles = 512 programs, no split.
+    return math.ceil(64 * 8 * 8 / 64) * math.ceil(512 / 64), 1
 
 
 def exercise_3():

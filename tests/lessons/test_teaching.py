@@ -1,5 +1,6 @@
 """fused.teaching: the helpers the lessons share."""
 
+import pytest
 import torch
 
 import fused
@@ -22,8 +23,18 @@ def test_show_lines(capsys):
     show_lines(show_lines, "lines = inspect", "print(")
     out = capsys.readouterr().out.splitlines()
     assert out[0].strip().startswith("lines = inspect") and out[-1].strip().startswith("print(")
-    show_lines(show_lines, "no such line", "x")  # the whole source when `start` is missing
-    assert capsys.readouterr().out.startswith("def show_lines(")
+
+
+def test_show_lines_raises_when_a_line_is_missing(capsys):
+    """A lesson whose start or stop line has left the source fails, instead of printing the whole
+    function under prose that no longer describes it."""
+    with pytest.raises(LookupError, match="no line of show_lines contains 'no such line'"):
+        show_lines(show_lines, "no such line", "print(")
+    with pytest.raises(LookupError, match="after 'lines = inspect' contains 'no such line'"):
+        show_lines(show_lines, "lines = inspect", "no such line")
+    with pytest.raises(LookupError, match="conv2d_bias_act_kernel contains 'if HAS_RESIDUAL:'"):
+        show_lines(conv_kernels.conv2d_bias_act_kernel, "if HAS_RESIDUAL:", "y += res")  # in conv2d_epilogue
+    assert capsys.readouterr().out == ""
 
 
 def test_watch_launches_records_and_restores():
@@ -53,3 +64,16 @@ def test_tolerance_dtype_follows_the_float32_precision(monkeypatch):
     monkeypatch.setattr(teaching, "float32_precision", lambda device: "tf32")  # as on an H100
     assert tolerance_dtype(x) == "tf32"
     assert tolerance_dtype(x.half()) == torch.float16 and tolerance_dtype(x.bfloat16()) == torch.bfloat16
+
+
+def test_no_lesson_stops_at_a_breakpoint():
+    """Lesson 01 teaches breakpoints inside a kernel; CI runs the lessons top to bottom, so no code
+    cell may leave one (it would wait for input forever)."""
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "lessons").glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert not re.search(r"^\s*(breakpoint\(\)|import pdb|pdb\.set_trace\(\))", code, re.M), path.name
