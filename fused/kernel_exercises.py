@@ -420,7 +420,8 @@ def _dw_model(t, case, stride=None, weight="own", shift=(0, 0), mask=True, bias=
     for r in range(3):
         for s in range(3):
             tap = _read(x, n, c, oh * st + r - 1 + shift[0], ow * st + s - 1 + shift[1], mask)
-            filt = {"own": w[:, r, s], "first": w[0, r, s].expand(C), "transposed": w[:, s, r]}[weight]
+            filt = {"own": w[:, r, s], "first": w[0, r, s].expand(C), "transposed": w[:, s, r],
+                    "unscaled": w.reshape(-1)[torch.arange(C) + r * 3 + s]}[weight]
             y = y + tap * filt.view(1, -1, 1, 1)
     return y + b.view(1, -1, 1, 1) if bias else y
 
@@ -447,7 +448,9 @@ _register(KernelExercise(
                                    "(oh * stride, ow * stride)")],
         "weight": [("own", ""), ("first", "every channel uses channel 0's filter: the weight offset must include "
                                           "c * 9 (w[c, 0, r, s] is at c * 9 + r * 3 + s)"),
-                   ("transposed", "r and s swapped in the weight offset: w[c, 0, r, s] is at c * 9 + r * 3 + s")],
+                   ("transposed", "r and s swapped in the weight offset: w[c, 0, r, s] is at c * 9 + r * 3 + s"),
+                   ("unscaled", "channel c's filter starts at c * 9, not c: each filter holds 9 weights "
+                                "(w[c, 0, r, s] is at c * 9 + r * 3 + s)")],
         "shift": [(sh, _shift_cause(sh).replace("(h + r - 1, w + s - 1)", "(oh * stride + r - 1, ow * stride + s - 1)")
                    if sh != (0, 0) else "") for sh in _SHIFTS],
         "mask": [(True, ""), (False, "no padding mask: a tap outside [0, H) x [0, W) must read 0 (mask it, other=0.0)")],

@@ -35,6 +35,7 @@ PLANTED = {
         ([("ih, iw = oh * stride + r - 1, ow * stride + s - 1", "ih, iw = oh * stride + r - 1, ow * stride + s")],
          r"tap offsets off by one.*yours reads \(h \+ r - 1, w \+ s\)"),
         ([("acc += tl.load(b_ptr + c, mask=ok, other=0.0)", "pass")], "dropped bias"),
+        ([("w_ptr + c * 9 + r * 3 + s", "w_ptr + c + r * 3 + s")], "starts at c \\* 9, not c"),
     ],
     "squeeze": [
         ([("ok = p_ok[:, None] & (hw < HW)[None, :]", "ok = p_ok[:, None]")], r"reads outside the input|no mask on the positions"),
@@ -175,4 +176,4 @@ def test_notebook_stub_fails_with_a_named_cause(lesson, name, source, tmp_path):
     kernel = load_kernel(kernel_source, KERNEL_EXERCISES[name].kernel_name, tmp_path, f"stub_{name}")
     report = check_kernel(name, kernel, raise_on_fail=False, verbose=False)
     assert not report.passed
-    assert report.causes and "none of the usual mistakes" not in str(report), str(report)
+    assert report.causes and "none of the usual mistakes" not in str(report) and "raised" not in str(report), str(report)
