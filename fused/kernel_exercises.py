@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import triton
 
-from .tolerance import assert_close
+from .tolerance import assert_close, largest_finite, tolerance
 
 #: The value every output element holds before the kernel runs; one still there was never stored.
 FILL = -7777.0
@@ -155,7 +155,7 @@ def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else ("inf" if v == INF else ("-inf" if v == -INF else f"{v:.6g}"))
 
 
-def _first_bad(got: torch.Tensor, expected: torch.Tensor, length: int) -> tuple:
+def _first_bad(got: torch.Tensor, expected: torch.Tensor) -> tuple:
     """The index of the element to show: the first NaN/Inf disagreement, else the worst one."""
     a, e = got.double(), expected
     nonfinite = (a.isnan() != e.isnan()) | ((a == INF) != (e == INF)) | ((a == -INF) != (e == -INF))
@@ -166,7 +166,6 @@ def _first_bad(got: torch.Tensor, expected: torch.Tensor, length: int) -> tuple:
 
 
 def _bad_mask(got: torch.Tensor, expected: torch.Tensor, length: int) -> torch.Tensor:
-    from .tolerance import largest_finite, tolerance
     a, e = got.double(), expected
     tol = tolerance(torch.float32, length, largest_finite(e))
     nonfinite = (a.isnan() != e.isnan()) | ((a == INF) != (e == INF)) | ((a == -INF) != (e == -INF))
@@ -265,7 +264,7 @@ def check_kernel(name: str, kernel, *, raise_on_fail: bool = True, verbose: bool
             report.problem = "the kernel wrote outside the output tensor"
             report.causes = ["a tl.store without its mask: the last tile's lanes past the end must not store"]
         else:
-            index = _first_bad(got, expected, ex.reduction_length(case))
+            index = _first_bad(got, expected)
             n_bad = int(_bad_mask(got, expected, ex.reduction_length(case)).sum())
             report.problem = (f"output{list(index)}: expected {_fmt(expected[index].item())}, got "
                               f"{_fmt(got[index].item())} ({n_bad} of {got.numel()} elements wrong)")
