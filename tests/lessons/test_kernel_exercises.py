@@ -172,7 +172,7 @@ def test_every_lesson_has_a_stub_for_each_of_its_exercises():
 def test_notebook_stub_fails_with_a_named_cause(lesson, name, source, tmp_path):
     """The stub as the lesson shows it runs (its cell must not fail the notebook), is wrong, and the
     report names a mistake that a TODO line asks to fix."""
-    kernel_source = source.split("\nreport = ")[0]
+    kernel_source = source.split("\nstub_report = ")[0]
     kernel = load_kernel(kernel_source, KERNEL_EXERCISES[name].kernel_name, tmp_path, f"stub_{name}")
     report = check_kernel(name, kernel, raise_on_fail=False, verbose=False)
     assert not report.passed
