@@ -44,8 +44,11 @@ def stem_conv_prelu_pool_kernel(x_ptr, w_ptr, b_ptr, slope_ptr, out_ptr, N, C, H
 
 
 def stem_conv_prelu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, slopes: torch.Tensor,
-                         BLOCK_M: int = 32, BLOCK_N: int = 16) -> torch.Tensor:
-    """``max_pool2d(prelu(conv2d(x, weight, bias, padding=1), slopes), 2)``; ``slopes``: one or K values."""
+                         BLOCK_M: int = 64, BLOCK_N: int = 64) -> torch.Tensor:
+    """``max_pool2d(prelu(conv2d(x, weight, bias, padding=1), slopes), 2)``; ``slopes``: one or K values.
+
+    The default tile covers the stem's 64 output channels in one program (and in the interpreter,
+    which pays per program, a 24 x 24 patch in three)."""
     x = x.contiguous()
     N, C, H, W = x.shape
     K = weight.shape[0]
