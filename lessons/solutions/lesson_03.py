@@ -22,3 +22,23 @@ def exercise_6():
     # layer2 has 32 x 32 / 64 = 16 tiles and 128 / 32 = 4 channel blocks, so min(16, 256) = 16;
     # layer3 has 16 x 16 / 64 = 4 tiles and 8 channel blocks, so min(4, 128) = 4.
     return min(32 * 32 // 64, 1024 // (128 // 32)), min(16 * 16 // 64, 1024 // (256 // 32))
+
+
+# ---- kernel exercise "squeeze": fused.exercises.check_kernel("squeeze", squeeze_partial_kernel) ----
+
+import triton  # noqa: E402  (the kernel exercises' imports stay with their kernels)
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def squeeze_partial_kernel(x_ptr, partial_ptr, planes, HW, per_split, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # planes (n, c)
+    split = tl.program_id(1)
+    p_ok = p < planes
+    acc = tl.zeros((BLOCK_P, BLOCK_HW), dtype=tl.float32)
+    first = split * per_split  # this split's first position
+    for start in range(first, first + per_split, BLOCK_HW):
+        hw = start + tl.arange(0, BLOCK_HW)
+        ok = p_ok[:, None] & (hw < HW)[None, :]  # the map's last tile runs past its end
+        acc += tl.load(x_ptr + p[:, None] * HW + hw[None, :], mask=ok, other=0.0)
+    tl.store(partial_ptr + split * planes + p, tl.sum(acc, axis=1) / HW, mask=p_ok)

@@ -19,3 +19,24 @@ def exercise_2():
 def exercise_3():
     # A PReLU with slope >= 0 never reverses the order of two values, so the max of four commutes with it.
     return lambda slope: slope >= 0
+
+
+# ---- kernel exercise "prelu_maxpool": fused.exercises.check_kernel("prelu_maxpool", prelu_maxpool_kernel) ----
+
+import triton  # noqa: E402  (the kernel exercises' imports stay with their kernels)
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def prelu_maxpool_kernel(y_ptr, slope_ptr, out_ptr, total, C, H, W, PH, PW, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # pooled elements (n, c, ph, pw), flattened
+    ok = offs < total
+    pw, ph, plane = offs % PW, (offs // PW) % PH, offs // (PW * PH)  # plane = n * C + c
+    slope = tl.load(slope_ptr + plane % C, mask=ok, other=0.0)
+    best = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
+    for dy in tl.static_range(2):
+        for dx in tl.static_range(2):
+            v = tl.load(y_ptr + (plane * H + 2 * ph + dy) * W + 2 * pw + dx, mask=ok, other=0.0)
+            v = tl.where(v > 0, v, v * slope)  # PReLU first: the max commutes with it only for slopes >= 0
+            best = tl.where((v > best) | (v != v), v, best)  # v != v: v is NaN, and NaN must win
+    tl.store(out_ptr + offs, best, mask=ok)
