@@ -22,7 +22,7 @@ def unfoldable_reason(bn: nn.Module) -> str | None:
     no finite folded weight reproduces; folded, every output of the channel would be NaN.
     """
     var = getattr(bn, "running_var", None)
-    if var is None:
+    if var is None or var.is_meta:  # meta tensors (dry runs) hold no values
         return None
     zero = (var.detach().float() + bn.eps) == 0
     if not bool(zero.any()):
