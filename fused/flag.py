@@ -42,8 +42,8 @@ most recently put in force in the process (the process-wide one, or the ``enable
 recently entered or left, in any thread), kept as plain values that the compiled code is guarded
 on: any change re-traces, or reuses the code compiled for that setting. In one thread this is
 exactly the setting in force; threads that hold different ``enabled()`` blocks while calling one
-compiled model may run the path another thread's setting selected (see the README's "With
-torch.compile / torch.export").
+compiled model may run the path another thread's setting selected (see the documentation's
+"torch.compile and export" page, docs/compile.md).
 """
 
 from __future__ import annotations

@@ -233,17 +233,16 @@ def test_a_compiled_model_recompiles_for_a_new_input_size():
 
 
 def test_the_readme_snippet_runs_in_a_fresh_process():
-    """The README's torch.compile / torch.export example, in a new Python that imported
-    torch._dynamo (hence triton) before fused: what a user's script does."""
+    """The documentation's torch.compile / torch.export example (docs/compile.md), in a new Python
+    that imported torch._dynamo (hence triton) before fused: what a user's script does."""
     import pathlib
     import re
     import subprocess
     import sys
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## With torch.compile / torch.export"):]
-    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    page = (root / "docs" / "compile.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", page, re.S).group(1)
     script = ("import torch, torch._dynamo\nimport reference, fused\nx = torch.randn(1, 3, 64, 64)\n" + snippet
               + "\nassert any(str(n.target).startswith('facefuse.') for n in exported.graph.nodes)\n"
               + "print('ok', boxes.shape)\n")

@@ -1,6 +1,8 @@
-"""Every ```python block of README.md runs as written, in a fresh Python process (issue 18).
+"""Every ```python block of README.md and of the documentation pages (docs/**/*.md) runs as
+written, in a fresh Python process (issue 18).
 
-A block runs with the README's own line numbers in its traceback (``File "README.md", line N``),
+A block runs with its file's own line numbers in its traceback (``File "README.md", line N``,
+``File "docs/compile.md", line N``),
 on the CPU (``CUDA_VISIBLE_DEVICES=""``: the kernels run in Triton's interpreter), with random
 weights (nothing is downloaded: ``FACEFUSE_CACHE`` points at an empty folder; a block calling
 ``pretrained=True`` gets the released files' keys and shapes from a local mirror folder,
@@ -29,20 +31,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+#: The files whose python blocks run: the README, then every page of the site, owners' pages included.
+DOCUMENTS = [README] + sorted((ROOT / "docs").rglob("*.md"))
 MARKER = re.compile(r"^<!--\s*readme-test:\s*(continues|skip:\s*(?P<reason>.*?))\s*-->$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 
 
 @dataclass
 class Block:
-    line: int  # README line of the block's first code line
+    line: int  # the file's line of the block's first code line
     code: str
     marker: str | None  # "continues", "skip" or None
     reason: str = ""
+    file: str = "README.md"  # relative to the project folder
 
 
-def python_blocks(text: str) -> list[Block]:
-    """The ```python blocks of ``text``, with the marker above each."""
+def python_blocks(text: str, file: str = "README.md") -> list[Block]:
+    """The ```python blocks of ``text`` (the contents of ``file``), with the marker above each."""
     lines = text.splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -52,47 +57,48 @@ def python_blocks(text: str) -> list[Block]:
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
         if end is None:
-            raise AssertionError(f"README.md line {i + 1}: a ``` block that never closes")
+            raise AssertionError(f"{file} line {i + 1}: a ``` block that never closes")
         if m.group(1) == "python":
             above = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             mark = MARKER.match(above)
             marker = None if mark is None else ("continues" if mark.group(1) == "continues" else "skip")
             reason = (mark.group("reason") or "") if mark else ""
             if above.startswith("<!--") and "readme-test" in above and mark is None:
-                raise AssertionError(f"README.md line {i}: unknown readme-test marker {above!r}")
+                raise AssertionError(f"{file} line {i}: unknown readme-test marker {above!r}")
             if marker == "skip" and not reason.strip():
-                raise AssertionError(f"README.md line {i}: a skipped block must say why (skip: REASON)")
-            blocks.append(Block(i + 2, "\n".join(lines[i + 1:end]), marker, reason.strip()))
+                raise AssertionError(f"{file} line {i}: a skipped block must say why (skip: REASON)")
+            blocks.append(Block(i + 2, "\n".join(lines[i + 1:end]), marker, reason.strip(), file))
         i = end + 1
     return blocks
 
 
 def sessions(blocks: list[Block]) -> list[list[Block]]:
-    """Blocks grouped into the processes that run them: a ``continues`` block joins the one before it."""
+    """Blocks grouped into the processes that run them: a ``continues`` block joins the one before it
+    (in the same file)."""
     out: list[list[Block]] = []
     for b in blocks:
         if b.marker == "skip":
             continue
         if b.marker == "continues":
-            if not out:
-                raise AssertionError(f"README.md line {b.line}: 'continues' with no python block before it")
+            if not out or out[-1][-1].file != b.file:
+                raise AssertionError(f"{b.file} line {b.line}: 'continues' with no python block before it")
             out[-1].append(b)
         else:
             out.append([b])
     return out
 
 
-BLOCKS = python_blocks(README.read_text())
+BLOCKS = [b for doc in DOCUMENTS for b in python_blocks(doc.read_text(), doc.relative_to(ROOT).as_posix())]
 #: What test_readme_block_runs runs: each process's blocks, then each skipped block on its own (reported as a skip).
 SESSIONS = sessions(BLOCKS) + [[b] for b in BLOCKS if b.marker == "skip"]
 
-#: Runs each block of a session in one namespace, compiled with the README's line numbers.
+#: Runs each block of a session in one namespace, compiled with its file's line numbers.
 DRIVER = textwrap.dedent("""
     import sys, traceback
     namespace = {"__name__": "__main__"}
-    for line, code in BLOCKS:
+    for file, line, code in BLOCKS:
         try:
-            exec(compile("\\n" * (line - 1) + code, "README.md", "exec"), namespace)
+            exec(compile("\\n" * (line - 1) + code, file, "exec"), namespace)
         except BaseException:
             traceback.print_exc()
             print(f"README-BLOCK-FAILED {line}", file=sys.stderr)
@@ -100,7 +106,8 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_the_readme_has_python_blocks_and_few_skips():
+def test_the_readme_and_the_docs_have_python_blocks_and_few_skips():
+    assert any(b.file == "README.md" for b in BLOCKS), "the README's example is a tested python block"
     assert len(BLOCKS) >= 4
     assert sum(b.marker == "skip" for b in BLOCKS) <= max(2, len(BLOCKS) // 4), "skips must stay rare"
 
@@ -113,6 +120,9 @@ def test_the_parser_reads_markers_and_line_numbers():
     assert [[b.line for b in s] for s in sessions(blocks)] == [[4, 8]]
     with pytest.raises(AssertionError, match="must say why"):
         python_blocks("<!-- readme-test: skip: -->\n```python\nx\n```\n")
+    with pytest.raises(AssertionError, match="docs/b.md line 3: 'continues' with no python block"):
+        sessions(python_blocks("```python\na = 1\n```\n", "docs/a.md")
+                 + python_blocks("<!-- readme-test: continues -->\n```python\nb = a\n```\n", "docs/b.md"))
 
 
 def run_session(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -136,7 +146,7 @@ def run_session(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProc
         for name, release in RELEASED.items():
             (mirror / release.filename).write_bytes(spec_file(name))
         env |= {"FACEFUSE_WEIGHTS_URL": str(mirror), "FACEFUSE_WEIGHTS_DIR": str(tmp_path / "weights")}
-    script = f"BLOCKS = {[(b.line, b.code) for b in blocks]!r}\n" + DRIVER
+    script = f"BLOCKS = {[(b.file, b.line, b.code) for b in blocks]!r}\n" + DRIVER
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
 
@@ -145,15 +155,18 @@ def test_a_failing_block_is_reported_with_its_readme_line(tmp_path):
     done = run_session([Block(3, "a = 1", None), Block(7, "b = a\nraise ValueError('boom')", "continues")], tmp_path)
     assert done.returncode == 1
     assert 'File "README.md", line 8' in done.stderr and "README-BLOCK-FAILED 7" in done.stderr
+    done = run_session([Block(5, "raise ValueError('boom')", None, file="docs/page.md")], tmp_path)
+    assert 'File "docs/page.md", line 5' in done.stderr
 
 
 @pytest.mark.lesson
-@pytest.mark.parametrize("session", SESSIONS, ids=[f"line-{s[0].line}" for s in SESSIONS])
+@pytest.mark.parametrize("session", SESSIONS, ids=[f"{s[0].file}:line-{s[0].line}" for s in SESSIONS])
 def test_readme_block_runs(session, tmp_path):
+    file = session[0].file
     if session[0].marker == "skip":
-        pytest.skip(f"README.md line {session[0].line}: {session[0].reason}")
+        pytest.skip(f"{file} line {session[0].line}: {session[0].reason}")
     done = run_session(session, tmp_path)
     if done.returncode != 0:
         failed = re.search(r"README-BLOCK-FAILED (\d+)", done.stderr)
-        where = f"README.md line {failed.group(1)}" if failed else f"README.md blocks at lines {[b.line for b in session]}"
+        where = f"{file} line {failed.group(1)}" if failed else f"{file} blocks at lines {[b.line for b in session]}"
         pytest.fail(f"the python block at {where} fails as written:\n{done.stderr[-4000:]}")

@@ -56,7 +56,7 @@ def _tiles(variant: dict) -> str:
 
 @dataclass
 class Row:
-    """One variant as launched by one model configuration (see the README for every column)."""
+    """One variant as launched by one model configuration (see docs/inspect.md for every column)."""
 
     config: str
     id: str  # v01, v02, ... in the order the inspection first met the variant
