@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from . import files, run
+from . import files, ray_pipeline, run
 
 
 def add_detect(sub):
@@ -22,11 +22,14 @@ def add_detect(sub):
         description=__doc__.split("\n\n")[0].replace("``", "") + " Images of one size run as one batch.",
     )
     run.add_common(p)
+    ray_pipeline.add_options(p)
     p.add_argument("--draw", action="store_true", help="also write annotated copies under DIR/drawn/")
     return p
 
 
 def run_detect(args) -> int:
+    if args.engine == "ray":
+        return ray_pipeline.run_cli(args, "detect")
     begun = run.start(args, "detect")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)

@@ -23,7 +23,7 @@ import torch
 import fused
 import reference
 
-from . import run
+from . import ray_pipeline, run
 
 
 def add_embed(sub):
@@ -32,12 +32,13 @@ def add_embed(sub):
         description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     run.add_common(p)
+    ray_pipeline.add_options(p)
     p.add_argument("--identity-weights", metavar="FILE",
                    help="ArcFace's weight file (default: the released one with --pretrained, else random)")
     return p
 
 
-def _crops(full, faces: list[dict]):
+def face_crops(full, faces: list[dict]):
     """The crops of ``faces`` that have an area inside the image, with their indices."""
     kept, crops = [], []
     for i, face in enumerate(faces):
@@ -59,6 +60,8 @@ def write_similarity(path: Path, labels: list[str], embeddings: np.ndarray) -> N
 
 
 def run_embed(args) -> int:
+    if args.engine == "ray":
+        return ray_pipeline.run_cli(args, "embed")
     begun = run.start(args, "embed")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)
@@ -75,7 +78,7 @@ def run_embed(args) -> int:
             skipped.append(record)
             say(f"skipped {record['path']}: {record['error']}")
             return
-        kept, crops = _crops(full, record["faces"])
+        kept, crops = face_crops(full, record["faces"])
         if not crops:
             return
 
