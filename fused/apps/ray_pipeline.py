@@ -224,6 +224,8 @@ class DetectBatches:
         def on_image(item, full, scaled, detections, record):
             name, shown = names[id(item)]
             record["path"] = shown
+            if "error" in record and item.path.parent == self.spool:  # name the image, not its spooled copy
+                record["error"] = record["error"].replace(str(item.path), shown)
             embeddings = self.embed(full, record) if self.identity is not None else None
             rows.append(row_of(name, record, embeddings))
 
@@ -465,13 +467,16 @@ def run_cli(args, command: str) -> int:
             run.build(kind, network, args, weights, __import__("torch").device("cpu"), lambda line: None)
     if not files.find_images(args.paths, exclude=args.out):
         args.parser.error("no images found in " + ", ".join(args.paths))
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet)
+    owned = not ray.is_initialized()  # else: called in a process already connected (tests, notebooks)
+    if owned:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=not args.quiet)
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     try:
         summary = run_corpus(args.paths, args.out, settings, jsonl=args.jsonl,
                              overwrite=getattr(args, "overwrite", False), say=print)
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
     print(f"{summary['written']} of {summary['images']} images written ({summary['written_before']} before this run), "
           f"{summary['faces']} faces, {summary['failures']} failed; {summary['images_per_second']} images/s "
           f"this run; rows in {summary['output']}")
