@@ -32,11 +32,15 @@ import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+import fused
 
 from . import files, run
 
@@ -140,33 +144,27 @@ class _Silent:
         pass
 
 
-def graphed(detector, max_graphs: int):
+class GraphedDetector(torch.nn.Module):
     """``detector`` replaying a CUDA graph per input shape (:func:`fused.cuda_graph`), keeping the
-    ``max_graphs`` shapes used last; a module ``reference.detect`` takes like the detector."""
-    from collections import OrderedDict
+    ``max_graphs`` shapes used last; ``reference.detect`` takes it as it takes the detector."""
 
-    import torch
+    def __init__(self, detector: torch.nn.Module, max_graphs: int = 8):
+        super().__init__()
+        self.detector = detector
+        self.phase = detector.phase
+        self.max_graphs = max_graphs
+        self.graphs = OrderedDict()
+        self.train(detector.training)
 
-    import fused
-
-    class GraphedDetector(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.detector = detector
-            self.phase = detector.phase
-            self.graphs = OrderedDict()
-
-        def forward(self, x):
-            key = (tuple(x.shape), x.dtype, fused.is_enabled())
-            graph = self.graphs.pop(key, None)
-            if graph is None:
-                graph = fused.cuda_graph(self.detector, x)
-                while len(self.graphs) >= max_graphs:
-                    self.graphs.popitem(last=False)
-            self.graphs[key] = graph
-            return graph(x)
-
-    return GraphedDetector()
+    def forward(self, x: torch.Tensor):
+        key = (tuple(x.shape), x.dtype, fused.is_enabled())
+        graph = self.graphs.pop(key, None)
+        if graph is None:
+            while len(self.graphs) >= self.max_graphs:
+                self.graphs.popitem(last=False)  # the least recently used shape
+            graph = fused.cuda_graph(self.detector, x)
+        self.graphs[key] = graph
+        return graph(x)
 
 
 class DetectBatches:
@@ -177,8 +175,6 @@ class DetectBatches:
     ``path``); returns one row per image (:func:`schema`)."""
 
     def __init__(self, settings: Settings):
-        import torch
-
         from ..measure import models
 
         torch.set_num_threads(settings.threads)
@@ -190,7 +186,7 @@ class DetectBatches:
         self.detector = run.build("detector", run.DETECTORS[settings.model], self.args, settings.weights,
                                   self.device, _Silent.say)
         if self.device.type == "cuda":
-            self.detector = graphed(self.detector, settings.max_graphs)
+            self.detector = GraphedDetector(self.detector, settings.max_graphs)
         self.identity = None
         if settings.embed:
             self.identity = run.build("identity network", "", self.args, settings.identity_weights, self.device,
@@ -237,7 +233,6 @@ class DetectBatches:
     def embed(self, full, record: dict):
         """One embedding per face (``None`` for a box with no area in the image), the crops of one
         image in one batch as ``facefuse embed`` runs them."""
-        import fused
         import reference
 
         from .embed import face_crops
@@ -464,7 +459,7 @@ def run_cli(args, command: str) -> int:
     for kind, network, weights in [("detector", run.DETECTORS[args.model], args.weights)] + (
             [("identity network", "", settings.identity_weights)] if settings.embed else []):
         if weights:
-            run.build(kind, network, args, weights, __import__("torch").device("cpu"), lambda line: None)
+            run.build(kind, network, args, weights, torch.device("cpu"), lambda line: None)
     if not files.find_images(args.paths, exclude=args.out):
         args.parser.error("no images found in " + ", ".join(args.paths))
     owned = not ray.is_initialized()  # else: called in a process already connected (tests, notebooks)

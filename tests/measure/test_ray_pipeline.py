@@ -220,3 +220,31 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path, monkeypatch, ca
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     assert main(["detect", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--engine", "ray"]) == 2
     assert 'pip install "facefuse[ray]"' in capsys.readouterr().err
+
+
+def test_one_cuda_graph_per_input_shape(monkeypatch):
+    """GraphedDetector (the actors' detector on a GPU) on the CPU, with a stand-in for
+    fused.cuda_graph that counts captures: one per shape, the least recently used dropped."""
+    import torch
+
+    import fused
+    import reference
+
+    captures = []
+
+    def cuda_graph(model, x):
+        captures.append(tuple(x.shape))
+        return model
+
+    monkeypatch.setattr(fused, "cuda_graph", cuda_graph)
+    detector = fused.fuse(reference.retinaface("mobile0.25", seed=0).eval())
+    graphed = ray_pipeline.GraphedDetector(detector, max_graphs=2)
+    images = {size: np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+              for size in [(32, 32), (32, 64), (64, 32)]}
+    with fused.enabled(False):
+        for size in [(32, 32), (32, 64), (32, 32), (64, 32), (32, 32), (32, 64)]:
+            got = reference.detect(graphed, [images[size]], conf=0.5, channel_order="rgb")[0]
+            want = reference.detect(detector, [images[size]], conf=0.5, channel_order="rgb")[0]
+            assert torch.equal(got.boxes, want.boxes) and torch.equal(got.scores, want.scores)
+    # (32, 64) was dropped when (64, 32) came (two kept; (32, 32) was used since), so it is captured again.
+    assert [c[2:] for c in captures] == [(32, 32), (32, 64), (64, 32), (32, 64)]
