@@ -28,8 +28,8 @@ def add_detect(sub):
 
 
 def run_detect(args) -> int:
-    if args.engine == "ray":
-        return ray_pipeline.run_cli(args, "detect")
+    if (code := ray_pipeline.dispatch(args, "detect")) is not None:  # --engine ray
+        return code
     begun = run.start(args, "detect")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)

@@ -60,8 +60,8 @@ def write_similarity(path: Path, labels: list[str], embeddings: np.ndarray) -> N
 
 
 def run_embed(args) -> int:
-    if args.engine == "ray":
-        return ray_pipeline.run_cli(args, "embed")
+    if (code := ray_pipeline.dispatch(args, "embed")) is not None:  # --engine ray
+        return code
     begun = run.start(args, "embed")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)

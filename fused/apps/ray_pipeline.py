@@ -442,6 +442,16 @@ def add_options(p) -> None:
                         "default: a local cluster on this machine")
 
 
+def dispatch(args, command: str) -> int | None:
+    """Run ``command`` with ``--engine ray`` and return its exit status; ``None`` for the local
+    engine (``--address`` without ``--engine ray`` is a usage error)."""
+    if args.engine == "ray":
+        return run_cli(args, command)
+    if args.address is not None:
+        args.parser.error("--address is for --engine ray (the local engine runs in this process)")
+    return None
+
+
 def run_cli(args, command: str) -> int:
     """``facefuse detect|embed --engine ray``: exit 0, 1 when some images failed, 2 for usage errors."""
     try:
@@ -449,8 +459,9 @@ def run_cli(args, command: str) -> int:
     except ModuleNotFoundError as exc:
         args.parser.error(f"--engine ray: {exc}")
     run.check_common(args)
-    if getattr(args, "draw", False):
-        args.parser.error("--draw is not available with --engine ray (draw with the local engine)")
+    for option in ("draw", "compare"):
+        if getattr(args, option, None):
+            args.parser.error(f"--{option} is not available with --engine ray (use the local engine for it)")
     settings = Settings(model=args.model, weights=args.weights, pretrained=args.pretrained, seed=args.seed,
                         embed=command == "embed", identity_weights=getattr(args, "identity_weights", None),
                         device=args.device, fused=args.fused, conf=args.conf, iou=args.iou, batch=args.batch,

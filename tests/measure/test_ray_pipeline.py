@@ -248,3 +248,16 @@ def test_one_cuda_graph_per_input_shape(monkeypatch):
             assert torch.equal(got.boxes, want.boxes) and torch.equal(got.scores, want.scores)
     # (32, 64) was dropped when (64, 32) came (two kept; (32, 32) was used since), so it is captured again.
     assert [c[2:] for c in captures] == [(32, 32), (32, 64), (64, 32), (32, 64)]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--address", "127.0.0.1:6379"], "--address is for --engine ray"),
+    (["--engine", "ray", "--draw"], "--draw is not available with --engine ray"),
+    (["--engine", "ray", "--compare"], "--compare is not available with --engine ray"),
+])
+def test_usage_errors(tmp_path, capsys, extra, message):
+    if "--engine" in extra:
+        pytest.importorskip("ray.data")
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    assert main(["detect", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *extra]) == 2
+    assert message in capsys.readouterr().err
