@@ -465,7 +465,7 @@ def run_cli(args, command: str) -> int:
     settings = Settings(model=args.model, weights=args.weights, pretrained=args.pretrained, seed=args.seed,
                         embed=command == "embed", identity_weights=getattr(args, "identity_weights", None),
                         device=args.device, fused=args.fused, conf=args.conf, iou=args.iou, batch=args.batch,
-                        max_size=args.max_size)
+                        max_size=args.max_size, threads=getattr(args, "threads", None) or 1)
     # Bad weight files are usage errors here, before the cluster starts.
     for kind, network, weights in [("detector", run.DETECTORS[args.model], args.weights)] + (
             [("identity network", "", settings.identity_weights)] if settings.embed else []):
