@@ -273,9 +273,10 @@ def output_folder(out, jsonl: bool) -> Path:
     return Path(out) / ("jsonl" if jsonl else "parquet")
 
 
-def read_rows(out, jsonl: bool, columns=("name", "error", "scores")) -> list[dict]:
-    """The rows written so far under ``out`` (``columns`` of them). A file that cannot be read
-    whole (a run killed while writing it) is renamed ``*.incomplete``: its images count as not done."""
+def read_rows(out, jsonl: bool) -> list[dict]:
+    """``{name, error, faces}`` (faces: how many) of every row written so far under ``out``. A file
+    that cannot be read whole (a run killed while writing it) is renamed ``*.incomplete``: its
+    images count as not done."""
     import pyarrow.parquet as pq
 
     folder = output_folder(out, jsonl)
@@ -287,13 +288,15 @@ def read_rows(out, jsonl: bool, columns=("name", "error", "scores")) -> list[dic
                 if text and not text.endswith("\n"):
                     raise ValueError("the last line is cut short")
                 found = [json.loads(line) for line in text.splitlines()]
-                found = [{c: r.get(c, r.get("faces") if c == "scores" else None) for c in columns} for r in found]
+                found = [(r["name"], r.get("error"), r.get("faces") or []) for r in found]
             else:
-                found = pq.read_table(path, columns=list(columns)).to_pylist()
+                table = pq.read_table(path, columns=["name", "error", "scores"]).to_pydict()
+                found = zip(table["name"], table["error"], table["scores"])
+                found = [(name, error, scores or []) for name, error, scores in found]
         except Exception:  # cut short: pyarrow.ArrowInvalid (no footer), json.JSONDecodeError, ValueError
             path.rename(path.with_name(path.name + ".incomplete"))
             continue
-        rows += found
+        rows += [{"name": name, "error": error, "faces": len(faces)} for name, error, faces in found]
     return rows
 
 
@@ -401,7 +404,7 @@ def run_corpus(paths, out, settings: Settings, *, jsonl: bool = False, overwrite
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     started = time.perf_counter()
-    before = {row["name"] for row in read_rows(out, jsonl, ("name",))}
+    before = {row["name"] for row in read_rows(out, jsonl)}
     found = files.find_images([str(p) for p in paths], exclude=out)
     todo = [item for item in found if item.name not in before]
     if before:
@@ -419,7 +422,7 @@ def run_corpus(paths, out, settings: Settings, *, jsonl: bool = False, overwrite
         "command": "embed" if settings.embed else "detect", "engine": "ray", "settings": asdict(settings),
         "output": str(folder), "images": len(found), "written_before": len(found) - len(todo),
         "done_now": len(todo), "written": len(set(names) & wanted),
-        "faces": sum(len(row["scores"] or []) for row in rows if row["name"] in wanted),
+        "faces": sum(row["faces"] for row in rows if row["name"] in wanted),
         "failures": len(failures), "failed": [{"name": r["name"], "error": r["error"]} for r in failures],
         "duplicates": len(names) - len(set(names)),
         "seconds": round(seconds, 3), "images_per_second": round(len(todo) / seconds, 3) if seconds > 0 else None,

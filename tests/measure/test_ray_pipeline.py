@@ -261,3 +261,19 @@ def test_usage_errors(tmp_path, capsys, extra, message):
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     assert main(["detect", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_jsonl_file_cut_short_counts_as_not_written(tmp_path):
+    """Resuming reads the rows written; a file a killed run left mid-line is set aside (its images
+    are done again) rather than read in part or left to break readers."""
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    whole = [{"name": "a.png", "path": "a.png", "width": 64, "height": 64, "faces": []},
+             {"name": "b.png", "path": "b.png", "error": "cannot read the image"}]
+    (folder / "1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in whole))
+    (folder / "2.jsonl").write_text(json.dumps({"name": "c.png", "path": "c.png", "faces": []}) + '\n{"name": "d.pn')
+    rows = ray_pipeline.read_rows(tmp_path, jsonl=True)
+    assert rows == [{"name": "a.png", "error": None, "faces": 0},
+                    {"name": "b.png", "error": "cannot read the image", "faces": 0}]
+    assert sorted(p.name for p in folder.iterdir()) == ["1.jsonl", "2.jsonl.incomplete"]
