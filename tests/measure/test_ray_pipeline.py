@@ -127,8 +127,9 @@ def test_detect_records_equal_the_single_process_ones(corpus, cluster, single, c
 
 def test_embed_equals_the_single_process_embeddings(corpus, cluster):
     local, out = corpus.parent / "single-embed", corpus.parent / "ray-embed"
-    assert main(["embed", str(corpus), "--out", str(local), "--quiet", *THRESHOLDS]) == 1
-    assert main(["embed", str(corpus), "--out", str(out), "--engine", "ray", "--jsonl", "--quiet", *THRESHOLDS]) == 1
+    some = [str(corpus / name) for name in ("astronaut.png", "chelsea.jpg", "sub/rotated.jpg", "empty.jpg")]
+    assert main(["embed", *some, "--out", str(local), "--quiet", *THRESHOLDS]) == 1
+    assert main(["embed", *some, "--out", str(out), "--engine", "ray", "--jsonl", "--quiet", *THRESHOLDS]) == 1
     rows = {}
     for f in (out / "jsonl").glob("*.jsonl"):
         for line in f.read_text().splitlines():
