@@ -469,10 +469,11 @@ def run_cli(args, command: str) -> int:
                         embed=command == "embed", identity_weights=getattr(args, "identity_weights", None),
                         device=args.device, fused=args.fused, conf=args.conf, iou=args.iou, batch=args.batch,
                         max_size=args.max_size, threads=getattr(args, "threads", None) or 1)
-    # Bad weight files are usage errors here, before the cluster starts.
+    # Bad weight files and failed downloads are usage errors here, before the cluster starts (and
+    # the released weights are then in this machine's cache for the actors on it).
     for kind, network, weights in [("detector", run.DETECTORS[args.model], args.weights)] + (
             [("identity network", "", settings.identity_weights)] if settings.embed else []):
-        if weights:
+        if weights or args.pretrained:
             run.build(kind, network, args, weights, torch.device("cpu"), lambda line: None)
     if not files.find_images(args.paths, exclude=args.out):
         args.parser.error("no images found in " + ", ".join(args.paths))

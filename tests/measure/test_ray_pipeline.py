@@ -278,3 +278,16 @@ def test_a_jsonl_file_cut_short_counts_as_not_written(tmp_path):
     assert rows == [{"name": "a.png", "error": None, "faces": 0},
                     {"name": "b.png", "error": "cannot read the image", "faces": 0}]
     assert sorted(p.name for p in folder.iterdir()) == ["1.jsonl", "2.jsonl.incomplete"]
+
+
+def test_a_bad_weight_file_is_a_usage_error_before_ray_starts(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray.data")
+    import ray
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    (tmp_path / "w.pth").write_bytes(b"not a weight file")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    code = main(["detect", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--engine", "ray",
+                 "--weights", str(tmp_path / "w.pth")])
+    assert code == 2 and "detector weights" in capsys.readouterr().err
