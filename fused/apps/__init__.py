@@ -6,4 +6,13 @@
     run.py      the detection loop shared by both commands: models, threads, batches, timings
     detect.py   facefuse detect: one JSON record per image, annotated images
     embed.py    facefuse embed: ArcFace embeddings of the detected faces, their nearest faces
+    ray_pipeline.py  --engine ray: both on a Ray cluster (Ray Data), one row per image, resumable
+
+The Ray pipeline's Python API is here too: :func:`ray_detect` (a ``ray.data.Dataset`` of rows),
+:func:`write` (streamed to Parquet or JSONL), :func:`run_corpus` (resume, write, summary), with
+their :class:`Settings`. Ray itself is imported only when they run (``pip install "facefuse[ray]"``).
 """
+
+from .ray_pipeline import Settings, ray_detect, run_corpus, write
+
+__all__ = ["Settings", "ray_detect", "run_corpus", "write"]

@@ -26,13 +26,13 @@ import torch
 import fused
 import reference
 
-from . import outputs, run
+from . import outputs, ray_pipeline, run
 
 #: Faces compared at once when finding neighbours: memory grows with this times the face count.
 CHUNK = 1024
 
 
-def _crops(full, faces: list[dict]):
+def face_crops(full, faces: list[dict]):
     """The crops of ``faces`` that have an area inside the image, with their indices."""
     kept, crops = [], []
     for i, face in enumerate(faces):
@@ -88,6 +88,8 @@ def _earlier_faces(out: Path, records) -> tuple[list[str], list[np.ndarray], lis
 
 
 def run_embed(args) -> int:
+    if (code := ray_pipeline.dispatch(args, "embed")) is not None:  # --engine ray
+        return code
     begun = run.start(args, "embed")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)
@@ -103,7 +105,7 @@ def run_embed(args) -> int:
 
     def on_image(item, full, scaled, detections, record):
         if "error" not in record:
-            kept, crops = _crops(full, record["faces"])
+            kept, crops = face_crops(full, record["faces"])
             if crops:
                 def run_embedding():
                     return reference.embed(identity, crops, channel_order="rgb")

@@ -77,6 +77,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
                                                         "JSON file per image under records/)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --weights/--pretrained")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    add_engine(p)
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--address`` of ``facefuse detect`` and ``facefuse embed``."""
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: a pool of Ray actors, one GPU each (needs "
+                        "pip install \"facefuse[ray]\"; writes Parquet, or JSONL with --jsonl; a rerun resumes)")
+    p.add_argument("--address", metavar="ADDRESS", default=None,
+                   help="with --engine ray: the Ray cluster to join (host:port of `ray start --head`, or auto); "
+                        "default: a local cluster on this machine")
 
 
 def add_detect_arguments(p: argparse.ArgumentParser) -> None:
