@@ -118,10 +118,10 @@ def row_of(name: str, record: dict, embeddings=None) -> dict:
 def record_of(row: dict) -> dict:
     """The single-process record (as ``facefuse detect`` writes it) of a row of :func:`schema`."""
     if row.get("error") is not None:
-        return {"path": row["path"], "error": row["error"]}
+        return {"name": row["name"], "path": row["path"], "error": row["error"]}
     faces = [{"box": list(box), "score": score, "landmarks": [list(lm[i:i + 2]) for i in range(0, 10, 2)]}
              for box, score, lm in zip(row["boxes"], row["scores"], row["landmarks"])]
-    return {"path": row["path"], "width": row["width"], "height": row["height"], "input_size": list(row["input_size"]),
+    return {"name": row["name"], "path": row["path"], "width": row["width"], "height": row["height"], "input_size": list(row["input_size"]),
             "faces": faces, "time_ms": row["time_ms"], "batch": row["batch"], "fused": row["fused"]}
 
 
@@ -225,7 +225,8 @@ class DetectBatches:
             embeddings = self.embed(full, record) if self.identity is not None else None
             rows.append(row_of(name, record, embeddings))
 
-        run.detect_all(items, self.detector, self.args, self.device, self.use_fused, False, _Silent(), on_image)
+        run.detect_all(items, self.detector, self.args, self.device, self.use_fused, False, _Silent(), on_image,
+                       run.Timings("detection", self.use_fused))
         for path in self.spool.iterdir():
             path.unlink()
         return pa.Table.from_pylist(rows, schema=schema(self.identity is not None))
@@ -312,7 +313,7 @@ def jsonl_sink(path, min_rows_per_file: int | None):
         def write_block_to_file(self, block, file):
             lines = []
             for row in block.to_arrow().to_pylist():
-                record = {"name": row["name"], **record_of(row)}
+                record = record_of(row)
                 if row.get("embeddings") is not None and "error" not in record:
                     record["embeddings"] = [None if e is None else [float(v) for v in e] for e in row["embeddings"]]
                 lines.append(json.dumps(record) + "\n")
@@ -451,7 +452,6 @@ def run_cli(args, command: str) -> int:
         ray = require_ray()
     except ModuleNotFoundError as exc:
         args.parser.error(f"--engine ray: {exc}")
-    run.check_common(args)
     for option in ("draw", "compare"):
         if getattr(args, option, None):
             args.parser.error(f"--{option} is not available with --engine ray (use the local engine for it)")
