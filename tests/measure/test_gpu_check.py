@@ -254,7 +254,7 @@ def test_quick_dry_run_plans_its_steps_inside_the_budget(tmp_path, capsys):
                 "default", "max-autotune")
             assert (s["env"].get("FACEFUSE_AUTOTUNE") == "0") == s["name"].endswith("-plan")
     text = capsys.readouterr().out
-    assert "quick-tuned-mobile0.25-b1-16" in text and "not run" in text  # max-autotune does not fit 480 s
+    assert "quick-tuned-mobile0.25-b1" in text and "not run" in text  # max-autotune does not fit 480 s
     # a budget too small for the environment and correctness steps is a plan problem
     assert G.main(["--quick", "--dry-run", "--out", str(tmp_path / "small"), "--budget", "60"]) == 1
     assert "more than --budget" in (tmp_path / "small" / "summary.md").read_text()
