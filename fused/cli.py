@@ -5,7 +5,7 @@
     facefuse bench --family conv_bn        # on a CUDA GPU
     facefuse ceilings                      # the measured copy bandwidth and matmul throughput
     facefuse results --update-readme       # regenerate the README's results table from results/
-    facefuse gpu-check --out DIR           # every GPU check and measurement, resumable (--dry-run on a CPU)
+    facefuse gpu-check --quick --out DIR   # from a checkout: python -m tools.gpu_check (--dry-run on a CPU)
     facefuse detect photos/ --pretrained --out found --draw   # faces in your photos (fused.apps)
     facefuse embed photos/ --pretrained --out faces           # their ArcFace embeddings and nearest faces
     facefuse inspect --model all           # the code a GPU would run, compiled here: spills, tensor cores, loads
@@ -207,24 +207,42 @@ def run_embed(args) -> int:
 
 
 def gpu_check_command() -> "Command":
-    """``facefuse gpu-check``: its parser and its run, from :mod:`fused.measure.gpu_check` (which
-    checks its own --out and --bundle)."""
+    """``facefuse gpu-check``: a thin delegate to the project's GPU harness, ``python -m
+    tools.gpu_check`` (which checks its own arguments, --out and --bundle)."""
 
     def add(sub) -> argparse.ArgumentParser:
-        from .measure import gpu_check
+        """``facefuse gpu-check``: a thin delegate to the project's GPU harness, ``python -m tools.gpu_check``.
 
-        g = sub.add_parser("gpu-check", help=SUMMARIES["gpu-check"], description=gpu_check.__doc__.split("\n\n")[0])
-        gpu_check.add_arguments(g)
+        The harness is a tool of the project, not of the installed package: it runs the test suite,
+        compute-sanitizer and the benchmarks from a checkout. Every argument (``--help`` included) goes
+        to it unparsed; outside a checkout the command says where to get one.
+        """
+        g = sub.add_parser("gpu-check", add_help=False, prefix_chars="\0",
+                           help="from a checkout: the GPU harness (python -m tools.gpu_check; --quick is the one-call "
+                                "headline check), with a summary of every target",
+                           description="Runs python -m tools.gpu_check from the project's checkout with these arguments.")
+        g.add_argument("gpu_check_args", nargs=argparse.REMAINDER, help="the harness's arguments (see --help)")
         return g
 
     def run(args) -> int:
-        from .measure import gpu_check
-        from .measure.gpu_check import dryrun
+        """Run ``python -m tools.gpu_check`` of the checkout this package was imported from (the
+        current folder stays, so relative paths mean the same); exit status 2 outside a checkout."""
+        import subprocess
+        from pathlib import Path
 
-        dryrun.CLI_PARSER = build_parser  # the dry run checks each step's command with this parser
-        return gpu_check.run(args, args.parser)
+        import fused
 
-    return Command(add, run)
+        root = Path(fused.__file__).resolve().parent.parent
+        if not (root / "tools" / "gpu_check" / "__init__.py").is_file():
+            print("facefuse gpu-check: the GPU harness is a tool of the project's checkout, not of the installed "
+                  f"package (no tools/gpu_check beside {root / 'fused'}). Clone the project, then run from its folder: "
+                  "pip install --no-deps -e . && python -m tools.gpu_check --quick --out DIR", file=sys.stderr)
+            return 2
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        return subprocess.call([sys.executable, "-m", "tools.gpu_check", *args.gpu_check_args], env=env)
+
+    return Command(add, run, torch=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,8 +554,8 @@ SUMMARIES = {
     "bench": "benchmark fused kernels against eager PyTorch and torch.compile (CUDA)",
     "ceilings": "measure (or show the cached) copy bandwidth and matmul throughput of this machine",
     "results": "print the recorded GPU results as markdown, or regenerate the README's table",
-    "gpu-check": "on a CUDA machine: tests, compute-sanitizer, benchmarks, profiles and the README table in "
-                 "resumable steps, with a summary of every target",
+    "gpu-check": "from a checkout: the GPU harness (python -m tools.gpu_check; --quick is the one-call "
+                 "headline check), with a summary of every target",
     "detect": "detect faces in images and folders: JSON records, annotated images, fused vs unfused timing",
     "embed": "embed the detected faces with ArcFace: embeddings, nearest faces by cosine similarity, timing",
     "inspect": "compile the kernels of a model for a GPU on any machine: registers, spills, tensor cores, loads, "

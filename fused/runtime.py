@@ -242,7 +242,28 @@ def launch(kernel, grid, *args, **kwargs):
         return recorder(kernel, grid, args, kwargs)
     if _WRAP_TRITON is not None and in_op_body():
         return _WRAP_TRITON(kernel)[grid](*args, **kwargs)
-    return kernel[grid](*args, **kwargs)
+    try:
+        return kernel[grid](*args, **kwargs)
+    except Exception as exc:  # the interpreter wraps it: InterpreterError(TypeError(...))
+        if INTERPRETED and NUMPY_SCALAR_ERROR in str(exc):
+            raise RuntimeError(interpreter_numpy_message()) from exc
+        raise
+
+
+#: What numpy 2.4 and later raise when an interpreter converts a one-element array to an int.
+NUMPY_SCALAR_ERROR = "only 0-dimensional arrays can be converted to Python scalars"
+
+
+def interpreter_numpy_message() -> str:
+    """Why the interpreter failed, and the fix: Triton 3.6's interpreter (and older) turns a
+    runtime integer into a one-element array and calls ``int()`` on it, which numpy 2.4 refuses.
+    Compiled kernels (a GPU) are not affected."""
+    import numpy
+
+    return (f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}: it converts "
+            f"runtime integers (every `range()` over a kernel argument) with int() on one-element arrays, which "
+            f"numpy 2.4 and later refuse. Install numpy<2.4 (pip install 'numpy<2.4') or a Triton whose "
+            f"interpreter handles it (3.9 does); a GPU, which compiles the kernels, is not affected")
 
 
 @contextlib.contextmanager

@@ -65,8 +65,9 @@ def activate(y, slope, ACTIVATION: tl.constexpr):
     NaN, and a NaN slope turns 0 into NaN, as in PyTorch). Why this is NaN-exact on the GPU as in the
     interpreter: it uses only ordered comparisons, ``tl.where`` and an IEEE multiply, which
     behave the same in numpy and in PTX (a comparison with NaN is false in both). It avoids
-    ``tl.maximum``, whose default is maxnum (numpy ``fmax``, PTX ``max.f32``): it returns the
-    non-NaN operand, so ``tl.maximum(NaN, 0.0)`` is 0 on both.
+    ``tl.maximum``, whose default is maxnum (PTX ``max.f32``): it returns the non-NaN operand, so
+    ``tl.maximum(NaN, 0.0)`` is 0 on the GPU; the interpreter differs by release (numpy ``fmax``,
+    also 0, from Triton 3.7; ``np.maximum``, NaN, in 3.6).
     """
     if ACTIVATION == RELU:
         y = tl.where(y < 0, 0.0, y)

@@ -46,6 +46,7 @@ import csv
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -111,7 +112,8 @@ class BenchCase:
     info: dict = field(default_factory=dict)
 
 
-def _float64_reference(case: BenchCase, x=None):
+def float64_reference(case: BenchCase, x=None):
+    """The case's reference output computed in float64 (on ``x``, default the case's input)."""
     x = double(case.x if x is None else x)
     if case.reference64_fn is not None:
         return case.reference64_fn(x)
@@ -241,7 +243,7 @@ class Family:
     block_types: tuple[str, ...]
     description: str = ""
     part: Callable | None = None  # see block_cases; None: the whole block
-    racecheck: str = ""  # why compute-sanitizer's racecheck runs it (fused.measure.sanitize_run)
+    racecheck: str = ""  # why compute-sanitizer's racecheck runs it (tools.sanitize_run)
 
 
 #: family name → :class:`Family`, in the order ``facefuse bench`` runs them.
@@ -257,7 +259,7 @@ def register_family(name: str, models, block_types, description: str = "", *, pa
     """Add (or replace) a kernel family: one line per family, e.g.
     ``register_family("fpn", ("retinaface",), ("FPN",))``. ``part`` benchmarks a part of each
     block instead of the whole (see :func:`block_cases`); ``racecheck`` says why
-    :mod:`fused.measure.sanitize_run` also runs it under compute-sanitizer's racecheck."""
+    :mod:`tools.sanitize_run` also runs it under compute-sanitizer's racecheck."""
     family = Family(name, tuple(models), tuple(block_types), description, part, racecheck)
     FAMILIES[name] = family
     return family
@@ -373,7 +375,7 @@ COLUMNS = [
     "error", "bytes_moved", "flops", "reduction_length", *TIME_COLUMNS, "timing_method",
     "speedup_eager", "speedup_eager_cl", "speedup_compile", "fused_best_layout",
     "fused_gbps", "roofline_gbps", "roofline_pct", "eager_gbps", "eager_kernels", "eager_cl_kernels",
-    "compile_error", "fused_compile_error", "speedup_fused_compile_vs_compile", "note",
+    "compile_error", "fused_compile_error", "speedup_fused_compile_vs_compile", "compile_s", "note",
 ]
 
 
@@ -463,7 +465,7 @@ def run_cases(
         # 1. correctness first, in both layouts
         try:
             with torch.no_grad():
-                expected = _float64_reference(case)
+                expected = float64_reference(case)
             err, message, kernels, fallbacks = _check(case, x, expected)
             err_cl, message_cl, kernels_cl, fallbacks_cl = _check(case, x_cl, expected)
         except Exception as exc:  # a crashing kernel is a failed case, not a crashed benchmark
@@ -510,8 +512,12 @@ def run_cases(
             try:
                 torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
                 compiled = torch.compile(copy.deepcopy(ref) if isinstance(ref, nn.Module) else ref, mode=compile_mode)
+                started = time.perf_counter()
                 with torch.no_grad(), enabled(False):
                     compiled(x)  # compile (and autotune) outside the timing
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                r["compile_s"] = time.perf_counter() - started
             except Exception as exc:
                 r["compile_error"] = first_line(exc)
                 notes.append("torch.compile failed")

@@ -215,9 +215,12 @@ def test_a_wrong_kernel_is_caught(bug, monkeypatch, device):
 
 @triton.jit
 def _activate_dropping_nan(y, slope, ACTIVATION: tl.constexpr):
-    """The epilogue as it was: ReLU by tl.maximum, which returns 0 for a NaN (maxnum)."""
+    """A ReLU that returns 0 for a NaN, as the epilogue's old ``tl.maximum(y, 0.0)`` did on the GPU.
+    Written with a comparison (false for NaN), so it drops NaN on every backend and Triton release:
+    ``tl.maximum`` itself keeps NaN in Triton 3.6's interpreter (np.maximum) and drops it in 3.9's
+    (np.fmax) and on the GPU (maxnum)."""
     if ACTIVATION == 1:
-        y = tl.maximum(y, 0.0)
+        y = tl.where(y > 0, y, 0.0)
     elif ACTIVATION == 2 or ACTIVATION == 3:
         y = tl.where(y >= 0, y, y * slope)
     return y

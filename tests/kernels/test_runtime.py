@@ -213,3 +213,26 @@ def test_cpu_tensors_with_the_interpreter_off_and_no_cuda_say_so(monkeypatch):
     assert "CUDA machine" not in str(error.value)
     with pytest.raises(RuntimeError, match="meta tensors"):
         fused.runtime.check_inputs("conv2d_bias_act", torch.empty(1, 3, 4, 4, device="meta"))
+
+
+def test_an_interpreter_that_numpy_breaks_gets_a_clear_error(monkeypatch):
+    """Triton 3.6's interpreter calls int() on one-element arrays, which numpy 2.4 refuses with a
+    bare TypeError at nearly every kernel; the launch says why and how to fix it instead."""
+    from fused import runtime
+
+    class InterpreterError(Exception):  # how Triton's interpreter wraps it
+        pass
+
+    class Broken:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                raise InterpreterError(repr(TypeError(runtime.NUMPY_SCALAR_ERROR)))
+
+            return run
+
+    monkeypatch.setattr(runtime, "INTERPRETED", True)
+    with pytest.raises(RuntimeError, match=r"numpy<2\.4.*GPU, which compiles the kernels, is not affected"):
+        runtime.launch(Broken(), (1,))
+    monkeypatch.setattr(runtime, "INTERPRETED", False)  # compiled for a GPU: the error is not the interpreter's
+    with pytest.raises(InterpreterError, match="0-dimensional"):
+        runtime.launch(Broken(), (1,))

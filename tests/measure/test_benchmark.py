@@ -239,6 +239,7 @@ def test_gpu_only_fused_compile_path_runs(monkeypatch):
     [r] = B.run_cases([small_case()], "cpu", warmup=0, repeats=1, compile_mode="default", fused_compile=True)
     assert r["status"] == "ok" and r["fused_compile_error"] is None, r["note"]
     assert r["fused_compile_ms"] > 0 and r["compile_ms"] > 0
+    assert r["compile_s"] > 0  # what the compile itself cost (gpu-check --quick weighs it against its budget)
     assert r["speedup_fused_compile_vs_compile"] == pytest.approx(r["compile_ms"] / r["fused_compile_ms"])
 
     def wrong_when_compiled(block):

@@ -6,18 +6,9 @@ import tarfile
 
 import pytest
 
-from fused.measure import gpu_check as G
-from fused.measure.gpu_check import execute
-from fused.measure import pytest_cuda, sanitize_run
-
-
-@pytest.fixture(autouse=True)
-def cli_parser(monkeypatch):
-    """The dry run parses each command with the facefuse parser in this process, as gpu-check does."""
-    from fused.cli import build_parser
-    from fused.measure.gpu_check import dryrun
-
-    monkeypatch.setattr(dryrun, "CLI_PARSER", build_parser)
+from tools import gpu_check as G
+from tools.gpu_check import execute
+from tools import pytest_cuda, sanitize_run
 
 
 def machine(cuda=False, missing=(), tools=None):
@@ -189,10 +180,130 @@ def test_a_bundle_carries_a_run_to_a_fresh_folder(tmp_path):
 
 
 def test_the_command_refuses_unknown_stages(tmp_path, capsys):
+    assert G.main(["--out", str(tmp_path), "--stages", "tests,nope"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+
+
+def test_facefuse_gpu_check_delegates_to_the_checkouts_harness(tmp_path, capfd):
     from fused.cli import main
 
-    assert main(["gpu-check", "--out", str(tmp_path), "--stages", "tests,nope"]) == 2
-    assert "unknown stage" in capsys.readouterr().err
+    assert main(["gpu-check", "--out", str(tmp_path), "--stages", "nope"]) == 2
+    err = capfd.readouterr().err
+    assert "python -m tools.gpu_check" in err and "unknown stage" in err  # the harness's own usage error
+
+
+def test_facefuse_gpu_check_outside_a_checkout_says_how_to_run_it(tmp_path, monkeypatch, capsys):
+    import fused
+    from fused.cli import main
+
+    monkeypatch.setattr(fused, "__file__", str(tmp_path / "site-packages" / "fused" / "__init__.py"))
+    assert main(["gpu-check", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert "python -m tools.gpu_check --quick" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "nan"], "finite"), (["--budget", "inf"], "finite"), (["--budget", "0"], "positive"),
+    (["--repeats", "0"], "integer >= 1"), (["--workers", "-3"], "integer >= 1"), (["--warmup", "-1"], "integer >= 0"),
+])
+def test_bad_numbers_are_usage_errors(tmp_path, capsys, args, message):
+    assert G.main(["--quick", "--dry-run", "--out", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys, monkeypatch):
+    worked = []
+    monkeypatch.setattr(G, "probe", lambda: worked.append("probe"))  # the command's first piece of work
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert G.main(["--quick", "--dry-run", "--out", str(blocker / "sub")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert G.main(["--dry-run", "--out", str(tmp_path / "o"), "--bundle", str(blocker / "b.tar.gz")]) == 2
+    assert "--bundle" in capsys.readouterr().err
+    (tmp_path / "d.tar.gz").mkdir()
+    assert G.main(["--dry-run", "--out", str(tmp_path / "o"), "--bundle", str(tmp_path / "d.tar.gz")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert worked == [] and not (tmp_path / "o").exists()
+    monkeypatch.setattr(G.os, "access", lambda path, mode: False)  # a read-only file system
+    assert G.main(["--quick", "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    assert "not writable" in capsys.readouterr().err and worked == []
+
+
+# --- the quick check ------------------------------------------------------------------------------
+
+
+def test_quick_dry_run_plans_its_steps_inside_the_budget(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert G.main(["--quick", "--dry-run", "--out", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    steps = plan["steps"]
+    assert plan["budget_s"] == G.QUICK_BUDGET == 480 and plan["quick"]
+    assert [s["name"] for s in steps][:2] == ["quick-environment", "quick-correctness"]
+    assert all(s["check"]["problems"] == [] for s in steps), [s["check"] for s in steps if s["check"]["problems"]]
+    assert not any(s["kind"] == "pytest" or s["env"].get("TRITON_INTERPRET") for s in steps)  # nothing for a CPU
+    headline = [s for s in steps if s["name"].startswith(("quick-environment", "quick-correctness", "quick-model-"))]
+    assert len(headline) == 5 and all(s["within_budget"] for s in headline)
+    assert sum(s["estimate"] for s in steps if s["within_budget"]) <= 480
+    assert all(s["timeout"] <= 480 for s in steps)
+    families = {s["argv"][s["argv"].index("--family") + 1] for s in steps if s["kind"] == "bench"}
+    assert families >= {"retinaface_model", "arcface_model", "conv_bn", "conv_dw", "depthwise", "squeeze_excite"}
+    for s in steps:
+        if s["kind"] == "bench":
+            assert "--cuda-graphs" in s["argv"] and s["argv"][s["argv"].index("--compile-mode") + 1] in (
+                "default", "max-autotune")
+            assert (s["env"].get("FACEFUSE_AUTOTUNE") == "0") == s["name"].endswith("-plan")
+    text = capsys.readouterr().out
+    assert "quick-tuned-mobile0.25-b1" in text and "not run" in text  # max-autotune does not fit 480 s
+    # a budget too small for the environment and correctness steps is a plan problem
+    assert G.main(["--quick", "--dry-run", "--out", str(tmp_path / "small"), "--budget", "60"]) == 1
+    assert "more than --budget" in (tmp_path / "small" / "summary.md").read_text()
+
+
+def test_a_quick_run_without_cuda_writes_the_environment_and_marks_every_target_not_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert G.main(["--quick", "--out", str(out), "--bundle", str(tmp_path / "b.tar.gz")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    states = {s["name"]: s["status"] for s in summary["steps"]}
+    assert states["quick-environment"] == "passed" and summary["environment"]["torch"]
+    assert {v for k, v in states.items() if k != "quick-environment"} == {"skipped"}
+    assert {t["status"] for t in summary["targets"]} == {"not run"} and len(summary["targets"]) == len(G.TARGETS)
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith((out / "summary.md").read_text().rstrip())  # the summary prints last
+    with tarfile.open(tmp_path / "b.tar.gz") as tar:
+        assert "run/environment.json" in tar.getnames()
+
+
+def test_the_correctness_step_marks_what_its_budget_leaves_not_run(monkeypatch):
+    import time
+
+    import torch
+
+    from tools.gpu_check import quick
+
+    found = []
+    quick.model_runs("cpu", time.monotonic() - 1, print, found.append)
+    assert found and {f["status"] for f in found} == {"not run"} and len(found) == 4 * 4 * 2
+    found.clear()
+    monkeypatch.setattr(quick, "MODES", {"fp32": ("float32", False, "float32")})
+    from fused.measure import benchmark
+
+    monkeypatch.setattr(benchmark, "families", lambda: ["squeeze_excite"])
+    quick.family_case_runs(torch.device("cpu"), time.monotonic() + 600, print, found.append)  # the interpreter here
+    assert len(found) == 2 * quick.SHAPES_PER_FAMILY and {f["status"] for f in found} == {"passed"}, found
+    assert all(f["kernels"] for f in found)
+
+
+def test_targets_are_given_per_way_of_measuring():
+    rows = G.bench_rows([
+        ("bench/quick-family-conv_dw-b1-16-plan/bench.json", {**payload([row("conv_dw", "conv_dw [retinaface]", 1, 4.0, 3.5, 1.2)]),
+                                                              "settings": {"model": "all", "dtype": "float16", "cuda_graphs": True,
+                                                                           "compile_mode": "default"}}),
+        ("bench/bench-conv_dw/bench.json", payload([row("conv_dw", "conv_dw [retinaface]", 1, 4.0, 3.5, 1.6)])),
+    ])
+    found = [t for t in G.evaluate_targets(rows) if t["key"] == "conv_dw-compile"]
+    assert [(t["variant"], t["status"]) for t in found] == [("compile default, fused plan configs", "missed"),
+                                                            ("compile max-autotune, fused autotuned", "met")]
 
 
 # --- reading results ------------------------------------------------------------------------------
@@ -241,7 +352,7 @@ def target(results, key):
     return next(t for t in results if t["key"] == key)
 
 
-def test_targets_met_missed_and_not_measured():
+def test_targets_met_missed_and_not_run():
     rows = G.bench_rows([("b.json", payload([
         row("conv_bn", "conv_bn 8->8 k3 s1 1x8x16x16 [retinaface]", 1, 2.5, 1.9, 1.2),
         row("conv_bn", "conv_bn 8->8 k3 s1 16x8x16x16 [retinaface-resnet50]", 16, 2.0, 3.0, 1.1),
@@ -262,7 +373,7 @@ def test_targets_met_missed_and_not_measured():
     assert target(results, "conv_dw-eager")["status"] == "met"
     whole = target(results, "retinaface-compile")  # mobile0.25 at batch 1 only
     assert whole["status"] == "met" and whole["rows"] == 1 and whole["worst"] == pytest.approx(1.4)
-    assert target(results, "squeeze_excite-eager")["status"] == "not measured"
+    assert target(results, "squeeze_excite-eager")["status"] == "not run"
     depthwise = target(results, "depthwise-eager")  # the depthwise family: the kernel alone
     assert depthwise["status"] == "missed" and depthwise["worst"] == pytest.approx(1.8)
     unmeasurable = G.Target("x", "x >= 2x eager", None, "eager", 2.0, unmeasured="no family times x")

@@ -278,6 +278,19 @@ def test_baseline_comparison_fails_on_a_new_spill_or_a_lost_tensor_core():
     assert report.compare_with_baseline([_row("a", mma_wait="overlapped")], pipelined) == []
 
 
+def test_a_wait_under_another_compiler_is_a_note_naming_both_compilers():
+    recorded = report.baseline([_row("a", mma_wait="overlapped")], {}, "sm_90a",
+                               {"triton": "3.9.0", "ptxas": "13.4.59", "python": "3.11"})
+    assert recorded["versions"] == {"triton": "3.9.0", "ptxas": "13.4.59"}  # every figure's compiler
+    waits, notes = [_row("a", mma_wait="waits")], []
+    same = report.compare_with_baseline(waits, recorded, {"triton": "3.9.0", "ptxas": "13.4.59"}, notes)
+    assert "waits after each MMA" in same[0] and notes == []
+    assert report.compare_with_baseline(waits, recorded, {"triton": "3.6.0", "ptxas": "12.8.93"}, notes) == []
+    assert "ptxas 12.8.93 here, the baseline's Triton 3.9.0 / ptxas 13.4.59" in notes[0]
+    spill = report.compare_with_baseline([_row("a", spill_bytes=8)], recorded, {"triton": "3.6.0", "ptxas": "12.8.93"})
+    assert "spills 8" in spill[0]  # a spill counts on every compiler
+
+
 def test_summary_shares():
     rows = [_row("a", dot_flops=60, flop_share=0.6, spill_bytes=8, flops_below_sms=60, loads="scalar",
                  mma_wait="waits", autotune_configs=4, launches=2),

@@ -170,11 +170,6 @@ def parse_resource_usage(text: str) -> dict:
     return out
 
 
-def ptxas_version(log: str) -> str | None:
-    m = re.search(r"ptxas info\s*: .*?(\d+\.\d+)", log)
-    return m.group(1) if m else None
-
-
 def analyse(products: dict, resource_usage: str) -> dict:
     """Everything :mod:`fused.measure.inspect` reports about one compiled variant, as JSON."""
     instructions = parse_sass(products["sass"])

@@ -123,7 +123,14 @@ def run(args, parser) -> int:
         BASELINE_PATH.write_text(json.dumps(found.baseline(), indent=1, sort_keys=True) + "\n")
         print(f"\nwrote the baseline {os.path.relpath(BASELINE_PATH)}")
     if args.check_baseline:
-        problems = compare_with_baseline(found.rows, json.loads(BASELINE_PATH.read_text()))
-        print("\n" + ("\n".join(problems) if problems else "no regression against the baseline"))
+        recorded, notes = json.loads(BASELINE_PATH.read_text()), []
+        problems = compare_with_baseline(found.rows, recorded, found.versions, notes)
+        made_with = recorded.get("versions") or {}
+        print(f"\nthe baseline was made with Triton {made_with.get('triton')} and ptxas {made_with.get('ptxas')}; "
+              f"this run: Triton {found.versions.get('triton')} and ptxas {found.versions.get('ptxas')}")
+        if notes:
+            print(f"{len(notes)} differences of ptxas's scheduling (waits compare under the baseline's compiler only):\n"
+                  + "\n".join(notes))
+        print("\n".join(problems) if problems else "no regression against the baseline")
         return 1 if problems else 0
     return 0

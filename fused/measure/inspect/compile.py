@@ -133,19 +133,50 @@ def tool_version(path: str) -> str:
 def source_args(kernel, spec: dict):
     """``(signature, constexprs, attrs)`` for ``ASTSource`` from a :func:`~.specialize.specialise`
     result, in the form ``JITFunction.run`` builds them (Triton 3.3 and later): constants and
-    attributes keyed by ``(parameter index,)``; every parameter but floats and bools gets an
-    attribute list, empty unless divisible by 16 (the lists enter the kernel's hash)."""
-    from triton.backends.compiler import BaseBackend
-
+    attributes keyed by ``(parameter index,)``. The attribute lists enter the kernel's hash, and
+    which parameters get one differs by release (Triton 3.9 gives every constexpr an empty list,
+    3.6 none unless its value is a string), so they come from the installed Triton's own
+    ``JITFunction._pack_args`` (:func:`jit_attrs`)."""
     names = list(spec["signature"])
     index = {n: (i,) for i, n in enumerate(names)}
     constexprs = {index[n]: v for n, v in spec["constexprs"].items()}
-    parse = getattr(BaseBackend, "parse_attr", None)
-    divisible = parse("D") if parse is not None else [["tt.divisibility", 16]]
-    plain = parse("") if parse is not None else []
-    attrs = {index[n]: (divisible if n in spec["divisible"] else plain)
-             for n, t in spec["signature"].items() if t not in ("fp32", "i1")}
-    return dict(spec["signature"]), constexprs, attrs
+    return dict(spec["signature"]), constexprs, jit_attrs(spec)
+
+
+def jit_specialization(spec: dict) -> list[tuple]:
+    """The ``(type, attribute)`` pairs ``JITFunction.run`` derives for each parameter, from a
+    :func:`~.specialize.specialise` result (what Triton's ``specialize_impl`` returns)."""
+    found = []
+    for name, kind in spec["signature"].items():
+        if kind == "constexpr":
+            found.append(("constexpr", spec["constexprs"][name]))
+        elif kind.startswith("*") or kind in ("i32", "i64", "u64"):
+            found.append((kind, "D" if name in spec["divisible"] else ""))
+        else:  # fp32, i1: never specialised
+            found.append((kind, None))
+    return found
+
+
+def jit_attrs(spec: dict) -> dict:
+    """``attrs`` as the installed Triton's ``JITFunction._pack_args`` builds them for ``spec``;
+    where that method is missing or changed, the Triton 3.9 rule (every parameter but floats and
+    bools gets a list, empty unless divisible by 16)."""
+    import types
+
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import JITFunction
+
+    names = list(spec["signature"])
+    backend = types.SimpleNamespace(parse_options=lambda kwargs: types.SimpleNamespace(),
+                                    parse_attr=BaseBackend.parse_attr)
+    owner = types.SimpleNamespace(params=[types.SimpleNamespace(name=n) for n in names])
+    bound = {n: spec["constexprs"].get(n) for n in names}
+    try:
+        return JITFunction._pack_args(owner, backend, {}, bound, jit_specialization(spec), None)[3]
+    except (AttributeError, TypeError, ValueError, KeyError):
+        divisible, plain = BaseBackend.parse_attr("D"), BaseBackend.parse_attr("")
+        return {(i,): (divisible if n in spec["divisible"] else plain)
+                for i, (n, t) in enumerate(spec["signature"].items()) if t not in ("fp32", "i1")}
 
 
 def variant_key(variant: dict, target: str) -> str:

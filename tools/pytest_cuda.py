@@ -1,4 +1,4 @@
-"""pytest plugin: keep only the tests that run on CUDA tensors (``-p fused.measure.pytest_cuda``).
+"""pytest plugin: keep only the tests that run on CUDA tensors (``-p tools.pytest_cuda``).
 
 A test runs its kernels on CUDA when it takes the ``device`` fixture (``tests/conftest.py``: CUDA
 when available) or carries the ``gpu`` marker. Every other test builds CPU tensors for Triton's
@@ -24,4 +24,4 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
-    return "fused.measure.pytest_cuda: only tests that take the `device` fixture or carry the `gpu` marker"
+    return "tools.pytest_cuda: only tests that take the `device` fixture or carry the `gpu` marker"

@@ -82,6 +82,18 @@ def read_step_output(step: Step, out: Path, state: dict) -> dict:
     ``problem`` when a step that exited 0 still did not do its job."""
     out = Path(out)
     try:
+        if step.kind == "environment":
+            path = out / step.out
+            if not path.exists():
+                return {"problem": "no environment.json was written"}
+            return {"environment": json.loads(path.read_text())}
+        if step.kind == "correctness":
+            path = out / step.out
+            if not path.exists():
+                return {"problem": "no correctness.json was written"}
+            from .quick import read_correctness
+
+            return read_correctness(path)
         if step.kind == "pytest":
             path = out / step.out
             if path.exists():
@@ -182,7 +194,8 @@ def summarize(out: Path, steps: list[Step], machine: Machine, *, dry_run: bool =
         if checks is not None:
             state["check"] = checks.get(step.name)
         states.append(state)
-    stages = {s: stage_status([x for x in states if x["stage"] == s]) for s in STAGES if any(x["stage"] == s for x in states)}
+    order = [*STAGES, *dict.fromkeys(x["stage"] for x in states if x["stage"] not in STAGES)]
+    stages = {s: stage_status([x for x in states if x["stage"] == s]) for s in order if any(x["stage"] == s for x in states)}
     if dry_run:
         stages = {s: ("plan problems" if any((x.get("check") or {}).get("problems") for x in states if x["stage"] == s)
                       else "planned") for s in stages}
@@ -196,10 +209,19 @@ def summarize(out: Path, steps: list[Step], machine: Machine, *, dry_run: bool =
         "steps": states,
         "targets": evaluate_targets(rows),
         "profiles": profile_models(out),
+        "environment": _read_json(out / "environment.json"),
+        "correctness": _read_json(out / "correctness.json"),
         "target_mapping": {t.key: ({"family": t.family, "baseline": t.baseline, "models": t.models, "batches": t.batches,
                                     "memory_bound_only": t.memory_bound} if t.family else {"unmeasured": t.unmeasured})
                            for t in TARGETS},
     }
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt(v, spec=".2f") -> str:
@@ -211,6 +233,12 @@ def summary_markdown(summary: dict) -> str:
     lines = [f"# facefuse gpu-check{' (dry run: planned and checked, nothing timed)' if summary['dry_run'] else ''}", "",
              f"Written {summary['written']} on {m.get('gpu') or 'no CUDA GPU'}: Python {m['python']}, torch {m['torch']}, "
              f"Triton {m['triton']}; compute-sanitizer: {m['tools'].get('compute-sanitizer') or 'not found'}.", ""]
+    env = summary.get("environment")
+    if env:
+        smi = env.get("nvidia_smi") or {}
+        lines += [f"GPU {env.get('gpu')} (capability {env.get('capability')}), driver {env.get('driver')}, CUDA "
+                  f"{env.get('cuda')}, ptxas {env.get('ptxas_version')}, numpy {env.get('numpy')}; clocks SM "
+                  f"{smi.get('clocks.sm')} of {smi.get('clocks.max.sm')}, memory {smi.get('clocks.mem')}.", ""]
     missing = [k for k, v in m["modules"].items() if not v]
     if missing:
         lines += [f"Missing Python packages here: {', '.join(missing)}.", ""]
@@ -235,15 +263,23 @@ def summary_markdown(summary: dict) -> str:
         if check:
             detail = "; ".join(["PROBLEM: " + p for p in check["problems"]] + check["info"])
         lines.append(f"| {s['name']} | {s.get('status')} | {_fmt(s.get('duration_s'), '.0f')} | {detail.replace('|', '/')} |")
+    corr = summary.get("correctness")
+    if corr:
+        failing = [f"{c['what']}: {c.get('error', '')}" for c in corr.get("cases", []) if c.get("status") == "failed"]
+        lines += ["", "## Correctness on CUDA (poisoned outputs, against float64)", "",
+                  f"{corr.get('counts')} in {corr.get('elapsed_s')} s"
+                  + ("" if corr.get("finished") else " (the step did not finish: these are the cases before the cut)") + "."]
+        lines += [f"- FAILED {f[:240]}" for f in failing[:20]]
     lines += ["", "## Targets", "",
               "Ratios are fused time against the baseline (higher is better); \"eager\" is the faster of eager NCHW and "
               "eager channels_last; every row must reach the target (worst), and a row that failed correctness "
               "misses it.", "",
-              "| target | status | worst | geomean | rows met | worst case | notes |", "|---|---|---|---|---|---|---|"]
+              "| target | status | worst | geomean | rows met | worst case | measured with | notes |",
+              "|---|---|---|---|---|---|---|---|"]
     for t in summary["targets"]:
         lines.append(f"| {t['target']} | {t['status']} | {_fmt(t['worst'])} | {_fmt(t['geomean'])} | "
                      f"{t['rows_met']}/{t['rows']} | {(t['worst_case'] or '').replace('|', '/')} | "
-                     f"{'; '.join(t['notes']).replace('|', '/')} |")
+                     f"{t.get('variant') or ''} | {'; '.join(t['notes']).replace('|', '/')} |")
     if summary.get("profiles"):
         lines += ["", "## Whole models (facefuse profile, the `(model)` row)", "",
                   "| step | eager ms | torch.compile ms | fused ms | x eager | x compile | within tolerance |",

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("tests", "sanitizer", "bench", "profile", "readme")
 #: The longest any step may run (the GPU machine allows 10-minute calls).
 MAX_STEP_SECONDS = 470
@@ -157,7 +157,7 @@ def bench_plan() -> list[tuple[str, str | None, tuple[int, ...], int]]:
     the benchmark's order: both RetinaFace variants (``--model all``) where the family takes
     its shapes from ``"retinaface"``, batches 1 and 16 as ``facefuse bench`` on a GPU (1 and 64
     for an ArcFace-only family, as the ArcFace steps above)."""
-    from .. import benchmark
+    from fused.measure import benchmark
 
     planned = {family for family, *_ in BENCH_PLAN}
     defaults = []
@@ -222,7 +222,7 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
         cuda_env = {"FACEFUSE_HYPOTHESIS": o.hypothesis, "TRITON_INTERPRET": None}
         steps.append(Step(
             "tests-cuda", "tests", "pytest",
-            [py, "-m", "pytest", "-p", "fused.measure.pytest_cuda", "tests", "-m", "not lesson",
+            [py, "-m", "pytest", "-p", "tools.pytest_cuda", "tests", "-m", "not lesson",
              "--ignore", "tests/fused/test_gpu_matrix.py", *common, *workers, "--junitxml", str(out / "tests" / "cuda.xml")],
             timeout=MAX_STEP_SECONDS, estimate=240, env=cuda_env, modules=TEST_MODULES, out="tests/cuda.xml",
             notes=notes + ["the tests that take the `device` fixture or carry the `gpu` marker, on CUDA tensors: "
@@ -264,7 +264,7 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
             steps.append(Step(
                 f"sanitizer-{name}", "sanitizer", "sanitizer",
                 [tool, "--tool", name, "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "100",
-                 py, "-m", "fused.measure.sanitize_run", "--out", str(out / "sanitizer" / f"{name}.json")],
+                 py, "-m", "tools.sanitize_run", "--out", str(out / "sanitizer" / f"{name}.json")],
                 timeout=MAX_STEP_SECONDS, estimate=180,
                 env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "TRITON_INTERPRET": None},
                 tools=("compute-sanitizer",), out=f"sanitizer/{name}.json", notes=[why]))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,33 +12,49 @@ from .execute import step_env
 from .steps import ROOT, Machine, Step
 
 
-#: ``() -> argparse.ArgumentParser``: the parser of ``python -m fused``. The command line sets it
-#: when it runs gpu-check (this package does not import the command line); when unset, each
-#: command is parsed in a fresh ``python`` process instead.
-CLI_PARSER = None
+#: Run in a fresh interpreter: parse each argv (JSON lists on stdin) with the command line's real
+#: parser, found through the ``facefuse`` entry point in pyproject.toml; print a JSON list of
+#: usage errors (None where an argv parses).
+_PARSE_PROGRAM = r"""
+import contextlib, importlib, io, json, re, sys
+text = open(sys.argv[1]).read()
+module = re.search(r'^facefuse\s*=\s*"([\w.]+):\w+"', text, re.M).group(1)
+parser = importlib.import_module(module).build_parser()
+found = []
+for argv in json.load(sys.stdin):
+    err = io.StringIO()
+    problem = None
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            lines = err.getvalue().strip().splitlines()
+            problem = lines[-1] if lines else f"exit {exc.code}"
+    found.append(problem)
+print(json.dumps(found))
+"""
 
-_PARSE_ONLY = ("import sys\nargv, sys.argv = sys.argv[1:], ['facefuse']  # parse as the facefuse script does: no torch\n"
-               "from fused.cli import build_parser\nbuild_parser(argv).parse_args(argv)\n")
+
+def parse_cli_many(argvs: list[list[str]]) -> list[str | None]:
+    """Parse each argv (after ``python -m fused``) with the command line's real parser, in one
+    subprocess (the harness never imports the command-line module, which delegates to it); the
+    usage error of each, or None."""
+    if not argvs:
+        return []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _PARSE_PROGRAM, str(ROOT / "pyproject.toml")], input=json.dumps(argvs),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [f"the command line's parser could not be loaded: {tail}"] * len(argvs)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def parse_cli(argv: list[str]) -> str | None:
     """Parse ``argv`` (after ``python -m fused``) with the real parser; the usage error, or None."""
-    if CLI_PARSER is None:
-        proc = subprocess.run([sys.executable, "-c", _PARSE_ONLY, *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)
-        code, text = proc.returncode, proc.stderr
-    else:
-        err = io.StringIO()
-        code = 0
-        try:
-            with contextlib.redirect_stderr(err):
-                CLI_PARSER().parse_args(argv)
-        except SystemExit as exc:
-            code = exc.code
-        text = err.getvalue()
-    if code not in (0, None):
-        return text.strip().splitlines()[-1] if text.strip() else f"exit {code}"
-    return None
+    return parse_cli_many([argv])[0]
 
 
 def bench_families() -> list[str]:
@@ -70,12 +86,16 @@ def collect_tests(step: Step, out: Path) -> tuple[str | None, str]:
     return None, last
 
 
-def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool = True) -> dict[str, dict]:
+def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool = True,
+               whole_benchmark: bool = True) -> dict[str, dict]:
     """Check every step's command without running it: CLI commands parse with the real parser,
     pytest selections collect, every benchmark family can run under the sanitizer
-    (``sanitize_run --check``), the bench steps cover exactly the benchmark's families; and say
-    what this machine lacks. Returns step → check."""
+    (``sanitize_run --check``), the bench steps cover exactly the benchmark's families (with
+    ``whole_benchmark``; the quick plan times only the targets' families); and say what this
+    machine lacks. Returns step → check."""
     checks: dict[str, dict] = {}
+    cli_steps = [s for s in steps if s.kind in ("bench", "profile", "readme")]
+    cli_problems = dict(zip([s.name for s in cli_steps], parse_cli_many([s.argv[3:] for s in cli_steps])))
     sanitizer_check = None
     families = None
     for step in steps:
@@ -89,7 +109,7 @@ def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool 
         if step.cuda and not machine.cuda:
             info.append("needs CUDA (none here)")
         if step.kind in ("bench", "profile", "readme"):
-            problem = parse_cli(step.argv[3:])
+            problem = cli_problems[step.name]
             if problem:
                 problems.append(f"the CLI rejects the command: {problem}")
         elif step.kind == "pytest" and collect:
@@ -100,7 +120,7 @@ def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool 
                 info.append(f"collects: {collected}")
         elif step.kind == "sanitizer":
             if sanitizer_check is None:
-                proc = subprocess.run([sys.executable, "-m", "fused.measure.sanitize_run", "--check"], cwd=ROOT,
+                proc = subprocess.run([sys.executable, "-m", "tools.sanitize_run", "--check"], cwd=ROOT,
                                       env=step_env(step, out), capture_output=True, text=True, timeout=300)
                 sanitizer_check = (proc.returncode, (proc.stdout + proc.stderr).strip())
             if sanitizer_check[0] != 0:
@@ -109,11 +129,11 @@ def check_plan(steps: list[Step], out: Path, machine: Machine, *, collect: bool 
                 info.append("sanitize_run --check: every benchmark family can run here")
         checks[step.name] = {"problems": problems, "info": info}
     bench_steps = [s for s in steps if s.kind == "bench"]
-    if bench_steps:
+    if bench_steps and whole_benchmark:
         families = set(bench_families())
         planned = {s.argv[s.argv.index("--family") + 1] for s in bench_steps}
         if planned != families:
             problem = (f"the bench steps cover {sorted(planned)}, the benchmark has {sorted(families)} "
-                       "(a plan from gpu_check.plan covers every family: see bench_plan in fused/measure/gpu_check/steps.py)")
+                       "(a plan from gpu_check.plan covers every family: see bench_plan in tools/gpu_check/steps.py)")
             checks[bench_steps[0].name]["problems"].append(problem)
     return checks

@@ -1,7 +1,7 @@
 """Every kernel family once, on small CUDA inputs: the program ``compute-sanitizer`` watches.
 
-    compute-sanitizer --tool memcheck python -m fused.measure.sanitize_run --out memcheck.json
-    python -m fused.measure.sanitize_run --check     # every family has its fused modules here (no GPU)
+    compute-sanitizer --tool memcheck python -m tools.sanitize_run --out memcheck.json
+    python -m tools.sanitize_run --check     # every family has its fused modules here (no GPU)
 
 For each family of ``facefuse bench`` it builds the benchmark's cases
 (:func:`fused.measure.benchmark.family_cases`) at a small size (RetinaFace 64x64, both backbones;
@@ -35,7 +35,7 @@ BATCH = 2
 
 def benchmark_module():
     """The benchmark module (imported when needed: ``--check`` must not need CUDA)."""
-    from . import benchmark
+    from fused.measure import benchmark
 
     return benchmark
 
@@ -92,7 +92,7 @@ def run_family(family: str, *, dtype, device="cuda", say=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fused.measure.sanitize_run",
+    parser = argparse.ArgumentParser(prog="python -m tools.sanitize_run",
                                      description="Run every kernel family once on small CUDA inputs (for compute-sanitizer).")
     families = racecheck_reasons()
     parser.add_argument("--families", nargs="+", default=None, choices=list(families), help="default: all")

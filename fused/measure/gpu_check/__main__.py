@@ -1,7 +1,0 @@
-"""``python -m fused.measure.gpu_check``: the same as ``facefuse gpu-check``."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
