@@ -184,8 +184,10 @@ def add_detect(sub) -> argparse.ArgumentParser:
 
 
 def run_detect(args) -> int:
-    from .apps import detect
+    from .apps import detect, ray_pipeline
 
+    if (code := ray_pipeline.dispatch(args, "detect")) is not None:  # --engine ray
+        return code
     return detect.run_detect(args)
 
 
@@ -196,8 +198,10 @@ def add_embed(sub) -> argparse.ArgumentParser:
 
 
 def run_embed(args) -> int:
-    from .apps import embed
+    from .apps import embed, ray_pipeline
 
+    if (code := ray_pipeline.dispatch(args, "embed")) is not None:  # --engine ray
+        return code
     return embed.run_embed(args)
 
 

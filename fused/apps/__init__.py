@@ -13,6 +13,14 @@ The Ray pipeline's Python API is here too: :func:`ray_detect` (a ``ray.data.Data
 their :class:`Settings`. Ray itself is imported only when they run (``pip install "facefuse[ray]"``).
 """
 
-from .ray_pipeline import Settings, ray_detect, run_corpus, write
-
 __all__ = ["Settings", "ray_detect", "run_corpus", "write"]
+
+
+def __getattr__(name: str):
+    """The Ray pipeline's names load on first use (PEP 562): the command line imports
+    ``fused.apps.options`` to parse its arguments, and that must not load torch."""
+    if name not in __all__:
+        raise AttributeError(f"module 'fused.apps' has no attribute {name!r}")
+    from . import ray_pipeline
+
+    return getattr(ray_pipeline, name)

@@ -14,12 +14,10 @@ from __future__ import annotations
 import sys
 import time
 
-from . import outputs, ray_pipeline, run
+from . import outputs, run
 
 
 def run_detect(args) -> int:
-    if (code := ray_pipeline.dispatch(args, "detect")) is not None:  # --engine ray
-        return code
     begun = run.start(args, "detect")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)

@@ -26,7 +26,7 @@ import torch
 import fused
 import reference
 
-from . import outputs, ray_pipeline, run
+from . import outputs, run
 
 #: Faces compared at once when finding neighbours: memory grows with this times the face count.
 CHUNK = 1024
@@ -88,8 +88,6 @@ def _earlier_faces(out: Path, records) -> tuple[list[str], list[np.ndarray], lis
 
 
 def run_embed(args) -> int:
-    if (code := ray_pipeline.dispatch(args, "embed")) is not None:  # --engine ray
-        return code
     begun = run.start(args, "embed")
     device, use_fused, compare, out, items, progress = (begun.device, begun.use_fused, begun.compare, begun.out,
                                                         begun.items, begun.progress)

@@ -1,4 +1,5 @@
-"""Charts of profiles and benchmarks: the only module of facefuse that imports matplotlib.
+"""Charts of profiles and benchmarks. With :mod:`fused.teaching_plots` (the lessons' pictures),
+the only modules of facefuse that import matplotlib.
 
 Figures are built with ``matplotlib.figure.Figure``, never ``pyplot``, so the caller's backend
 (a notebook's, say) is left alone. :class:`fused.measure.rows.Profile` and
