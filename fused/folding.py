@@ -51,8 +51,8 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     extra rounding. Raises ValueError for a BN in training mode or without running statistics
     (its output then depends on the batch, so there is nothing to fold), and
     :class:`UnfoldableBatchNorm` where ``running_var + eps == 0`` (see :func:`unfoldable_reason`;
-    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, where values cannot
-    be read).
+    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, or for ``meta``
+    tensors, where values cannot be read).
     """
     if bn.training:
         raise ValueError("cannot fold a BatchNorm in training mode: its statistics must update; call model.eval()")
@@ -61,7 +61,7 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     if weight.shape[0] != bn.num_features:
         raise ValueError(f"conv has {weight.shape[0]} output channels but BatchNorm has {bn.num_features} features")
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # no reads in a CUDA graph capture
-    if not runtime.tracing() and not capturing:
+    if not runtime.tracing() and not capturing and not bn.running_var.is_meta:  # meta (inspect's dry run): no values
         reason = unfoldable_reason(bn)
         if reason is not None:
             raise UnfoldableBatchNorm(reason)
@@ -81,3 +81,25 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     ones = torch.ones(bn.num_features, device=bn.running_var.device).reshape(-1, 1)
     scale, shift = fold_batchnorm(ones, None, bn)
     return scale.reshape(-1), shift
+
+
+def fold_input_affine(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-channel affine ``x * scale + shift`` applied *before* a zero-padded conv, folded.
+
+    The padding is zeros after the affine, so the shift must not reach padded pixels and cannot
+    go into a plain bias. By linearity::
+
+        conv(pad(x * scale + shift), w) = conv(pad(x), w * scale[c]) + sum over taps (r, s) whose
+                                          input pixel is real of tap_bias[r*R + s]
+
+    with ``tap_bias[r*R + s, k] = sum_c shift[c] * w[k, c, r, s]``. Returns the float32 folded
+    weight ``[K, C, R, R]`` and the float32 ``tap_bias`` ``[R*R, K]`` that
+    :func:`fused.kernels.conv2d.conv2d_bias_act` adds for the real taps, both computed in float64.
+    The kernel then loads its input tile as is (no affine in the main loop). NaN or Inf in
+    ``scale``/``shift`` propagate as in the unfolded form (``Inf * w`` per real tap).
+    """
+    w64 = weight.detach().double()
+    K, C, R, S = w64.shape
+    folded = w64 * scale.detach().double().reshape(1, C, 1, 1)
+    tap_bias = torch.einsum("kcrs,c->rsk", w64, shift.detach().double()).reshape(R * S, K)
+    return folded.float(), tap_bias.float().contiguous()

@@ -121,8 +121,8 @@ def test_zero_variance_after_fuse_falls_back_with_the_reason():
 
 
 def test_zero_variance_in_an_input_affine_batchnorm_falls_back():
-    """IRBlock's bn0 is applied as ``x * scale + shift`` while conv1 loads: with an infinite scale
-    that would give NaN (inf - inf) where the reference gives ±Inf."""
+    """IRBlock's bn0 folds into conv1 (its scale into the weights, its shift into the per-tap
+    bias): with an infinite scale that would give NaN (inf - inf) where the reference gives ±Inf."""
     block = R.randomize_batchnorm(R.IRBlock(4, 4, use_se=False).eval(), seed=4)
     x = torch.randn(1, 4, 6, 6)
     block = fused.fuse(block)
