@@ -83,23 +83,29 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.reshape(-1), shift
 
 
-def fold_input_affine(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_input_affine(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      padding: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A per-channel affine ``x * scale + shift`` applied *before* a zero-padded conv, folded.
 
     The padding is zeros after the affine, so the shift must not reach padded pixels and cannot
     go into a plain bias. By linearity::
 
-        conv(pad(x * scale + shift), w) = conv(pad(x), w * scale[c]) + sum over taps (r, s) whose
-                                          input pixel is real of tap_bias[r*R + s]
+        conv(pad(x * scale + shift), w) = conv(pad(x), w * scale[c]) + sum over the taps (r, s)
+                                          that read a real pixel of tap[r, s]
 
-    with ``tap_bias[r*R + s, k] = sum_c shift[c] * w[k, c, r, s]``. Returns the float32 folded
-    weight ``[K, C, R, R]`` and the float32 ``tap_bias`` ``[R*R, K]`` that
-    :func:`fused.kernels.conv2d.conv2d_bias_act` adds for the real taps, both computed in float64.
-    The kernel then loads its input tile as is (no affine in the main loop). NaN or Inf in
-    ``scale``/``shift`` propagate as in the unfolded form (``Inf * w`` per real tap).
+    with ``tap[r, s, k] = sum_c shift[c] * w[k, c, r, s]``. Which taps read a real pixel depends
+    only on how many fall off each side of the image: ``a, b, c, d`` in ``0..padding`` (top,
+    bottom, left, right). So the second term is a table ``border_bias[((a*P + b)*P + c)*P + d, k]``
+    (``P = padding + 1``) of the sums of ``tap[a:R-b, c:R-d, k]``, which
+    :func:`fused.kernels.conv2d.conv2d_bias_act` adds per output pixel, and the conv's main loop
+    loads its input as is. Returns the float32 folded weight ``[K, C, R, R]`` and the float32
+    ``border_bias`` ``[P**4, K]``, both computed in float64. NaN or Inf in ``scale``/``shift``
+    propagate as in the unfolded form (each real tap's ``Inf * w`` enters its sum).
     """
     w64 = weight.detach().double()
     K, C, R, S = w64.shape
     folded = w64 * scale.detach().double().reshape(1, C, 1, 1)
-    tap_bias = torch.einsum("kcrs,c->rsk", w64, shift.detach().double()).reshape(R * S, K)
-    return folded.float(), tap_bias.float().contiguous()
+    tap = torch.einsum("kcrs,c->rsk", w64, shift.detach().double())
+    P = padding + 1
+    rows = [tap[a:R - b, c:S - d].sum((0, 1)) for a in range(P) for b in range(P) for c in range(P) for d in range(P)]
+    return folded.float(), torch.stack(rows).float().contiguous()

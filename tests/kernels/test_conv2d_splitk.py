@@ -82,10 +82,10 @@ def test_split_conv_epilogue_residual_and_input_affine(g, split_k, dtype, fmt, r
     kwargs = dict(stride=g["stride"], padding=g["padding"], activation=activation, slope=slope, residual=residual,
                   residual_scale=torch.rand(g["N"], g["K"], generator=gen) if scaled else None)
     launch = dict(kwargs, weight=weight)
-    if affine:  # the input affine folded: scale in the weights, shift as the per-tap bias (split 0 adds it)
+    if affine:  # the input affine folded: scale in the weights, shift as the border bias (split 0 adds its border bias)
         kwargs.update(input_scale=torch.rand(g["C"], generator=gen) + 0.5,
                       input_shift=torch.randn(g["C"], generator=gen) + 3.0)
-        launch.update(folded_affine(weight, kwargs["input_scale"], kwargs["input_shift"]))
+        launch.update(folded_affine(weight, kwargs["input_scale"], kwargs["input_shift"], g["padding"]))
     y = conv2d_bias_act(x.to(device), bias=bias.to(device), **{
         k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in launch.items()})
     check(y.cpu(), reference(x, weight, bias, **kwargs), x, g)

@@ -40,8 +40,8 @@ def cases():
                                               "ieee", None)
     yield "conv2d channels_last prelu residual", F.conv2d_bias_act, (
         x_cl, w3, b, 2, 1, "prelu", 0.0, slopes, r(2, 16, 4, 5, fmt=CL), torch.rand(2, 16), None, "ieee", None)
-    yield "conv2d tap bias relu_from no bias", F.conv2d_bias_act, (
-        x, w3, None, 1, 1, "leaky_relu", 0.2, None, None, None, r(9, 16), "ieee", 4)
+    yield "conv2d border bias relu_from no bias", F.conv2d_bias_act, (
+        x, w3, None, 1, 1, "leaky_relu", 0.2, None, None, None, r(16, 16), "ieee", 4)
     yield "conv2d bfloat16", F.conv2d_bias_act, (x.bfloat16(), w3.bfloat16(), b, 1, 1, "relu", 0.0, None, None, None,
                                                  None, "ieee", None)
     yield "conv2d out slice", F.conv2d_bias_act_out, (x, w3, b, 1, 1, "relu", 0.0, None, None, None, None,
