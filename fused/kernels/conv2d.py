@@ -144,10 +144,11 @@ def conv2d_bias_act_kernel(
         P1 = padding + 1
         cls = tl.maximum(-ih0, 0) * P1 + tl.maximum(ih0 + R - H, 0)
         cls = (cls * P1 + tl.maximum(-iw0, 0)) * P1 + tl.maximum(iw0 + R - W, 0)
-        bias_ok = row_ok[:, None] & col_ok[None, :]
+        bias_rows = row_ok
         if SPLIT_K > 1:  # one split adds it; the reduce sums the splits
-            bias_ok = bias_ok & (tl.program_id(2) == 0)
-        acc += tl.load(border_bias_ptr + cls[:, None] * K + cols[None, :], mask=bias_ok, other=0.0)
+            bias_rows = rows < tl.where(tl.program_id(2) == 0, pixels, 0)
+        acc += tl.load(border_bias_ptr + cls[:, None] * K + cols[None, :],
+                       mask=bias_rows[:, None] & col_ok[None, :], other=0.0)
     if SPLIT_K == 1:
         conv2d_epilogue(acc, n, oh, ow, cols, row_ok, col_ok, bias_ptr, residual_ptr, residual_scale_ptr,
                         prelu_slopes_ptr, out_ptr, leaky_slope, relu_from,
