@@ -13,7 +13,7 @@ import sys as _sys
 __all__ = [
     "fuse", "cuda_graph", "CudaGraphModel", "register", "REGISTRY", "FuseReport", "FusedModule", "refresh", "verify_folds",
     "enabled", "is_enabled", "set_enabled", "recording", "backend", "device",
-    "fold_batchnorm", "batchnorm_affine", "conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_dw",
+    "fold_batchnorm", "batchnorm_affine", "fold_input_affine", "conv_bn", "conv_bn_no_relu", "conv_bn1X1", "conv_dw",
     "assert_close", "max_error", "reduction_length", "tolerance",
 ]  # import_all() adds every fused class, read from the registry its class statement filled
 
@@ -36,7 +36,7 @@ def import_all() -> None:
     from .retinaface import FusedRetinaFace
     from .stems import FusedIntermediateLayers, FusedResNet50
     from .flag import enabled, is_enabled, set_enabled
-    from .folding import batchnorm_affine, fold_batchnorm
+    from .folding import batchnorm_affine, fold_batchnorm, fold_input_affine
     from .fuse import FuseReport, fuse
     from .graphs import CudaGraphModel, cuda_graph
     from .registry import REGISTRY, register

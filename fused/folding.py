@@ -51,8 +51,8 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     extra rounding. Raises ValueError for a BN in training mode or without running statistics
     (its output then depends on the batch, so there is nothing to fold), and
     :class:`UnfoldableBatchNorm` where ``running_var + eps == 0`` (see :func:`unfoldable_reason`;
-    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, where values cannot
-    be read).
+    not checked while :func:`fused.runtime.tracing` or a CUDA graph captures, or for ``meta``
+    tensors, where values cannot be read).
     """
     if bn.training:
         raise ValueError("cannot fold a BatchNorm in training mode: its statistics must update; call model.eval()")
@@ -61,7 +61,7 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batch
     if weight.shape[0] != bn.num_features:
         raise ValueError(f"conv has {weight.shape[0]} output channels but BatchNorm has {bn.num_features} features")
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # no reads in a CUDA graph capture
-    if not runtime.tracing() and not capturing:
+    if not runtime.tracing() and not capturing and not bn.running_var.is_meta:  # meta (inspect's dry run): no values
         reason = unfoldable_reason(bn)
         if reason is not None:
             raise UnfoldableBatchNorm(reason)
@@ -81,3 +81,31 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     ones = torch.ones(bn.num_features, device=bn.running_var.device).reshape(-1, 1)
     scale, shift = fold_batchnorm(ones, None, bn)
     return scale.reshape(-1), shift
+
+
+def fold_input_affine(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-channel affine ``x * scale + shift`` applied *before* a zero-padded conv, folded.
+
+    The padding is zeros after the affine, so the shift must not reach padded pixels and cannot
+    go into a plain bias. By linearity::
+
+        conv(pad(x * scale + shift), w) = conv(pad(x), w * scale[c]) + sum over the taps (r, s)
+                                          that read a real pixel of tap[r, s]
+
+    with ``tap[r, s, k] = sum_c shift[c] * w[k, c, r, s]``. Which taps read a real pixel depends
+    only on how many fall off each side of the image: ``a, b, c, d`` in ``0..padding`` (top,
+    bottom, left, right). So the second term is a table ``border_bias[((a*P + b)*P + c)*P + d, k]``
+    (``P = padding + 1``) of the sums of ``tap[a:R-b, c:R-d, k]``, which
+    :func:`fused.kernels.conv2d.conv2d_bias_act` adds per output pixel, and the conv's main loop
+    loads its input as is. Returns the float32 folded weight ``[K, C, R, R]`` and the float32
+    ``border_bias`` ``[P**4, K]``, both computed in float64. NaN or Inf in ``scale``/``shift``
+    propagate as in the unfolded form (each real tap's ``Inf * w`` enters its sum).
+    """
+    w64 = weight.detach().double()
+    K, C, R, S = w64.shape
+    folded = w64 * scale.detach().double().reshape(1, C, 1, 1)
+    tap = torch.einsum("kcrs,c->rsk", w64, shift.detach().double())
+    P = padding + 1
+    rows = [tap[a:R - b, c:S - d].sum((0, 1)) for a in range(P) for b in range(P) for c in range(P) for d in range(P)]
+    return folded.float(), torch.stack(rows).float().contiguous()

@@ -3,9 +3,10 @@
 Every conv runs in the conv kernel with its BatchNorm folded; the residual add and the final
 activation happen in the epilogue of the last conv, so the block writes each tensor once:
 
-* IRBlock: ``bn0`` is applied as a per-channel affine *while conv1 loads its input*, masked so
-  the zero padding stays zero (folding it into conv1's weights would be wrong at the border);
-  conv1 + bn1 + PReLU is one kernel; conv2 + bn2 + residual + PReLU is the second. With
+* IRBlock: ``bn0`` (an affine applied *before* conv1's zero padding) folds into conv1 in two
+  parts: its scale into the weights, its shift into a bias per border class that counts only the
+  taps reading a real pixel (:func:`fused.folding.fold_input_affine`; a plain bias would be wrong
+  at the border). conv1 then loads its input as is, like every other conv; conv1 + bn1 + PReLU is one kernel; conv2 + bn2 + residual + PReLU is the second. With
   squeeze-excite, conv2 + bn2 writes ``y``, the gate is computed from ``y``, and the scale is
   fused into the consumer: the downsample conv's epilogue (``prelu(ds(x) + y * gate)``) or, with
   an identity residual, one elementwise kernel (``prelu(y * gate + x)``).
@@ -21,8 +22,8 @@ from torch import nn
 import reference
 from reference.checks import check_feature_map
 
-from .base import FusedModule, conv_weights, prelu_slopes
-from .folding import batchnorm_affine
+from .base import FusedModule, conv_weights, kernel_weight, prelu_slopes
+from .folding import batchnorm_affine, fold_batchnorm, fold_input_affine
 from .squeeze_excite import se_gate
 from .kernels.conv2d import conv2d_bias_act
 from .kernels.squeeze_excite import se_scale_residual_act
@@ -68,12 +69,14 @@ class _FusedResidual(FusedModule):
 class FusedIRBlock(_FusedResidual, reference.IRBlock, block_types=("IRBlock",)):
     """``reference.IRBlock`` in two or three conv kernels (plus the SE kernels when ``use_se``)."""
 
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+    conv_bn_pairs = (("conv2", "bn2"),)  # conv1 folds bn0 as well: see fold()
 
     def fold(self, dtype, device):
         folded = super().fold(dtype, device)
-        scale, shift = batchnorm_affine(self.bn0)
-        folded["bn0"] = (scale.to(device), shift.to(device))
+        weight, bias = fold_batchnorm(self.conv1.weight, self.conv1.bias, self.bn1)
+        weight, border_bias = fold_input_affine(weight, *batchnorm_affine(self.bn0), self.conv1.padding[0])
+        folded["conv1"] = (kernel_weight(weight, dtype).to(device), bias.to(device))
+        folded["border_bias1"] = border_bias.to(device)
         folded["prelu1"] = prelu_slopes(self.prelu, self.conv1.out_channels, device)  # one slope, two widths
         folded["prelu2"] = prelu_slopes(self.prelu, self.conv2.out_channels, device)
         return folded
@@ -83,8 +86,7 @@ class FusedIRBlock(_FusedResidual, reference.IRBlock, block_types=("IRBlock",)):
         f = self.folded(x.dtype, x.device)
         p = self.dot_precision(x)
         prelu = dict(activation="prelu", slope=f["prelu2"])
-        scale0, shift0 = f["bn0"]
-        out = _conv(x, f["conv1"], self.conv1, p, input_scale=scale0, input_shift=shift0, activation="prelu", slope=f["prelu1"])
+        out = _conv(x, f["conv1"], self.conv1, p, border_bias=f["border_bias1"], activation="prelu", slope=f["prelu1"])
         if not self.use_se:
             return _conv(out, f["conv2"], self.conv2, p, residual=self.residual(x, f, p), **prelu)
         y = _conv(out, f["conv2"], self.conv2, p)

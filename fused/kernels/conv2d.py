@@ -65,7 +65,7 @@ FORCE_SPLIT_K: int | None = None
 @triton.jit
 def conv2d_bias_act_kernel(
     x_ptr, weight_ptr, bias_ptr, residual_ptr, residual_scale_ptr,
-    input_scale_ptr, input_shift_ptr, prelu_slopes_ptr, out_ptr,
+    border_bias_ptr, prelu_slopes_ptr, out_ptr,
     pixels, C, H, W, K, OH, OW,  # pixels = N*OH*OW, the GEMM's rows
     conv_stride, padding, leaky_slope, relu_from,
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,
@@ -75,7 +75,7 @@ def conv2d_bias_act_kernel(
     out_stride_n, out_stride_k, out_stride_h, out_stride_w,
     partial_ptr, partial_stride_split, partial_stride_m,  # the split-K workspace (SPLIT_K > 1)
     R: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    HAS_RESIDUAL_SCALE: tl.constexpr, HAS_INPUT_AFFINE: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL_SCALE: tl.constexpr, HAS_BORDER_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RELU_FROM: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
@@ -88,6 +88,13 @@ def conv2d_bias_act_kernel(
     work on this one, across taps as well as channel blocks. With ``SPLIT_K > 1`` program
     (i, j, split) runs the split-th of ``SPLIT_K`` contiguous shares of those steps and stores its
     fp32 tile into the ``partial`` workspace instead (:func:`conv2d_splitk_reduce_kernel` finishes).
+
+    ``HAS_BORDER_BIAS``: after the loop, each output pixel adds row ``((a*P + b)*P + c)*P + d`` of
+    ``border_bias`` (``P = padding + 1``), where ``a, b, c, d`` count its window's taps that fall
+    off the top, bottom, left and right of the image (split 0 only, under split-K): the conv of
+    a per-channel constant input with zero padding, which is how an input BatchNorm's shift
+    enters once its scale is folded into the weights (:func:`fused.folding.fold_input_affine`),
+    so the A tile stays a plain load. One 2-D load, like a residual's.
     """
     pid_m = tl.program_id(0)
     if USE_INT64:  # offsets may pass 2**31: do all index arithmetic in int64
@@ -130,15 +137,18 @@ def conv2d_bias_act_kernel(
         x_ok = pixel_ok[:, None] & c_ok[None, :]
         x_tap = x_corner + (r * x_stride_h + s * x_stride_w)
         a = tl.load(x_tap[:, None] + c[None, :] * x_stride_c, mask=x_ok, other=0.0)
-        if HAS_INPUT_AFFINE:  # x*scale + shift on real pixels; padding stays zero
-            scale = tl.load(input_scale_ptr + c, mask=c_ok, other=0.0)
-            shift = tl.load(input_shift_ptr + c, mask=c_ok, other=0.0)
-            a = a.to(tl.float32) * scale[None, :] + shift[None, :]
-            a = tl.where(x_ok, a, 0.0).to(x_ptr.dtype.element_ty)
         b = tl.load(w_cols[None, :] + (r * w_stride_r + s * w_stride_s) + c[:, None] * w_stride_c,
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, b.to(x_ptr.dtype.element_ty), acc, input_precision=INPUT_PRECISION)
-
+    if HAS_BORDER_BIAS:  # one row of the table per output pixel, by how many taps fall off each side
+        P1 = padding + 1
+        cls = tl.maximum(-ih0, 0) * P1 + tl.maximum(ih0 + R - H, 0)
+        cls = (cls * P1 + tl.maximum(-iw0, 0)) * P1 + tl.maximum(iw0 + R - W, 0)
+        bias_rows = row_ok
+        if SPLIT_K > 1:  # one split adds it; the reduce sums the splits
+            bias_rows = rows < tl.where(tl.program_id(2) == 0, pixels, 0)
+        acc += tl.load(border_bias_ptr + cls[:, None] * K + cols[None, :],
+                       mask=bias_rows[:, None] & col_ok[None, :], other=0.0)
     if SPLIT_K == 1:
         conv2d_epilogue(acc, n, oh, ow, cols, row_ok, col_ok, bias_ptr, residual_ptr, residual_scale_ptr,
                         prelu_slopes_ptr, out_ptr, leaky_slope, relu_from,
@@ -347,18 +357,20 @@ def conv2d_bias_act(
     slope=0.0,
     residual: torch.Tensor | None = None,
     residual_scale: torch.Tensor | None = None,
-    input_scale: torch.Tensor | None = None,
-    input_shift: torch.Tensor | None = None,
+    border_bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     precision: str = "ieee",
     relu_from: int | None = None,
 ) -> torch.Tensor:
-    """``activation(conv2d(x*input_scale + input_shift, weight) + bias + residual*residual_scale)``.
+    """``activation(conv2d(x, weight) + border_bias + bias + residual*residual_scale)``.
 
     One kernel launch; the epilogue runs on the accumulator in registers. ``x`` is ``[N, C, H, W]``
     in float32/float16/bfloat16 with any strides; ``weight`` is ``[K, C, R, R]`` (R odd), cast to
-    ``x.dtype`` for the dot; accumulation is fp32 and the result is stored in ``x.dtype``. The
-    input affine applies to real pixels only (zero padding stays zero). ``out`` may be any
+    ``x.dtype`` for the dot; accumulation is fp32 and the result is stored in ``x.dtype``.
+    ``border_bias`` (float32 ``[(padding+1)**4, K]``): each output pixel adds the row of its
+    border class, the counts of window taps off each side of the image (see
+    :func:`fused.folding.fold_input_affine`, which folds an input BatchNorm this way so the zero
+    padding stays zero; row 0, nothing off, is the interior). ``out`` may be any
     preallocated ``[N, K, OH, OW]`` view, e.g. a channel slice of a concatenation buffer.
     ``precision="tf32"`` lets float32 dots use TF32 tensor cores; the default is exact fp32.
     ``relu_from``: output channels from this index on take a ReLU instead of ``activation``, so
@@ -377,7 +389,7 @@ def conv2d_bias_act(
         raise ValueError(f"{name}: kernel must be square with odd size, got {R}x{R2}")
     if not weight.is_floating_point():
         raise TypeError(f"{name}: weight must be a floating-point tensor, got {weight.dtype}")
-    check_launch(name, x, weight, bias, residual, residual_scale, input_scale, input_shift, out, precision=precision)
+    check_launch(name, x, weight, bias, residual, residual_scale, border_bias, out, precision=precision)
     if not isinstance(stride, int) or not isinstance(padding, int) or stride < 1 or padding < 0:
         raise ValueError(f"{name}: need integers stride >= 1 and padding >= 0, "
                          f"got stride={stride!r}, padding={padding!r}")
@@ -387,13 +399,13 @@ def conv2d_bias_act(
     _check_shape("bias", bias, (K,))
     _check_shape("residual", residual, (N, K, OH, OW))
     _check_shape("residual_scale", residual_scale, (N, K))
-    _check_shape("input_scale", input_scale, (C,))
-    _check_shape("input_shift", input_shift, (C,))
+    _check_shape("border_bias", border_bias, ((padding + 1) ** 4, K))
     _check_shape("out", out, (N, K, OH, OW))
     if residual_scale is not None and residual is None:
         raise ValueError(f"{name}: residual_scale needs a residual to scale")
-    if (input_scale is None) != (input_shift is None):
-        raise ValueError(f"{name}: pass input_scale and input_shift together")
+    if border_bias is not None and border_bias.dtype != torch.float32:
+        raise TypeError(f"{name}: border_bias must be float32 (it is added to the fp32 accumulator), "
+                        f"got {border_bias.dtype}")
     if out is not None and out.dtype != x.dtype:
         raise TypeError(f"{name}: out has dtype {out.dtype}, expected x's dtype {x.dtype}")
     code, leaky_slope, prelu_slopes = resolve_activation(activation, slope, K, x.device)
@@ -402,7 +414,7 @@ def conv2d_bias_act(
         raise ValueError(f"{name}: relu_from must be an integer channel index in [0, {K}], got {relu_from!r}")
     if runtime.tracing():  # torch.compile / torch.export: record the custom op (fused.kernels.ops)
         args = (x, weight, bias, stride, padding, activation, *packed_slope(activation, leaky_slope, prelu_slopes),
-                residual, residual_scale, input_scale, input_shift, precision, relu_from)
+                residual, residual_scale, border_bias, precision, relu_from)
         if out is None:
             return torch.ops.facefuse.conv2d_bias_act(*args)
         torch.ops.facefuse.conv2d_bias_act_out(*args, out)
@@ -424,12 +436,12 @@ def conv2d_bias_act(
     relu_start = K if relu_from is None else relu_from
     epilogue = (*_strides(residual, 4), *_strides(residual_scale, 2), *out.stride())
     args = (x, weight, _or(bias, dummy), _or(residual, dummy), _or(residual_scale, dummy),
-            _or(input_scale, dummy), _or(input_shift, dummy), prelu_slopes, out,
+            _or(border_bias, dummy) if border_bias is None else border_bias.contiguous(), prelu_slopes, out,
             pixels, C, H, W, K, OH, OW, stride, padding, leaky_slope, relu_start,
             *x.stride(), *weight.stride(), *epilogue, _or(partials, dummy), *_strides(partials, 3)[:2])
     switches = dict(
         R=R, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_INPUT_AFFINE=input_scale is not None,
+        HAS_RESIDUAL_SCALE=residual_scale is not None, HAS_BORDER_BIAS=border_bias is not None,
         ACTIVATION=code, HAS_RELU_FROM=relu_from is not None, INPUT_PRECISION=precision,
         USE_INT64=needs_int64(x, weight, residual, residual_scale, out, partials),
     )

@@ -106,21 +106,19 @@ def _dw_shape(x: Tensor, stride: int, channels=None) -> tuple:
 
 def conv2d_bias_act(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
                     activation: str, slope: float, prelu: Optional[Tensor], residual: Optional[Tensor],
-                    residual_scale: Optional[Tensor], input_scale: Optional[Tensor],
-                    input_shift: Optional[Tensor], precision: str, relu_from: Optional[int]) -> Tensor:
+                    residual_scale: Optional[Tensor], border_bias: Optional[Tensor], precision: str, relu_from: Optional[int]) -> Tensor:
     return conv2d.conv2d_bias_act(
         x, weight, bias, stride=stride, padding=padding, activation=activation, slope=_slope(slope, prelu),
-        residual=residual, residual_scale=residual_scale, input_scale=input_scale, input_shift=input_shift,
+        residual=residual, residual_scale=residual_scale, border_bias=border_bias,
         precision=precision, relu_from=relu_from)
 
 
 def conv2d_bias_act_out(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
                         activation: str, slope: float, prelu: Optional[Tensor], residual: Optional[Tensor],
-                        residual_scale: Optional[Tensor], input_scale: Optional[Tensor],
-                        input_shift: Optional[Tensor], precision: str, relu_from: Optional[int], out: Tensor) -> None:
+                        residual_scale: Optional[Tensor], border_bias: Optional[Tensor], precision: str, relu_from: Optional[int], out: Tensor) -> None:
     conv2d.conv2d_bias_act(
         x, weight, bias, stride=stride, padding=padding, activation=activation, slope=_slope(slope, prelu),
-        residual=residual, residual_scale=residual_scale, input_scale=input_scale, input_shift=input_shift,
+        residual=residual, residual_scale=residual_scale, border_bias=border_bias,
         precision=precision, relu_from=relu_from, out=out)
 
 

@@ -121,8 +121,8 @@ def test_zero_variance_after_fuse_falls_back_with_the_reason():
 
 
 def test_zero_variance_in_an_input_affine_batchnorm_falls_back():
-    """IRBlock's bn0 is applied as ``x * scale + shift`` while conv1 loads: with an infinite scale
-    that would give NaN (inf - inf) where the reference gives ±Inf."""
+    """IRBlock's bn0 folds into conv1 (its scale into the weights, its shift into the per-tap
+    bias): with an infinite scale that would give NaN (inf - inf) where the reference gives ±Inf."""
     block = R.randomize_batchnorm(R.IRBlock(4, 4, use_se=False).eval(), seed=4)
     x = torch.randn(1, 4, 6, 6)
     block = fused.fuse(block)
@@ -139,3 +139,13 @@ def test_zero_variance_in_an_input_affine_batchnorm_falls_back():
         fresh.bn0.running_var[2] = 0
     fresh.bn0.eps = 0.0
     assert "bn0: running_var + eps == 0 in channel(s) 2" in str(fused.fuse(fresh).fuse_report)
+
+
+def test_a_meta_batchnorm_folds_without_reading_its_values():
+    """``facefuse inspect`` runs the fused models on the meta device: the fold cannot read the
+    statistics there, so it skips the ``running_var + eps == 0`` check instead of failing."""
+    bn = nn.BatchNorm2d(3).eval().to("meta")
+    weight, bias = fused.fold_batchnorm(torch.empty(3, 2, 3, 3, device="meta"), None, bn)
+    assert weight.is_meta and weight.shape == (3, 2, 3, 3) and bias.shape == (3,)
+    folded, border_bias = fused.fold_input_affine(weight, *fused.batchnorm_affine(nn.BatchNorm2d(2).eval().to("meta")), 1)
+    assert folded.is_meta and border_bias.shape == (16, 3)

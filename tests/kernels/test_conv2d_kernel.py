@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import fused
 import fused.record
 from fused.kernels import common, conv2d
+from fused.folding import fold_input_affine
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
 from tests.spies import LaunchSpy
@@ -140,20 +141,72 @@ def test_residual_and_scale_are_added_before_activation(g, dtype, fmt, residual_
     check(y.cpu(), reference(x, weight, bias, **kwargs), x, g)
 
 
+def folded_affine(weight, scale, shift, padding):
+    """``conv2d_bias_act`` arguments for ``conv(pad(x*scale + shift), weight)``: the folded weight
+    and ``border_bias`` (what FusedIRBlock does with its ``bn0``)."""
+    folded, border_bias = fold_input_affine(weight, scale, shift, padding)
+    return dict(weight=folded, border_bias=border_bias)
+
+
+def run_affine(x, weight, bias, scale, shift, device, **kwargs):
+    args = folded_affine(weight, scale, shift, kwargs["padding"])
+    return conv2d_bias_act(x.to(device), args["weight"].to(device), bias.to(device),
+                           border_bias=args["border_bias"].to(device), **kwargs).cpu()
+
+
 @FIXTURE_OK
 @given(g=geometries(), dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, specials=NONFINITE)
 def test_input_affine_leaves_zero_padding_zero(g, dtype, fmt, specials, device):
-    # Shift of +3 makes a mistake visible: padding taps that got the affine would add 3*w.
+    # Shift of +3 makes a mistake visible: padding taps that got the shift would add 3*w.
     x, weight, bias = make_inputs(g, dtype, fmt)
     plant(x, specials)
     gen = torch.Generator().manual_seed(2)
     scale, shift = torch.rand(g["C"], generator=gen) + 0.5, torch.randn(g["C"], generator=gen) + 3.0
-    y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), stride=g["stride"],
-                        padding=g["padding"], activation="relu", input_scale=scale.to(device),
-                        input_shift=shift.to(device))
-    expected = reference(x, weight, bias, stride=g["stride"], padding=g["padding"], activation="relu",
-                         input_scale=scale, input_shift=shift)
-    check(y.cpu(), expected, x, g)
+    kwargs = dict(stride=g["stride"], padding=g["padding"], activation="relu")
+    y = run_affine(x, weight, bias, scale, shift, device, **kwargs)
+    check(y, reference(x, weight, bias, input_scale=scale, input_shift=shift, **kwargs), x, g)
+
+
+ODD = st.integers(1, 4).map(lambda n: 2 * n + 1)
+
+
+@FIXTURE_OK
+@given(N=st.integers(1, 2), C=st.integers(1, 6), K=st.integers(1, 6), H=ODD, W=ODD, stride=st.sampled_from([1, 2]),
+       dtype=kernel_dtypes(), fmt=MEMORY_FORMAT, specials=NONFINITE,
+       bad_shift=st.sampled_from([None, math.nan, math.inf, -math.inf]), data=st.data())
+def test_border_bias_matches_float64_at_the_borders(N, C, K, H, W, stride, dtype, fmt, specials, bad_shift, data,
+                                                 device):
+    """The folded input affine (scale in the weights, shift as a bias per border class) against float64
+    ``conv(pad(x*scale + shift))`` on odd sizes, stride 1 and 2, padding 1: every output touches
+    the border classes, NaN/Inf in x propagate, and a non-finite shift does as the reference does."""
+    g = dict(N=N, C=C, K=K, H=H, W=W, R=3, stride=stride, padding=1)
+    x, weight, bias = make_inputs(g, dtype, fmt)
+    plant(x, specials)
+    gen = torch.Generator().manual_seed(3)
+    scale = torch.rand(C, generator=gen) + 0.5
+    shift = torch.randn(C, generator=gen) + 3.0
+    if bad_shift is not None:
+        shift[data.draw(st.integers(0, C - 1))] = bad_shift
+    kwargs = dict(stride=stride, padding=1)
+    check(run_affine(x, weight, bias, scale, shift, device, **kwargs),
+          reference(x, weight, bias, input_scale=scale, input_shift=shift, **kwargs), x, g)
+
+
+def test_a_shift_folded_into_a_plain_bias_is_caught(device):
+    """A planted wrong fold: every pixel given the interior's bias (the shift's taps added at
+    padded pixels too: a plain bias), which is exact inside and wrong at the border. The check
+    rejects it."""
+    g = dict(N=1, C=3, K=4, H=5, W=7, R=3, stride=2, padding=1)
+    x, weight, bias = make_inputs(g, torch.float32)
+    scale, shift = torch.full((3,), 0.75), torch.full((3,), 3.0)
+    args = folded_affine(weight, scale, shift, 1)
+    wrong_bias = bias + args["border_bias"][0]  # row 0: no tap off the image
+    y = conv2d_bias_act(x.to(device), args["weight"].to(device), wrong_bias.to(device), stride=2, padding=1).cpu()
+    expected = reference(x, weight, bias, stride=2, padding=1, input_scale=scale, input_shift=shift)
+    with pytest.raises(AssertionError):
+        check(y, expected, x, g)
+    interior = expected[:, :, 1:-1, 1:-1]  # the planted fold is right away from the border: the border catches it
+    assert_close(y[:, :, 1:-1, 1:-1], interior, reduction_length=27)
 
 
 @FIXTURE_OK
@@ -290,8 +343,8 @@ def _bad(**overrides):
         (_bad(residual=torch.zeros(2, 4, 6, 6), residual_scale=torch.ones(2, 5)), ValueError,
          "residual_scale has shape"),
         (_bad(residual_scale=torch.ones(2, 4)), ValueError, "needs a residual"),
-        (_bad(input_scale=torch.ones(3)), ValueError, "input_scale and input_shift together"),
-        (_bad(input_scale=torch.ones(4), input_shift=torch.ones(4)), ValueError, "input_scale has shape"),
+        (_bad(border_bias=torch.ones(4)), ValueError, r"border_bias has shape \(4,\), expected \(16, 4\)"),
+        (_bad(border_bias=torch.ones(16, 4, dtype=torch.float64)), TypeError, "border_bias must be float32"),
         (_bad(out=torch.zeros(2, 4, 6, 6, dtype=torch.float16)), TypeError, "out has dtype"),
         (_bad(out=torch.zeros(2, 4, 3, 3)), ValueError, "out has shape"),
         (_bad(x=torch.randn(2, 3, 2, 2), padding=0), ValueError, "smaller than the 3x3 kernel"),

@@ -22,7 +22,8 @@ import fused.record
 from fused.kernels import common, conv2d
 from fused.kernels.conv2d import conv2d_bias_act
 from fused.tolerance import assert_close
-from tests.kernels.test_conv2d_kernel import activations, check, geometries, make_inputs, output_size, reference
+from tests.kernels.test_conv2d_kernel import (activations, check, folded_affine, geometries, make_inputs,
+                                             output_size, reference)
 from tests.spies import LaunchSpy
 from tests.strategies import FIXTURE_OK, MEMORY_FORMAT, NONFINITE, kernel_dtypes, layout, plant
 
@@ -80,11 +81,13 @@ def test_split_conv_epilogue_residual_and_input_affine(g, split_k, dtype, fmt, r
     activation, slope = data.draw(activations(g["K"]))
     kwargs = dict(stride=g["stride"], padding=g["padding"], activation=activation, slope=slope, residual=residual,
                   residual_scale=torch.rand(g["N"], g["K"], generator=gen) if scaled else None)
-    if affine:
+    launch = dict(kwargs, weight=weight)
+    if affine:  # the input affine folded: scale in the weights, shift as the border bias (split 0 adds its border bias)
         kwargs.update(input_scale=torch.rand(g["C"], generator=gen) + 0.5,
                       input_shift=torch.randn(g["C"], generator=gen) + 3.0)
-    y = conv2d_bias_act(x.to(device), weight.to(device), bias.to(device), **{
-        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+        launch.update(folded_affine(weight, kwargs["input_scale"], kwargs["input_shift"], g["padding"]))
+    y = conv2d_bias_act(x.to(device), bias=bias.to(device), **{
+        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in launch.items()})
     check(y.cpu(), reference(x, weight, bias, **kwargs), x, g)
 
 

@@ -36,18 +36,18 @@ def cases():
     x, x_cl = r(2, 8, 7, 9), r(2, 8, 7, 9, fmt=CL)
     w3, b = kernel_weight(16, 8, 3), r(16)
     slopes = torch.rand(16)
-    yield "conv2d leaky", F.conv2d_bias_act, (x, w3, b, 1, 1, "leaky_relu", 0.1, None, None, None, None, None,
+    yield "conv2d leaky", F.conv2d_bias_act, (x, w3, b, 1, 1, "leaky_relu", 0.1, None, None, None, None,
                                               "ieee", None)
     yield "conv2d channels_last prelu residual", F.conv2d_bias_act, (
-        x_cl, w3, b, 2, 1, "prelu", 0.0, slopes, r(2, 16, 4, 5, fmt=CL), torch.rand(2, 16), None, None, "ieee", None)
-    yield "conv2d input affine relu_from no bias", F.conv2d_bias_act, (
-        x, kernel_weight(16, 8, 1), None, 1, 0, "leaky_relu", 0.2, None, None, None, r(8), r(8), "ieee", 4)
+        x_cl, w3, b, 2, 1, "prelu", 0.0, slopes, r(2, 16, 4, 5, fmt=CL), torch.rand(2, 16), None, "ieee", None)
+    yield "conv2d border bias relu_from no bias", F.conv2d_bias_act, (
+        x, w3, None, 1, 1, "leaky_relu", 0.2, None, None, None, r(16, 16), "ieee", 4)
     yield "conv2d bfloat16", F.conv2d_bias_act, (x.bfloat16(), w3.bfloat16(), b, 1, 1, "relu", 0.0, None, None, None,
-                                                 None, None, "ieee", None)
-    yield "conv2d out slice", F.conv2d_bias_act_out, (x, w3, b, 1, 1, "relu", 0.0, None, None, None, None, None,
+                                                 None, "ieee", None)
+    yield "conv2d out slice", F.conv2d_bias_act_out, (x, w3, b, 1, 1, "relu", 0.0, None, None, None, None,
                                                       "ieee", None, channel_slice(2, 24, 7, 9, 4, 16))
     yield "conv2d out slice channels_last", F.conv2d_bias_act_out, (
-        x_cl, w3, b, 1, 1, "identity", 0.0, None, None, None, None, None, "ieee", None,
+        x_cl, w3, b, 1, 1, "identity", 0.0, None, None, None, None, "ieee", None,
         channel_slice(2, 24, 7, 9, 8, 16, CL))
     dw, dw_b = r(8, 1, 3, 3), r(8)
     yield "depthwise", F.depthwise_conv_bias_act, (x, dw, dw_b, 1, "leaky_relu", 0.1, None)
@@ -151,7 +151,7 @@ def test_the_operator_records_the_launch_as_the_launcher_does():
     x, w = r(1, 8, 5, 5), kernel_weight(4, 8, 3)
     with fused.recording() as rec:
         direct = conv2d_bias_act(x, w, padding=1)
-        through_op = F.conv2d_bias_act(x, w, None, 1, 1, "identity", 0.0, None, None, None, None, None, "ieee", None)
+        through_op = F.conv2d_bias_act(x, w, None, 1, 1, "identity", 0.0, None, None, None, None, "ieee", None)
     assert rec.kernel_counts() == {"conv2d_bias_act": 2}
     assert torch.equal(direct, through_op)
 
