@@ -27,7 +27,7 @@ def fraction(text: str) -> float:
 
 def at_least(minimum: int, what: str | None = None):
     """An argparse type: an integer >= ``minimum`` (a ``what`` integer), with a clear message otherwise."""
-    expected = f"a {what} integer" if what else f"an integer of at least {minimum}"
+    expected = f"a {what} integer" if what else f"an integer >= {minimum}"
 
     def parse(text: str) -> int:
         try:

@@ -56,6 +56,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from fused.apps.options import at_least
+
 from .dryrun import bench_families, check_plan, collect_tests, parse_cli
 from .execute import BUNDLE_LIMIT, make_bundle, run_plan, run_step, seed_from, step_env
 from .steps import (BENCH_PLAN, DEFAULT_BUDGET, FINISHED, LESSON_MODULES, MAX_STEP_SECONDS, OPTIONAL_MODULES,
@@ -91,19 +93,6 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
     return value
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def writable_problem(path: Path, what: str, *, folder: bool) -> str | None:
@@ -157,10 +146,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="max-autotune", help="torch.compile mode of the bench baseline (default: max-autotune)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                         help="bench and profile dtype (default: float16, the targets' dtype)")
-    parser.add_argument("--repeats", type=_at_least(1), default=None,
+    parser.add_argument("--repeats", type=at_least(1), default=None,
                         help="timed runs per measurement (default: the commands' own, 100)")
-    parser.add_argument("--warmup", type=_at_least(0), default=None, help="warm-up runs (default: the commands' own, 10)")
-    parser.add_argument("--workers", type=_at_least(1), default=4, help="pytest-xdist workers of the CUDA tests (default 4; "
+    parser.add_argument("--warmup", type=at_least(0), default=None, help="warm-up runs (default: the commands' own, 10)")
+    parser.add_argument("--workers", type=at_least(1), default=4, help="pytest-xdist workers of the CUDA tests (default 4; "
                         "twice that for the interpreter run)")
     parser.add_argument("--no-collect", action="store_true", help="dry run: do not run pytest --collect-only")
 
