@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .weights import WeightFileError, load_weights
+from .weights import EMPTY_FILE, WeightFileError, check_weight_path, load_weights
 
 #: What the graph's input is called in the structure sets (the image tensor).
 INPUT = "<input>"
@@ -109,19 +109,14 @@ def _read_bytes(source, name: str) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            raise WeightFileError(name, "is a folder, not a file; give the path of the .onnx file inside it")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no weight file at {name}; check the path")
-        with open(path, "rb") as f:
+        with open(check_weight_path(source, kind=".onnx file"), "rb") as f:
             data = f.read()
     elif hasattr(source, "read"):
         data = bytes(source.read())
     else:
         raise TypeError(f"ONNX weights must be a path, bytes or an open binary file, got {type(source).__name__}")
     if not data:
-        raise WeightFileError(name, "is empty (0 bytes); the download or copy was probably interrupted: fetch it again")
+        raise WeightFileError(name, EMPTY_FILE)
     return data
 
 

@@ -93,20 +93,33 @@ def _not_torch_save(head: bytes) -> str:
     return f"is not a torch.save file (it begins {head[:8]!r}); give the .pth/.pt file the weights were saved to"
 
 
+#: What every loader says of a 0-byte file.
+EMPTY_FILE = "is empty (0 bytes); the download or copy was probably interrupted: fetch it again"
+
+
+def check_weight_path(path, *, kind: str = "weight file") -> str:
+    """``path`` as a string once it names an existing, non-empty file: the checks every weight
+    loader (``.pth`` or ONNX) makes before reading. A folder or an empty file raises
+    :class:`WeightFileError`, a missing path ``FileNotFoundError``, each naming the fix; ``kind``
+    names the file the user should give ("the path of the <kind> inside it")."""
+    source, path = _describe(path), os.fspath(path)
+    if os.path.isdir(path):
+        raise WeightFileError(source, f"is a folder, not a file; give the path of the {kind} inside it")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weight file at {source}; check the path")
+    if os.path.getsize(path) == 0:
+        raise WeightFileError(source, EMPTY_FILE)
+    return path
+
+
 def _load_file(path_or_file):
     """``torch.load(weights_only=True)`` onto the CPU, with every failure as a :class:`WeightFileError`."""
     source = _describe(path_or_file)
     if isinstance(path_or_file, (str, os.PathLike)):
-        path = os.fspath(path_or_file)
-        if os.path.isdir(path):
-            raise WeightFileError(source, "is a folder, not a file; give the path of the weight file inside it")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no weight file at {source}; check the path")
-        if os.path.getsize(path) == 0:
-            raise WeightFileError(source, "is empty (0 bytes); the download or copy was probably interrupted: fetch it again")
+        check_weight_path(path_or_file)
     head = _header(path_or_file)
     if not head:
-        raise WeightFileError(source, "is empty (0 bytes); the download or copy was probably interrupted: fetch it again")
+        raise WeightFileError(source, EMPTY_FILE)
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL)):
         raise WeightFileError(source, _not_torch_save(head))
     try:

@@ -28,6 +28,12 @@ from .common import ACTIVATIONS, PRELU, SM_COUNT, LaunchPlan, activate, check_la
 #: policy rejects it.
 PADDING = 1
 
+#: Start ``conv_dw_fused``'s depthwise sums and its accumulator from a ``tl.dot`` of zeros (see
+#: :func:`conv_dw_fused_kernel`): same values, a loop that keeps an MMA in flight. Module constants
+#: so that a test can check both ways give the same bits; lesson 07 compiles both.
+MMA_LAYOUT_SUMS = True
+MMA_LAYOUT_ACC = True
+
 
 @triton.jit
 def _block_offsets(block_id, BLOCK: tl.constexpr, USE_INT64: tl.constexpr):
@@ -113,6 +119,12 @@ def depthwise_conv_bias_act_kernel(
 
 
 @triton.jit
+def mma_zeros(M: tl.constexpr, N: tl.constexpr, K: tl.constexpr, dtype: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """An fp32 [M, N] tile of +0.0 made by a tl.dot of zeros (K deep): a tensor in the MMA layout."""
+    return tl.dot(tl.zeros((M, K), dtype=dtype), tl.zeros((K, N), dtype=dtype), input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def conv_dw_fused_kernel(
     x_ptr, dw_weight_ptr, dw_bias_ptr, pw_weight_ptr, pw_bias_ptr, out_ptr,
     C, H, W, K, OH, OW, pixels,       # pixels = N * OH * OW
@@ -123,6 +135,7 @@ def conv_dw_fused_kernel(
     dw_slope, pw_slope,
     STRIDE: tl.constexpr, PADDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_INT64: tl.constexpr,
     DW_ACTIVATION: tl.constexpr, PW_ACTIVATION: tl.constexpr, MMA_LAYOUT_SUMS: tl.constexpr,
+    MMA_LAYOUT_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """A whole conv_dw block for BLOCK_M output pixels x BLOCK_N output channels.
@@ -140,8 +153,17 @@ def conv_dw_fused_kernel(
     the sums, bias and activation. Its value is exactly +0.0, as ``tl.zeros`` is, so the results
     are unchanged; it costs one small MMA per program, before the loop. ``facefuse inspect``
     shows the effect (``wgmma.wait_group 1`` in the loop instead of ``0``, column ``mma``).
-    The launcher passes ``MMA_LAYOUT_SUMS=True``; ``False`` starts from ``tl.zeros``, for lesson
-    07 and a test to compile and compare.
+
+    Why the accumulator starts from a tl.dot of zeros too: with ``tl.zeros``, the path that skips
+    the loop (no channel block) sets the accumulator's registers with ``mov`` in a block that LLVM
+    may place between the loop and its final ``wgmma.wait_group 0``; ptxas then reads them as
+    defined inside the in-flight MMA's pipeline stage and serialises every MMA (warning C7515;
+    mobile0.25's 16- and 64-channel tiles). A dot result needs no such ``mov``. Its K (32) differs
+    from ``zero``'s (16) so the compiler cannot merge the two dots into one when ``BLOCK_N ==
+    BLOCK_C``, which would need a copy on that path again.
+
+    The launcher passes the module's :data:`MMA_LAYOUT_SUMS` and :data:`MMA_LAYOUT_ACC` (both True);
+    ``False`` starts from ``tl.zeros``, for lesson 07 and the tests to compile and compare.
     """
     pixel = _block_offsets(tl.program_id(0), BLOCK_M, USE_INT64)
     out_channel = _block_offsets(tl.program_id(1), BLOCK_N, USE_INT64)
@@ -149,10 +171,12 @@ def conv_dw_fused_kernel(
     out_channel_mask = out_channel < K
     n, oh, ow = pixel // (OH * OW), (pixel // OW) % OH, pixel % OW
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if MMA_LAYOUT_ACC:
+        acc = mma_zeros(BLOCK_M, BLOCK_N, 32, x_ptr.dtype.element_ty, INPUT_PRECISION)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if MMA_LAYOUT_SUMS:
-        zero = tl.dot(tl.zeros((BLOCK_M, 16), dtype=x_ptr.dtype.element_ty),
-                      tl.zeros((16, BLOCK_C), dtype=x_ptr.dtype.element_ty), input_precision=INPUT_PRECISION)
+        zero = mma_zeros(BLOCK_M, BLOCK_C, 16, x_ptr.dtype.element_ty, INPUT_PRECISION)
     else:
         zero = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for channel_block in range(0, tl.cdiv(C, BLOCK_C)):
@@ -404,7 +428,8 @@ def conv_dw_fused(
         pw_weight.stride(0), pw_weight.stride(1), *out.stride(),
         float(dw_slope), float(pw_slope),
         STRIDE=stride, PADDING=PADDING, INPUT_PRECISION=precision, USE_INT64=needs_int64(x, out),
-        DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation], MMA_LAYOUT_SUMS=True,
+        DW_ACTIVATION=ACTIVATIONS[dw_activation], PW_ACTIVATION=ACTIVATIONS[pw_activation], MMA_LAYOUT_SUMS=MMA_LAYOUT_SUMS,
+        MMA_LAYOUT_ACC=MMA_LAYOUT_ACC,
         num_warps=plan.num_warps, **plan.blocks,
     )
     return out

@@ -265,6 +265,29 @@ def test_int64_offsets_give_the_same_result(device, stride, monkeypatch):
     assert torch.equal(conv_dw_fused(x, w, b, pw, pb, stride=stride), fused32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_zero_tiles_from_tl_dot_change_no_bit(device, dtype, monkeypatch):
+    """The MMA-layout zero tiles (sums and accumulator) give exactly what tl.zeros gives, NaN and
+    Inf included, for one channel block (BLOCK_N == BLOCK_C == 16) and several."""
+    for channels, out_channels in ((8, 16), (40, 64)):
+        x = torch.randn(2, channels, 7, 6, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        x[0, 1, 2, 3], x[1, 0, 4, 4], x[1, 2, 0, 0] = float("nan"), float("inf"), float("-inf")
+        w, b = torch.randn(channels, 1, 3, 3, device=device), torch.randn(channels, device=device)
+        pw, pb = torch.randn(out_channels, channels, device=device), torch.randn(out_channels, device=device)
+        with record.recording() as rec:
+            as_built = conv_dw_fused(x, w, b, pw, pb, stride=1)
+        assert rec.kernels() == {"conv_dw_fused"}
+        for sums, acc in ((False, True), (True, False), (False, False)):
+            monkeypatch.setattr(depthwise, "MMA_LAYOUT_SUMS", sums)
+            monkeypatch.setattr(depthwise, "MMA_LAYOUT_ACC", acc)
+            other = conv_dw_fused(x, w, b, pw, pb, stride=1)
+            assert torch.equal(other.isnan(), as_built.isnan())
+            assert torch.equal(other.masked_fill(other.isnan(), 0), as_built.masked_fill(as_built.isnan(), 0)), \
+                (channels, sums, acc)
+        assert as_built.isnan().any() and not as_built.isnan().all()
+        monkeypatch.undo()
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 

@@ -55,3 +55,17 @@ def test_no_regression_against_the_baseline(inspection, baseline):
     problems = compare_with_baseline(inspection.rows, baseline)
     assert not problems, ("\n".join(problems[:20]) + "\nIf intended, regenerate the baseline: "
                           "python -m fused inspect --write-baseline")
+
+
+#: The most of a scenario's FLOPs that may run in main loops waiting for every MMA (issue 27).
+MAX_WAITING_SHARE = 0.05
+
+
+def test_no_scenario_waits_after_each_mma_in_more_than_5_percent_of_its_flops(inspection, baseline):
+    """Both on this compiler and in the recorded baseline; the rest is the stems' scalar loads."""
+    for name, summary in [*inspection.summary.items(), *baseline["summary"].items()]:
+        assert summary["share_mma_waits"] <= MAX_WAITING_SHARE, (
+            f"{name}: {summary['share_mma_waits']:.1%} of the FLOPs in main loops that wait after each MMA; "
+            "facefuse inspect --model ... --dtype ... shows which variants (column mma)")
+    waiting = {(r.kernel, r.loads) for r in inspection.rows if r.mma_wait == "waits"}
+    assert all(kernel == "conv2d_bias_act" and "scalar" in loads for kernel, loads in waiting), waiting
