@@ -26,7 +26,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, triton;
     "$PYTHON" -m venv "$VENV"
     # torch 2.11 from PyPI is a CUDA build: it needs its nvidia-* wheels even to import on a CPU.
     # numpy < 2.4: Triton 3.6's interpreter breaks on newer numpy (fused says so at the first launch).
-    "$VENV/bin/pip" install -q "torch==2.11.0" "triton==3.6.0" "numpy<2.4" pytest hypothesis nbclient nbformat \
+    "$VENV/bin/pip" install -q "torch==2.11.0" "triton==3.6.0" "numpy<2.4" pytest pytest-xdist hypothesis nbclient nbformat \
         ipykernel matplotlib pillow
     "$VENV/bin/pip" install -q --no-deps -e .
     echo "installed in $(( $(date +%s) - start )) s; $(du -sh "$VENV" | cut -f1) on disk"

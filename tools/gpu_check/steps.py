@@ -209,7 +209,8 @@ def plan(out: Path, machine: Machine, stages=STAGES, options: Options | None = N
     steps: list[Step] = []
 
     if "tests" in stages:
-        common = ["-v", "-rfEs", "-p", "no:cacheprovider"]
+        # -o addopts=: not pyproject's "-n auto", which needs pytest-xdist (the GPU machine lacks it)
+        common = ["-o", "addopts=", "-v", "-rfEs", "-p", "no:cacheprovider"]
         notes = []
         if machine.modules.get("pytest_timeout"):
             common += ["--timeout", "300"]

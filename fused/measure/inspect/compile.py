@@ -290,12 +290,19 @@ def compile_variant(variant: dict, target: str = DEFAULT_TARGET, *, cache: Path 
         return {**meta, "compiled": True}
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in products.items():
-        (folder / f"{name}.gz").write_bytes(gzip.compress(text.encode()))
-    (folder / "cubin").write_bytes(asm["cubin"])
-    tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    tmp.replace(meta_path)
+        _write_atomically(folder / f"{name}.gz", gzip.compress(text.encode()))
+    _write_atomically(folder / "cubin", asm["cubin"])
+    _write_atomically(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())  # last: the entry is complete
     return {**meta, "compiled": True}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` through a file of this process's own, renamed into place: two processes that
+    compile the same variant at once (parallel test workers, two ``inspect`` runs) never leave or
+    read a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _reanalysed(folder: Path, meta: dict) -> dict:
