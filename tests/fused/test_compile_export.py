@@ -232,25 +232,6 @@ def test_a_compiled_model_recompiles_for_a_new_input_size():
             check_equal(compiled(x), model(x), model)
 
 
-def test_the_readme_snippet_runs_in_a_fresh_process():
-    """The documentation's torch.compile / torch.export example (docs/compile.md), in a new Python
-    that imported torch._dynamo (hence triton) before fused: what a user's script does."""
-    import pathlib
-    import re
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    page = (root / "docs" / "compile.md").read_text()
-    snippet = re.search(r"```python\n(.*?)```", page, re.S).group(1)
-    script = ("import torch, torch._dynamo\nimport reference, fused\nx = torch.randn(1, 3, 64, 64)\n" + snippet
-              + "\nassert any(str(n.target).startswith('facefuse.') for n in exported.graph.nodes)\n"
-              + "print('ok', boxes.shape)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "ok torch.Size([1, 168, 4])" in done.stdout
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_channels_last_and_bfloat16_match_eager(dtype):
     """Fake implementations give eager's strides (channels_last stays channels_last), and the
