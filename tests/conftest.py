@@ -52,9 +52,12 @@ def exact_float32_by_default(monkeypatch):
 XDIST_GROUPS = {"tests/lessons/test_lessons.py": "lessons", "tests/lessons/test_site.py": "lessons"}
 
 #: Work units (modules, or a group) handed out first, the longest first, so that no worker starts a
-#: long one at the end while the other idles (measured on 2 cores: see docs/development.md).
-SLOW_FIRST = ("lessons", "tests/lessons/test_readme.py", "tests/measure/test_inspect_baseline.py",
-              "tests/measure/test_real_photos.py", "tests/measure/test_ray_pipeline.py")
+#: long one at the end while the other idles (measured on 2 cores: see docs/development.md). The
+#: inspect baseline comes first: in a fresh clone it compiles every kernel variant (minutes), and
+#: the lessons and docs blocks that inspect kernels later read its cache.
+SLOW_FIRST = ("tests/measure/test_inspect_baseline.py", "lessons", "tests/lessons/test_readme.py",
+              "tests/measure/test_ray_pipeline.py", "tests/fused/test_compile_export.py",
+              "tests/measure/test_real_photos.py")
 
 
 def xdist_scope(nodeid: str) -> str:
